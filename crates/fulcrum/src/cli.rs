@@ -1,6 +1,7 @@
 //! Command-line shape and the mapping from flags to each crate's configuration.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -40,6 +41,46 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the demo service of one instance: real CPU work per request, load reports.
     Worker(WorkerArgs),
+    /// Run the load balancer (from a TOML file, or quickly from flags).
+    Balance(BalanceArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config", "listen"])))]
+pub struct BalanceArgs {
+    /// Configuration file (TOML). SIGHUP re-reads it.
+    #[arg(long, short, conflicts_with_all = ["listen", "route", "policy", "telemetry", "admin", "tls_cert", "tls_key", "self_signed"])]
+    pub config: Option<PathBuf>,
+    /// Listen address (quick form; repeatable).
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// PREFIX=WORKER[,WORKER...] or PREFIX=@all (every worker of every other route); repeatable.
+    #[arg(long)]
+    pub route: Vec<String>,
+    /// Policy of every route's target group.
+    #[arg(long, value_parser = ["round-robin", "least-outstanding", "p2c-ewma", "lowest-cpu", "cpu-aware"])]
+    pub policy: Option<String>,
+    /// Telemetry source of every target group.
+    #[arg(long, value_parser = ["inband", "poll", "cloudwatch"])]
+    pub telemetry: Option<String>,
+    /// Admin listener (metrics, status page); keep it on loopback.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate generated at start-up (local use only).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub self_signed: bool,
+    /// Runtime threads (default: the config's `threads`, else every core).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Args, Debug)]
@@ -91,7 +132,37 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             drain_delay: a.drain_delay,
             drain_timeout: a.drain_timeout,
         }),
+        Command::Balance(a) => balance(a),
     }
+}
+
+fn balance(a: BalanceArgs) -> anyhow::Result<()> {
+    use fulcrum_balancer::{ConfigSource, QuickConfig};
+    let source = match a.config {
+        Some(path) => ConfigSource::File(path),
+        None => ConfigSource::Flags(QuickConfig {
+            listen: a.listen,
+            routes: a.route,
+            policy: a.policy,
+            telemetry: a.telemetry,
+            admin: a.admin,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            self_signed: a.self_signed,
+            threads: None,
+        }),
+    };
+    if a.check {
+        let c = source.load()?;
+        println!(
+            "configuration OK: {} listener(s), {} route(s), {} target group(s)",
+            c.listeners.len(),
+            c.routes.len(),
+            c.target_groups.len()
+        );
+        return Ok(());
+    }
+    fulcrum_balancer::run(source, a.threads.map(|t| t as usize))
 }
 
 /// Usage errors are one line naming the problem (clap's own rendering is several).

@@ -1,0 +1,1029 @@
+//! The balancer's configuration: the TOML schema, the quick command-line form, and validation
+//! that points at the file, line and column of every mistake.
+//!
+//! A config is parsed and validated whole before anything uses it, so the balancer never starts
+//! (or reloads into) a half-valid configuration.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration mistake, located.
+/// `line` and `column` are 1-based; 0 means the mistake is not in a file (command-line flags).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub threads: Option<usize>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub telemetry: TelemetrySettings,
+    pub routes: Vec<Route>,
+    pub target_groups: Vec<TargetGroup>,
+    /// Longest wait for in-flight requests after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    Files { cert: PathBuf, key: PathBuf },
+    SelfSigned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Reading a request's headers (slowloris); on HTTP/1 it also bounds keep-alive idle time.
+    #[serde(with = "humantime_serde")]
+    pub client_header: Duration,
+    /// Longest time a whole request may take, from its headers to the end of the response head.
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_header: Duration::from_secs(30),
+            request: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// All request header names and values together.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    /// Default body limit for routes that do not set their own.
+    pub max_body_bytes: u64,
+    /// Open client connections; beyond it new connections are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// How often the `poll` source asks each worker for `/load`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A CPU reading older than this is stale: policies stop trusting it.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// Period of the emulated CloudWatch source (CloudWatch's own minimum for EC2 is 60 s).
+    #[serde(with = "humantime_serde")]
+    pub cloudwatch_period: Duration,
+    /// Sources to collect for every worker even if no target group's policy reads them, so
+    /// the status page shows them and policies can be switched at runtime without a cold start.
+    pub collect: Vec<TelemetrySource>,
+    /// Forward the workers' `endpoint-load-metrics` header to clients (it is consumed otherwise).
+    pub forward_load_header: bool,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            poll_interval: Duration::from_millis(250),
+            stale_after: Duration::from_secs(2),
+            cloudwatch_period: Duration::from_secs(60),
+            collect: Vec::new(),
+            forward_load_header: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    /// Index into [`Config::target_groups`].
+    pub target_group: usize,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    RoundRobin,
+    LeastOutstanding,
+    P2cEwma,
+    LowestCpu,
+    CpuAware,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 5] = [
+        Policy::RoundRobin,
+        Policy::LeastOutstanding,
+        Policy::P2cEwma,
+        Policy::LowestCpu,
+        Policy::CpuAware,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastOutstanding => "least-outstanding",
+            Policy::P2cEwma => "p2c-ewma",
+            Policy::LowestCpu => "lowest-cpu",
+            Policy::CpuAware => "cpu-aware",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Policy> {
+        Policy::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TelemetrySource {
+    /// The `endpoint-load-metrics` header on each worker response.
+    Inband,
+    /// `GET /load` on each worker every `poll_interval`.
+    Poll,
+    /// CloudWatch `CPUUtilization`: emulated locally (60 s windows, published one window late),
+    /// or read from AWS by the AWS provider.
+    Cloudwatch,
+}
+
+impl TelemetrySource {
+    pub const ALL: [TelemetrySource; 3] = [
+        TelemetrySource::Inband,
+        TelemetrySource::Poll,
+        TelemetrySource::Cloudwatch,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TelemetrySource::Inband => "inband",
+            TelemetrySource::Poll => "poll",
+            TelemetrySource::Cloudwatch => "cloudwatch",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<TelemetrySource> {
+        TelemetrySource::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenAllUnhealthy {
+    /// Send to every worker as if healthy (ALB's behaviour).
+    FailOpen,
+    /// Answer 503 at once.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetGroup {
+    pub name: String,
+    pub policy: Policy,
+    pub telemetry: TelemetrySource,
+    pub workers: Vec<WorkerAddr>,
+    /// Workers are also read from this JSON file, watched for changes.
+    pub discovery_file: Option<PathBuf>,
+    pub health: HealthCheck,
+    pub outlier: OutlierDetection,
+    pub retry: RetryPolicy,
+    pub max_in_flight_per_worker: usize,
+    pub queue: usize,
+    pub queue_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Waiting for a worker's response headers.
+    pub response_timeout: Duration,
+    /// Idle pooled connections to workers are closed after this.
+    pub pool_idle_timeout: Duration,
+    pub when_all_unhealthy: WhenAllUnhealthy,
+}
+
+/// A worker's address as configured (`127.0.0.1:9001` or `http://127.0.0.1:9001`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerAddr(pub SocketAddr);
+
+impl std::fmt::Display for WorkerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl WorkerAddr {
+    /// Parses `host:port` or `http://host:port`; names are resolved once, here.
+    pub fn parse(s: &str) -> Result<WorkerAddr, String> {
+        let rest = s.strip_prefix("http://").unwrap_or(s);
+        if s.starts_with("https://") {
+            return Err(format!(
+                "`{s}`: workers are reached over plain HTTP; drop `https://`"
+            ));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(format!("`{s}`: a worker address has no path"));
+        }
+        if let Ok(a) = rest.parse::<SocketAddr>() {
+            return Ok(WorkerAddr(a));
+        }
+        let mut addrs = rest
+            .to_socket_addrs()
+            .map_err(|e| format!("`{s}` is not host:port ({e})"))?;
+        addrs
+            .next()
+            .map(WorkerAddr)
+            .ok_or_else(|| format!("`{s}` resolves to no address"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// Passive ejection: workers that keep failing are taken out for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    /// Consecutive failures (connect errors, resets, timeouts, 5xx) that eject a worker.
+    pub consecutive_failures: u32,
+    /// Ejection lasts `base_ejection × n` for the n-th ejection in a row, capped at 30 × base.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// At most this share of a target group is ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Tries per request, the first included.
+    pub max_attempts: u32,
+    /// Retries may add at most this percentage of the recent request rate...
+    pub budget_percent: u32,
+    /// ...but at least this many retries per second are always allowed.
+    pub min_retries_per_second: u32,
+    /// Idempotent requests are also retried after a timeout or a 502/503/504 from a worker.
+    pub retry_idempotent_on_status: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            budget_percent: 20,
+            min_retries_per_second: 10,
+            retry_idempotent_on_status: true,
+        }
+    }
+}
+
+// ----- The file schema -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default, rename = "listener")]
+    listeners: Vec<Spanned<FileListener>>,
+    admin: Option<FileAdmin>,
+    threads: Option<Spanned<usize>>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    telemetry: TelemetrySettings,
+    #[serde(default, rename = "route")]
+    routes: Vec<Spanned<FileRoute>>,
+    #[serde(default, rename = "target_group")]
+    target_groups: Vec<Spanned<FileTargetGroup>>,
+    #[serde(default = "default_shutdown", with = "humantime_serde")]
+    shutdown_timeout: Duration,
+}
+
+fn default_shutdown() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    address: Spanned<String>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    self_signed: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    address: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: Spanned<String>,
+    target_group: Spanned<String>,
+    max_body_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTargetGroup {
+    name: Spanned<String>,
+    #[serde(default = "default_policy")]
+    policy: Policy,
+    #[serde(default = "default_source")]
+    telemetry: TelemetrySource,
+    #[serde(default)]
+    workers: Vec<Spanned<String>>,
+    discovery_file: Option<PathBuf>,
+    #[serde(default)]
+    health: HealthCheck,
+    #[serde(default)]
+    outlier: OutlierDetection,
+    #[serde(default)]
+    retry: RetryPolicy,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight_per_worker: usize,
+    #[serde(default = "default_queue")]
+    queue: usize,
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    queue_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    response_timeout: Duration,
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pool_idle_timeout: Duration,
+    #[serde(default = "default_when_all_unhealthy")]
+    when_all_unhealthy: WhenAllUnhealthy,
+}
+
+fn default_policy() -> Policy {
+    Policy::CpuAware
+}
+fn default_source() -> TelemetrySource {
+    TelemetrySource::Inband
+}
+fn default_max_in_flight() -> usize {
+    128
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_when_all_unhealthy() -> WhenAllUnhealthy {
+    WhenAllUnhealthy::FailOpen
+}
+
+/// `@all` in a target group's workers: every worker of every other group.
+pub const ALL_WORKERS: &str = "@all";
+
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &path.display().to_string(), path.parent())
+    }
+
+    /// Validates TOML text; `file` names it in errors, relative paths resolve against `base`.
+    pub fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let loc = Locator { file, text };
+        let raw: FileConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            match e.span() {
+                Some(span) => loc.at(span, message),
+                None => ConfigError {
+                    file: file.to_owned(),
+                    line: 1,
+                    column: 1,
+                    message,
+                },
+            }
+        })?;
+        let resolve = |p: PathBuf| match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        };
+
+        let mut listeners = Vec::new();
+        for l in &raw.listeners {
+            let address = parse_addr(&l.get_ref().address, &loc)?;
+            let tls = match &l.get_ref().tls {
+                None => None,
+                Some(FileTls {
+                    self_signed: true,
+                    cert: None,
+                    key: None,
+                }) => Some(Tls::SelfSigned),
+                Some(FileTls {
+                    self_signed: false,
+                    cert: Some(c),
+                    key: Some(k),
+                }) => Some(Tls::Files {
+                    cert: resolve(c.clone()),
+                    key: resolve(k.clone()),
+                }),
+                Some(_) => {
+                    return Err(loc.at(
+                        l.span(),
+                        "tls needs either `cert` and `key` (PEM files) or `self_signed = true`",
+                    ))
+                }
+            };
+            listeners.push(Listener { address, tls });
+        }
+        if listeners.is_empty() {
+            return Err(loc.at(0..0, "no [[listener]]: the balancer needs at least one"));
+        }
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|a| parse_addr(&a.address, &loc))
+            .transpose()?;
+        if let Some(t) = &raw.threads {
+            if !(1..=256).contains(t.get_ref()) {
+                return Err(loc.at(t.span(), "threads must be between 1 and 256"));
+            }
+        }
+
+        // Target groups, with `@all` expanded after every explicit list is known.
+        let mut names = BTreeMap::new();
+        let mut groups = Vec::new();
+        for g in &raw.target_groups {
+            let fg = g.get_ref();
+            let name = fg.name.get_ref().clone();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(loc.at(
+                    fg.name.span(),
+                    format!("target group name `{name}` must be non-empty letters, digits, `-`, `_` or `.`"),
+                ));
+            }
+            if names.insert(name.clone(), groups.len()).is_some() {
+                return Err(loc.at(
+                    fg.name.span(),
+                    format!("target group `{name}` is defined twice"),
+                ));
+            }
+            let mut workers = Vec::new();
+            let mut seen = HashSet::new();
+            for w in &fg.workers {
+                if w.get_ref() == ALL_WORKERS {
+                    continue;
+                }
+                let addr = WorkerAddr::parse(w.get_ref()).map_err(|m| loc.at(w.span(), m))?;
+                if !seen.insert(addr.clone()) {
+                    return Err(loc.at(w.span(), format!("worker {addr} is listed twice")));
+                }
+                workers.push(addr);
+            }
+            let has_all = fg.workers.iter().any(|w| w.get_ref() == ALL_WORKERS);
+            if fg.workers.is_empty() && fg.discovery_file.is_none() {
+                return Err(loc.at(
+                    g.span(),
+                    format!("target group `{name}` has no `workers` and no `discovery_file`"),
+                ));
+            }
+            check_health(&fg.health, &loc, g.span())?;
+            if fg.max_in_flight_per_worker == 0 {
+                return Err(loc.at(g.span(), "max_in_flight_per_worker must be at least 1"));
+            }
+            if fg.retry.max_attempts == 0 {
+                return Err(loc.at(
+                    g.span(),
+                    "retry.max_attempts must be at least 1 (the first try)",
+                ));
+            }
+            if fg.outlier.max_ejected_percent > 100 {
+                return Err(loc.at(g.span(), "outlier.max_ejected_percent must be at most 100"));
+            }
+            if fg.telemetry == TelemetrySource::Cloudwatch
+                && raw.telemetry.cloudwatch_period.is_zero()
+            {
+                return Err(loc.at(g.span(), "telemetry.cloudwatch_period must be positive"));
+            }
+            groups.push((
+                has_all,
+                TargetGroup {
+                    name,
+                    policy: fg.policy,
+                    telemetry: fg.telemetry,
+                    workers,
+                    discovery_file: fg.discovery_file.clone().map(resolve),
+                    health: fg.health.clone(),
+                    outlier: fg.outlier.clone(),
+                    retry: fg.retry.clone(),
+                    max_in_flight_per_worker: fg.max_in_flight_per_worker,
+                    queue: fg.queue,
+                    queue_timeout: fg.queue_timeout,
+                    connect_timeout: fg.connect_timeout,
+                    response_timeout: fg.response_timeout,
+                    pool_idle_timeout: fg.pool_idle_timeout,
+                    when_all_unhealthy: fg.when_all_unhealthy,
+                },
+            ));
+        }
+        let explicit: Vec<WorkerAddr> = {
+            let mut all: Vec<WorkerAddr> = groups
+                .iter()
+                .filter(|(has_all, _)| !has_all)
+                .flat_map(|(_, g)| g.workers.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        let target_groups: Vec<TargetGroup> = groups
+            .into_iter()
+            .map(|(has_all, mut g)| {
+                if has_all {
+                    for w in &explicit {
+                        if !g.workers.contains(w) {
+                            g.workers.push(w.clone());
+                        }
+                    }
+                }
+                g
+            })
+            .collect();
+
+        let mut routes = Vec::new();
+        let mut prefixes = HashSet::new();
+        for r in &raw.routes {
+            let fr = r.get_ref();
+            let prefix = fr.prefix.get_ref().clone();
+            if !prefix.starts_with('/') {
+                return Err(loc.at(
+                    fr.prefix.span(),
+                    format!("route prefix `{prefix}` must start with `/`"),
+                ));
+            }
+            if !prefixes.insert(prefix.clone()) {
+                return Err(loc.at(
+                    fr.prefix.span(),
+                    format!("route prefix `{prefix}` is defined twice"),
+                ));
+            }
+            let group = fr.target_group.get_ref();
+            let Some(&idx) = names.get(group) else {
+                let known: Vec<&str> = names.keys().map(String::as_str).collect();
+                return Err(loc.at(
+                    fr.target_group.span(),
+                    format!(
+                        "unknown target group `{group}` (defined: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            };
+            routes.push(Route {
+                prefix,
+                target_group: idx,
+                max_body_bytes: fr.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
+            });
+        }
+        if routes.is_empty() {
+            return Err(loc.at(0..0, "no [[route]]: nothing would be served"));
+        }
+        if raw.limits.max_headers == 0
+            || raw.limits.max_header_bytes < 1024
+            || raw.limits.max_uri_bytes < 64
+        {
+            return Err(loc.at(
+                0..0,
+                "limits too small: max_headers ≥ 1, max_header_bytes ≥ 1024, max_uri_bytes ≥ 64",
+            ));
+        }
+        if raw.telemetry.poll_interval < Duration::from_millis(10) {
+            return Err(loc.at(0..0, "telemetry.poll_interval must be at least 10ms"));
+        }
+        Ok(Config {
+            listeners,
+            admin,
+            threads: raw.threads.map(|t| t.into_inner()),
+            timeouts: raw.timeouts,
+            limits: raw.limits,
+            telemetry: raw.telemetry,
+            routes,
+            target_groups,
+            shutdown_timeout: raw.shutdown_timeout,
+        })
+    }
+
+    /// The telemetry sources some target group reads or the settings ask to collect.
+    pub fn sources_in_use(&self) -> Vec<TelemetrySource> {
+        let mut s: Vec<TelemetrySource> = self
+            .target_groups
+            .iter()
+            .map(|g| g.telemetry)
+            .chain(self.telemetry.collect.iter().copied())
+            .collect();
+        s.sort_by_key(|t| t.name());
+        s.dedup();
+        s
+    }
+}
+
+fn parse_addr(s: &Spanned<String>, loc: &Locator) -> Result<SocketAddr, ConfigError> {
+    s.get_ref().parse().map_err(|_| {
+        loc.at(
+            s.span(),
+            format!("`{}` is not an IP:port address", s.get_ref()),
+        )
+    })
+}
+
+fn check_health(
+    h: &HealthCheck,
+    loc: &Locator,
+    span: std::ops::Range<usize>,
+) -> Result<(), ConfigError> {
+    if !h.path.starts_with('/') {
+        return Err(loc.at(
+            span,
+            format!("health.path `{}` must start with `/`", h.path),
+        ));
+    }
+    if h.interval < Duration::from_millis(10) || h.timeout.is_zero() {
+        return Err(loc.at(
+            span,
+            "health.interval must be ≥ 10ms and health.timeout positive",
+        ));
+    }
+    if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+        return Err(loc.at(span, "health thresholds must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The quick form: `--listen`, `--route PREFIX=WORKERS|@all`, `--policy`, ... turned into the
+/// same TOML a file would hold, so both paths share one validator.
+#[derive(Debug, Clone, Default)]
+pub struct QuickConfig {
+    pub listen: Vec<String>,
+    pub routes: Vec<String>,
+    pub policy: Option<String>,
+    pub telemetry: Option<String>,
+    pub admin: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub self_signed: bool,
+    pub threads: Option<usize>,
+}
+
+impl QuickConfig {
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        let flag_err = |message: String| ConfigError {
+            file: "command line".into(),
+            line: 0,
+            column: 0,
+            message,
+        };
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let mut out = String::new();
+        if let Some(t) = self.threads {
+            out.push_str(&format!("threads = {t}\n"));
+        }
+        if self.listen.is_empty() {
+            return Err(flag_err("--listen is required without --config".into()));
+        }
+        for l in &self.listen {
+            out.push_str(&format!("[[listener]]\naddress = {}\n", q(l)));
+            match (&self.tls_cert, &self.tls_key, self.self_signed) {
+                (Some(c), Some(k), false) => out.push_str(&format!(
+                    "tls = {{ cert = {}, key = {} }}\n",
+                    q(&c.display().to_string()),
+                    q(&k.display().to_string())
+                )),
+                (None, None, true) => out.push_str("tls = { self_signed = true }\n"),
+                (None, None, false) => {}
+                _ => {
+                    return Err(flag_err(
+                        "use --tls-cert with --tls-key, or --self-signed alone".into(),
+                    ))
+                }
+            }
+        }
+        if let Some(a) = &self.admin {
+            out.push_str(&format!("[admin]\naddress = {}\n", q(a)));
+        }
+        let mut seen = HashSet::new();
+        for r in &self.routes {
+            let (prefix, workers) = r.split_once('=').ok_or_else(|| {
+                flag_err(format!(
+                    "--route `{r}` is not PREFIX=WORKER[,WORKER...] or PREFIX=@all"
+                ))
+            })?;
+            let name = group_name(prefix);
+            if !seen.insert(name.clone()) {
+                return Err(flag_err(format!(
+                    "--route `{r}`: prefix `{prefix}` is given twice"
+                )));
+            }
+            out.push_str(&format!(
+                "[[route]]\nprefix = {}\ntarget_group = {}\n",
+                q(prefix),
+                q(&name)
+            ));
+            out.push_str(&format!("[[target_group]]\nname = {}\n", q(&name)));
+            if let Some(p) = &self.policy {
+                out.push_str(&format!("policy = {}\n", q(p)));
+            }
+            if let Some(t) = &self.telemetry {
+                out.push_str(&format!("telemetry = {}\n", q(t)));
+            }
+            let list: Vec<String> = workers
+                .split(',')
+                .filter(|w| !w.is_empty())
+                .map(q)
+                .collect();
+            out.push_str(&format!("workers = [{}]\n", list.join(", ")));
+        }
+        Ok(out)
+    }
+
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        let text = self.to_toml()?;
+        // Positions in the generated TOML would mean nothing to the user: drop them.
+        Config::parse(&text, "command line", None).map_err(|e| ConfigError {
+            line: 0,
+            column: 0,
+            ..e
+        })
+    }
+}
+
+/// A target-group name for a route prefix: `/cluster1` → `cluster1`, `/` → `root`.
+fn group_name(prefix: &str) -> String {
+    let name: String = prefix
+        .trim_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "root".into()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[listener]]
+address = "127.0.0.1:8080"
+
+[admin]
+address = "127.0.0.1:9900"
+
+[[route]]
+prefix = "/cluster1"
+target_group = "c1"
+
+[[route]]
+prefix = "/"
+target_group = "all"
+
+[[target_group]]
+name = "c1"
+policy = "round-robin"
+workers = ["127.0.0.1:9001", "http://127.0.0.1:9002"]
+
+[[target_group]]
+name = "c2"
+workers = ["127.0.0.1:9101"]
+[target_group.health]
+interval = "250ms"
+
+[[target_group]]
+name = "all"
+workers = ["@all"]
+"#;
+
+    #[test]
+    fn parses_a_good_file_and_expands_all() {
+        let c = Config::parse(GOOD, "b.toml", None).unwrap();
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
+        assert_eq!(c.target_groups[0].policy, Policy::RoundRobin);
+        assert_eq!(c.target_groups[1].policy, Policy::CpuAware);
+        assert_eq!(
+            c.target_groups[1].health.interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(c.target_groups[2].workers.len(), 3);
+        assert_eq!(c.routes[1].target_group, 2);
+        assert_eq!(c.routes[0].max_body_bytes, Limits::default().max_body_bytes);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text, "b.toml", None).unwrap_err()
+    }
+
+    #[test]
+    fn errors_point_at_file_line_and_column() {
+        let e = err(&GOOD.replace("policy = \"round-robin\"", "policy = \"fastest\""));
+        assert_eq!((e.line, e.column), (18, 10), "{e}");
+        assert!(e.message.contains("unknown variant `fastest`"), "{e}");
+        assert!(e.message.contains("cpu-aware"), "{e}");
+        assert!(e.to_string().starts_with("b.toml:18:10: "), "{e}");
+
+        let e = err(&GOOD.replace("target_group = \"c1\"", "target_group = \"c3\""));
+        assert_eq!((e.line, e.column), (10, 16), "{e}");
+        assert!(
+            e.message
+                .contains("unknown target group `c3` (defined: all, c1, c2)"),
+            "{e}"
+        );
+
+        let e = err(&GOOD.replace("\"127.0.0.1:9101\"", "\"127.0.0.1:notaport\""));
+        assert_eq!((e.line, e.column), (23, 12), "{e}");
+        assert!(e.message.contains("is not host:port"), "{e}");
+
+        let e = err(&GOOD.replace("interval = \"250ms\"", "interval = \"soon\""));
+        assert_eq!((e.line, e.column), (25, 12), "{e}");
+
+        let e = err(&GOOD.replace("[admin]", "[admn]"));
+        assert!(e.message.contains("unknown field `admn`"), "{e}");
+
+        let e = err(&GOOD.replace("prefix = \"/\"", "prefix = \"nope\""));
+        assert!(e.message.contains("must start with `/`"), "{e}");
+
+        let e = err("[[listener]\naddress = 1");
+        assert_eq!(e.line, 1, "{e}");
+
+        let e = err(&GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"localhost\""));
+        assert_eq!((e.line, e.column), (3, 11), "{e}");
+    }
+
+    #[test]
+    fn quick_form_builds_the_same_config() {
+        let q = QuickConfig {
+            listen: vec!["127.0.0.1:8080".into()],
+            routes: vec![
+                "/cluster1=http://127.0.0.1:9001,http://127.0.0.1:9002".into(),
+                "/cluster2=http://127.0.0.1:9101".into(),
+                "/=@all".into(),
+            ],
+            policy: Some("lowest-cpu".into()),
+            admin: Some("127.0.0.1:9900".into()),
+            ..Default::default()
+        };
+        let c = q.build().unwrap();
+        assert_eq!(c.target_groups.len(), 3);
+        assert_eq!(c.target_groups[2].name, "root");
+        assert_eq!(c.target_groups[2].workers.len(), 3);
+        assert!(c
+            .target_groups
+            .iter()
+            .all(|g| g.policy == Policy::LowestCpu));
+        let bad = QuickConfig {
+            listen: vec!["127.0.0.1:8080".into()],
+            routes: vec!["/x".into()],
+            ..Default::default()
+        };
+        assert!(bad.build().unwrap_err().message.contains("PREFIX=WORKER"));
+        let bad_policy = QuickConfig {
+            policy: Some("best".into()),
+            ..q
+        };
+        assert!(bad_policy
+            .build()
+            .unwrap_err()
+            .message
+            .contains("unknown variant `best`"));
+    }
+}

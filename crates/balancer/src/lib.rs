@@ -1,0 +1,383 @@
+//! # fulcrum-balancer
+//!
+//! Owns `fulcrum balance`: a load-aware L7 load balancer. Listeners (HTTP/1.1 and HTTP/2,
+//! plain or TLS) accept requests; routes map path prefixes to target groups; each group's
+//! policy picks a worker using local knowledge (in-flight requests, latency, failures) and the
+//! workers' load reports (in-band headers, `/load` polls, or CloudWatch-style averages); the
+//! request is forwarded on a pooled connection with timeouts, bounded retries and passive
+//! ejection, while active health checks run in the background. An admin listener serves
+//! metrics, a status document and a live status page.
+//!
+//! The request path is `proxy.rs` → `route.rs` → `policy.rs`. Per-worker state lives in
+//! `fleet.rs`; configuration and its validation in `config.rs`.
+//!
+//! It does not own the workers themselves (`fulcrum-worker`), the load-report format
+//! (`fulcrum-telemetry`), or where anything runs (`fulcrum-deploy`, `fulcrum-aws`).
+
+mod admin;
+mod body;
+pub mod config;
+mod discovery;
+mod fleet;
+mod health;
+mod metrics;
+mod policy;
+mod pool;
+mod proxy;
+mod route;
+mod telemetry;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use config::{Config, ConfigError, Policy, QuickConfig, TelemetrySource};
+pub use policy::cpu_aware_cost;
+pub use tls::install_crypto_provider;
+
+use crate::config::TelemetrySource as Source;
+use crate::fleet::{Fleet, Worker};
+use crate::proxy::Shared;
+use crate::route::Router;
+
+/// Where the configuration comes from; only a file can be reloaded.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Flags(QuickConfig),
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(p) => Config::load(p),
+            ConfigSource::Flags(q) => q.build(),
+        }
+    }
+}
+
+struct Balancer {
+    shared: Arc<Shared>,
+    source: ConfigSource,
+    generation: AtomicU64,
+    discovery: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Balancer {
+    /// Makes `config` the one in force: a new router generation, worker tasks to match, and
+    /// workers no longer named drained then forgotten.
+    fn install(self: &Arc<Self>, config: Config) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let router = Router::build(Arc::new(config), &self.shared.fleet, generation);
+        self.shared.router.store(Arc::new(router));
+        self.shared.metrics.config_generation.set(generation as i64);
+        self.restart_discovery();
+        self.sync_workers();
+    }
+
+    fn restart_discovery(self: &Arc<Self>) {
+        let mut tasks = self.discovery.lock().expect("never poisoned");
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        let router = self.shared.router.load_full();
+        for group in &router.groups {
+            let Some(path) = group.settings.discovery_file.clone() else {
+                continue;
+            };
+            let (this, group) = (self.clone(), group.clone());
+            tasks.push(discovery::watch_file(
+                path,
+                Duration::from_millis(500),
+                move |addrs| {
+                    let workers = addrs
+                        .iter()
+                        .map(|a| {
+                            let (w, _) = this
+                                .shared
+                                .fleet
+                                .get_or_add(a.0, group.settings.max_in_flight_per_worker);
+                            w
+                        })
+                        .collect();
+                    group.set_discovered(workers);
+                    this.sync_workers();
+                },
+            ));
+        }
+    }
+
+    /// Starts background tasks for workers that lack this generation's, and drains workers no
+    /// group names any more: no new picks, in-flight requests finish, then they are forgotten.
+    fn sync_workers(self: &Arc<Self>) {
+        let router = self.shared.router.load_full();
+        let config = &router.config;
+        let referenced = router.workers();
+        for w in &referenced {
+            w.set_draining(false);
+            if w.task_generation() == router.generation {
+                continue;
+            }
+            w.stop_tasks();
+            let health = router
+                .groups
+                .iter()
+                .find(|g| g.workers().iter().any(|x| x.addr == w.addr))
+                .map(|g| g.settings.health.clone())
+                .unwrap_or_default();
+            w.add_task(health::spawn(w.clone(), health));
+            for source in config.sources_in_use() {
+                match source {
+                    Source::Inband => {}
+                    Source::Poll => w.add_task(telemetry::spawn_poll(
+                        w.clone(),
+                        config.telemetry.poll_interval,
+                    )),
+                    Source::Cloudwatch => w.add_task(telemetry::spawn_cloudwatch_emulation(
+                        w.clone(),
+                        config.telemetry.cloudwatch_period,
+                    )),
+                }
+            }
+            w.set_task_generation(router.generation);
+        }
+        for w in self.shared.fleet.all() {
+            if referenced.iter().any(|r| r.addr == w.addr) || w.is_draining() {
+                continue;
+            }
+            tracing::info!(worker = %w.addr, in_flight = w.in_flight(), "worker removed; draining");
+            w.set_draining(true);
+            let this = self.clone();
+            let limit = config.shutdown_timeout;
+            tokio::spawn(async move { this.finish_drain(w, limit).await });
+        }
+    }
+
+    async fn finish_drain(&self, w: Arc<Worker>, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while w.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if w.is_draining() {
+            self.shared.fleet.remove(w.addr);
+            tracing::info!(worker = %w.addr, "worker drained and removed");
+        }
+    }
+
+    /// Re-reads the configuration; an invalid one is logged and the old one kept.
+    fn reload(self: &Arc<Self>) {
+        let ConfigSource::File(path) = &self.source else {
+            tracing::warn!("SIGHUP: the configuration came from flags; nothing to reload");
+            return;
+        };
+        match Config::load(path) {
+            Ok(new) => {
+                let old = self.shared.router.load().config.clone();
+                if new.listeners != old.listeners
+                    || new.admin != old.admin
+                    || new.threads != old.threads
+                {
+                    tracing::warn!(
+                        "listener, admin and thread changes take effect only after a restart"
+                    );
+                }
+                self.install(new);
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .get_or_create(&metrics::ReloadLabels { result: "ok" })
+                    .inc();
+                tracing::info!(file = %path.display(), generation = self.generation.load(Ordering::Relaxed), "configuration reloaded");
+            }
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .get_or_create(&metrics::ReloadLabels { result: "rejected" })
+                    .inc();
+                tracing::error!(error = %e, "configuration rejected; keeping the one in force");
+            }
+        }
+    }
+}
+
+/// A balancer whose sockets are bound, ready to serve.
+pub struct BoundBalancer {
+    balancer: Arc<Balancer>,
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    admin: Option<TcpListener>,
+}
+
+impl BoundBalancer {
+    /// Validates the configuration and binds every listener; nothing is served yet, and any
+    /// failure leaves nothing behind.
+    pub async fn bind(source: ConfigSource) -> anyhow::Result<BoundBalancer> {
+        install_crypto_provider();
+        let config = source.load()?;
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let tls = l.tls.as_ref().map(tls::acceptor).transpose()?;
+            let listener = TcpListener::bind(l.address)
+                .await
+                .with_context(|| format!("cannot listen on {}", l.address))?;
+            listeners.push((listener, tls));
+        }
+        let admin = match config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (admin)"))?,
+            ),
+            None => None,
+        };
+        let fleet = Fleet::default();
+        let router = Arc::new(ArcSwap::from_pointee(Router::build(
+            Arc::new(config),
+            &fleet,
+            0,
+        )));
+        let metrics = metrics::Metrics::new(router.clone());
+        let balancer = Arc::new(Balancer {
+            shared: Arc::new(Shared::new(router, fleet, metrics)),
+            source,
+            generation: AtomicU64::new(0),
+            discovery: Mutex::new(Vec::new()),
+        });
+        Ok(BoundBalancer {
+            balancer,
+            listeners,
+            admin,
+        })
+    }
+
+    /// Bound listener addresses, with whether each is TLS.
+    pub fn addresses(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners
+            .iter()
+            .map(|(l, tls)| (l.local_addr().expect("bound"), tls.is_some()))
+            .collect()
+    }
+
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr().expect("bound"))
+    }
+
+    /// Serves until `shutdown`; then stops accepting and drains in-flight requests (bounded by
+    /// `shutdown_timeout`). SIGHUP reloads a file configuration.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let BoundBalancer {
+            balancer,
+            listeners,
+            admin,
+        } = self;
+        let config = balancer.shared.router.load().config.clone();
+        balancer.install((*config).clone());
+        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut accepts = Vec::new();
+        for (listener, tls) in listeners {
+            accepts.push(tokio::spawn(proxy::accept_loop(
+                balancer.shared.clone(),
+                listener,
+                tls,
+                graceful.clone(),
+                stopped(stop_rx.clone()),
+            )));
+        }
+        if let Some(admin) = admin {
+            tokio::spawn(admin::serve(
+                balancer.shared.clone(),
+                admin,
+                started,
+                stopped(stop_rx.clone()),
+            ));
+        }
+
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = hup.recv() => balancer.reload(),
+            }
+        }
+
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        let _ = stop_tx.send(true);
+        for a in accepts {
+            let _ = a.await;
+        }
+        let limit = balancer.shared.router.load().config.shutdown_timeout;
+        // The accept loops are done, so this is the last handle.
+        let graceful =
+            Arc::into_inner(graceful).expect("accept loops hold no handle after exiting");
+        tokio::select! {
+            _ = graceful.shutdown() => tracing::info!("drained; exiting"),
+            _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
+        }
+        Ok(())
+    }
+}
+
+/// Runs `fulcrum balance` to completion: binds, announces its addresses on stdout, serves until
+/// SIGTERM or SIGINT, drains, returns.
+pub fn run(source: ConfigSource, threads: Option<usize>) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let threads = threads
+        .or(config.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let bound = BoundBalancer::bind(source).await?;
+        for (addr, tls) in bound.addresses() {
+            println!(
+                "fulcrum balance listening on {}://{addr}",
+                if tls { "https" } else { "http" }
+            );
+        }
+        if let Some(a) = bound.admin_address() {
+            println!("fulcrum balance admin on http://{a}");
+        }
+        bound.serve(termination()).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

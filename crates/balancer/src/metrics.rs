@@ -1,0 +1,304 @@
+//! The balancer's Prometheus metrics: counters updated on the request path, and per-worker
+//! state (in-flight, health, telemetry and its age, latency estimate, pool) read at scrape time.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::config::TelemetrySource;
+use crate::fleet::{now_us, Health};
+use crate::route::Router;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Arc<String>,
+    pub target_group: Arc<String>,
+    pub worker: Arc<String>,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Arc<String>,
+    pub target_group: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub target_group: Arc<String>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub target_group: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    worker: Arc<String>,
+    source: &'static str,
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: LatencyFamily,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retries_denied: Family<GroupLabels, Counter>,
+    pub ejections: Family<WorkerLabels, Counter>,
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_rejected: Counter,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    pub config_generation: Gauge<i64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new(router: Arc<ArcSwap<Router>>) -> Metrics {
+        let mut registry = Registry::with_prefix("fulcrum_balancer");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        let retries_denied = Family::<GroupLabels, Counter>::default();
+        let ejections = Family::<WorkerLabels, Counter>::default();
+        let connections_open = Gauge::default();
+        let connections_accepted = Counter::default();
+        let connections_rejected = Counter::default();
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_generation = Gauge::<i64>::default();
+        registry.register(
+            "requests",
+            "Proxied requests by route, target group, worker and the worker's status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response headers, by route",
+            latency.clone(),
+        );
+        registry.register(
+            "errors",
+            "Error answers given by the balancer itself, by error code",
+            errors.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries by target group and reason",
+            retries.clone(),
+        );
+        registry.register(
+            "retries_denied",
+            "Retries refused because the target group's retry budget was spent",
+            retries_denied.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Passive ejections by worker",
+            ejections.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Client connections closed at once because max_connections was reached",
+            connections_rejected.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the configuration in use",
+            config_generation.clone(),
+        );
+        registry.register_collector(Box::new(FleetCollector { router }));
+        Metrics {
+            registry,
+            requests,
+            latency,
+            errors,
+            retries,
+            retries_denied,
+            ejections,
+            connections_open,
+            connections_accepted,
+            connections_rejected,
+            config_reloads,
+            config_generation,
+        }
+    }
+
+    pub fn error(&self, error: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Reads per-worker state at scrape time, so the request path pays nothing for it.
+struct FleetCollector {
+    router: Arc<ArcSwap<Router>>,
+}
+
+impl std::fmt::Debug for FleetCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetCollector")
+    }
+}
+
+impl Collector for FleetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let router = self.router.load();
+        let workers = router.workers();
+        let now = now_us();
+        let label = |w: &crate::fleet::Worker| WorkerLabels {
+            worker: w.label.clone(),
+        };
+
+        let mut gauge = |name: &str, help: &str, value: &dyn Fn(&crate::fleet::Worker) -> i64| {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for w in &workers {
+                ConstGauge::new(value(w)).encode(fam.encode_family(&label(w))?)?;
+            }
+            Ok::<_, std::fmt::Error>(())
+        };
+        gauge(
+            "worker_in_flight",
+            "Requests in flight to each worker",
+            &|w| w.in_flight() as i64,
+        )?;
+        gauge(
+            "worker_healthy",
+            "1 if the worker is eligible (healthy or not yet checked, not ejected, not draining)",
+            &|w| w.is_available(now) as i64,
+        )?;
+        gauge(
+            "worker_health_check_failing",
+            "1 if active health checks mark the worker unhealthy",
+            &|w| (w.health() == Health::Unhealthy) as i64,
+        )?;
+        gauge(
+            "worker_ejected",
+            "1 while the worker is passively ejected",
+            &|w| w.is_ejected(now) as i64,
+        )?;
+        gauge(
+            "worker_pool_connections",
+            "Open connections to each worker",
+            &|w| w.pool.open() as i64,
+        )?;
+
+        let mut picks = encoder.encode_descriptor(
+            "worker_picks",
+            "Times each worker was chosen by a policy (retries included)",
+            None,
+            MetricType::Counter,
+        )?;
+        for w in &workers {
+            ConstCounter::new(w.picks()).encode(picks.encode_family(&label(w))?)?;
+        }
+
+        let mut ewma = encoder.encode_descriptor(
+            "worker_latency_ewma_seconds",
+            "Peak-EWMA latency estimate of each worker",
+            None,
+            MetricType::Gauge,
+        )?;
+        for w in &workers {
+            ConstGauge::new(w.ewma_us(now) / 1e6).encode(ewma.encode_family(&label(w))?)?;
+        }
+
+        for (name, help, pick) in [
+            (
+                "worker_cpu_utilization",
+                "Latest CPU utilization reading of each worker, by telemetry source",
+                0u8,
+            ),
+            (
+                "worker_telemetry_age_seconds",
+                "Age of the latest reading of each worker, by telemetry source",
+                1,
+            ),
+        ] {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for w in &workers {
+                for source in TelemetrySource::ALL {
+                    if let Some(r) = w.slot(source).read(now) {
+                        let v = if pick == 0 {
+                            r.cpu_utilization
+                        } else {
+                            r.age.as_secs_f64()
+                        };
+                        let labels = SourceLabels {
+                            worker: w.label.clone(),
+                            source: source.name(),
+                        };
+                        ConstGauge::new(v).encode(fam.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+
+        let mut queued = encoder.encode_descriptor(
+            "target_group_queued",
+            "Requests waiting for a free worker slot, by target group",
+            None,
+            MetricType::Gauge,
+        )?;
+        for g in &router.groups {
+            let labels = GroupLabels {
+                target_group: g.label.clone(),
+            };
+            ConstGauge::new(g.queued() as i64).encode(queued.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

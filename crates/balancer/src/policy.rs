@@ -1,0 +1,270 @@
+//! Picking a worker: the five policies.
+//!
+//! Every policy chooses among *candidates* the caller has already filtered (healthy, not
+//! ejected, below their in-flight cap, not yet tried by this request), so policies only rank.
+//!
+//! - `round-robin`: the next candidate in turn.
+//! - `least-outstanding` (ALB): fewest requests in flight at this balancer; random among ties.
+//! - `p2c-ewma` (Finagle, Linkerd): two distinct random candidates, the lower
+//!   `peak-EWMA latency × (in-flight + 1)` wins.
+//! - `lowest-cpu`: the seed's rule, kept faithfully as a baseline — the argmin of the latest CPU
+//!   reading from the group's telemetry source, however old; a worker with no reading counts
+//!   as 0 % (what naive code does with an empty datapoint list); random among exact ties.
+//!   It herds: between readings every request goes to the same worker.
+//! - `cpu-aware`: fulcrum's default. Power of two choices over
+//!
+//!   ```text
+//!   cost(w) = (in_flight(w) + 1) / cores(w)          outstanding work per core of capacity
+//!           × 1 / max(1 − u(w), 0.05)                 CPU headroom, from a fresh report only
+//!           × (1 + 20 · err(w))                       failures count as load (no sinkholes)
+//!   ```
+//!
+//!   where `cores(w)` is the CPU the worker reports it may use (its quota: a t2.large-like
+//!   worker has twice a micro's, so it is handed about twice the work), or the mean of the
+//!   candidates that reported, or 1; `u(w)` is its reported CPU utilization if the reading is
+//!   younger than `stale_after`, else 0 — a stale or missing report falls back to the local
+//!   in-flight count alone; `err(w)` is the larger of the balancer's own decaying failure share
+//!   for the worker and the worker's reported `eps / (rps + eps)`. Two random candidates, not a
+//!   global argmin, so stale data cannot herd traffic (Mitzenmacher); the comparison is
+//!   deterministic given the two, so the worse of any pair never wins.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::{Policy, TelemetrySource};
+use crate::fleet::Worker;
+
+/// What a pick may read besides the candidates.
+pub struct PickContext<'a> {
+    pub policy: Policy,
+    pub source: TelemetrySource,
+    pub stale_after_us: u64,
+    pub now: u64,
+    pub rr: &'a AtomicUsize,
+}
+
+/// Index of the chosen candidate. `candidates` must not be empty.
+pub fn pick(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
+    debug_assert!(!candidates.is_empty());
+    let n = candidates.len();
+    if n == 1 {
+        return 0;
+    }
+    match ctx.policy {
+        Policy::RoundRobin => ctx.rr.fetch_add(1, Ordering::Relaxed) % n,
+        Policy::LeastOutstanding => argmin_random_ties(candidates, |w| w.in_flight() as f64),
+        Policy::P2cEwma => p2c(candidates, |w| {
+            w.ewma_us(ctx.now) * (w.in_flight() as f64 + 1.0)
+        }),
+        Policy::LowestCpu => argmin_random_ties(candidates, |w| {
+            w.slot(ctx.source)
+                .read(ctx.now)
+                .map_or(0.0, |r| r.cpu_utilization)
+        }),
+        Policy::CpuAware => {
+            let fallback_cores = mean_cores(candidates);
+            p2c(candidates, |w| cpu_aware_cost(w, ctx, fallback_cores))
+        }
+    }
+}
+
+/// The `cpu-aware` cost of sending one more request to `w` (see the module docs).
+pub fn cpu_aware_cost(w: &Worker, ctx: &PickContext, fallback_cores: f64) -> f64 {
+    let cores = w.cores().unwrap_or(fallback_cores);
+    let fresh = w
+        .slot(ctx.source)
+        .read(ctx.now)
+        .filter(|r| (r.age.as_micros() as u64) <= ctx.stale_after_us);
+    let u = fresh.map_or(0.0, |r| r.cpu_utilization.clamp(0.0, 1.0));
+    let reported_err = fresh.map_or(0.0, |r| {
+        let total = r.rps + r.eps;
+        if total > 0.0 {
+            r.eps / total
+        } else {
+            0.0
+        }
+    });
+    let err = w.error_rate(ctx.now).max(reported_err);
+    (w.in_flight() as f64 + 1.0) / cores / (1.0 - u).max(0.05) * (1.0 + 20.0 * err)
+}
+
+fn mean_cores(candidates: &[&Arc<Worker>]) -> f64 {
+    let (sum, n) = candidates
+        .iter()
+        .filter_map(|w| w.cores())
+        .fold((0.0, 0usize), |(s, n), c| (s + c, n + 1));
+    if n == 0 {
+        1.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// Two distinct random candidates; the cheaper wins (the first on an exact tie).
+fn p2c(candidates: &[&Arc<Worker>], cost: impl Fn(&Worker) -> f64) -> usize {
+    let n = candidates.len();
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    if cost(candidates[b]) < cost(candidates[a]) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The minimum of `key`, choosing uniformly among exact ties (reservoir sampling).
+fn argmin_random_ties(candidates: &[&Arc<Worker>], key: impl Fn(&Worker) -> f64) -> usize {
+    let mut best = 0;
+    let mut best_key = f64::INFINITY;
+    let mut ties = 0u32;
+    for (i, w) in candidates.iter().enumerate() {
+        let k = key(w);
+        if k < best_key {
+            best = i;
+            best_key = k;
+            ties = 1;
+        } else if k == best_key {
+            ties += 1;
+            if fastrand::u32(..ties) == 0 {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::now_us;
+    use fulcrum_telemetry::LoadReport;
+
+    fn workers(n: usize) -> Vec<Arc<Worker>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Worker::new(
+                    format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    100,
+                    Default::default(),
+                ))
+            })
+            .collect()
+    }
+
+    fn counts(ws: &[Arc<Worker>], policy: Policy, picks: usize) -> Vec<usize> {
+        let rr = AtomicUsize::new(0);
+        let refs: Vec<&Arc<Worker>> = ws.iter().collect();
+        let mut c = vec![0; ws.len()];
+        for _ in 0..picks {
+            let ctx = PickContext {
+                policy,
+                source: TelemetrySource::Inband,
+                stale_after_us: 2_000_000,
+                now: now_us(),
+                rr: &rr,
+            };
+            c[pick(&refs, &ctx)] += 1;
+        }
+        c
+    }
+
+    fn report(w: &Worker, cpu: f64, cores: f64) {
+        w.store_report(
+            TelemetrySource::Inband,
+            &LoadReport {
+                cpu_utilization: Some(cpu),
+                rps_fractional: Some(100.0),
+                eps: Some(0.0),
+                inflight: None,
+                cpu_cores: Some(cores),
+            },
+            now_us(),
+        );
+    }
+
+    #[test]
+    fn round_robin_is_exactly_even() {
+        assert_eq!(
+            counts(&workers(3), Policy::RoundRobin, 300),
+            vec![100, 100, 100]
+        );
+    }
+
+    #[test]
+    fn least_outstanding_avoids_busy_workers_and_breaks_ties_randomly() {
+        let ws = workers(3);
+        let _busy = ws[0].begin();
+        let c = counts(&ws, Policy::LeastOutstanding, 1000);
+        assert_eq!(c[0], 0);
+        assert!(c[1] > 400 && c[2] > 400, "{c:?}");
+    }
+
+    #[test]
+    fn lowest_cpu_herds_onto_the_argmin() {
+        let ws = workers(3);
+        report(&ws[0], 0.30, 1.0);
+        report(&ws[1], 0.10, 1.0);
+        report(&ws[2], 0.20, 1.0);
+        assert_eq!(counts(&ws, Policy::LowestCpu, 200), vec![0, 200, 0]);
+    }
+
+    #[test]
+    fn cpu_aware_follows_capacity_without_starving_anyone() {
+        let ws = workers(2);
+        report(&ws[0], 0.5, 0.1);
+        report(&ws[1], 0.5, 0.2);
+        // Hold some requests on each, as a steady state would, and count who wins the pick.
+        let _a: Vec<_> = (0..2).map(|_| ws[0].begin()).collect();
+        let _b: Vec<_> = (0..2).map(|_| ws[1].begin()).collect();
+        let c = counts(&ws, Policy::CpuAware, 1000);
+        assert_eq!(
+            c[0], 0,
+            "with equal load the larger worker is cheaper: {c:?}"
+        );
+        let _more: Vec<_> = (0..4).map(|_| ws[1].begin()).collect();
+        // 3/0.1 = 30 vs 7/0.2 = 35: now the small one wins.
+        let c = counts(&ws, Policy::CpuAware, 1000);
+        assert_eq!(c[1], 0, "{c:?}");
+    }
+
+    #[test]
+    fn cpu_aware_reads_cpu_only_while_fresh() {
+        let ws = workers(2);
+        report(&ws[0], 0.95, 1.0);
+        report(&ws[1], 0.10, 1.0);
+        let c = counts(&ws, Policy::CpuAware, 500);
+        assert_eq!(
+            c[0], 0,
+            "hot worker avoided while its report is fresh: {c:?}"
+        );
+        // The same readings, once stale, are ignored: equal in-flight → the pair's first wins,
+        // which is random, so both get traffic.
+        let rr = AtomicUsize::new(0);
+        let refs: Vec<&Arc<Worker>> = ws.iter().collect();
+        let mut c = [0; 2];
+        for _ in 0..500 {
+            let ctx = PickContext {
+                policy: Policy::CpuAware,
+                source: TelemetrySource::Inband,
+                stale_after_us: 2_000_000,
+                now: now_us() + 3_000_000,
+                rr: &rr,
+            };
+            c[pick(&refs, &ctx)] += 1;
+        }
+        assert!(
+            c[0] > 150 && c[1] > 150,
+            "stale reports must not steer: {c:?}"
+        );
+    }
+
+    #[test]
+    fn p2c_never_picks_the_worst_of_two() {
+        let ws = workers(2);
+        let _slow: Vec<_> = (0..5).map(|_| ws[0].begin()).collect();
+        assert_eq!(counts(&ws, Policy::P2cEwma, 200), vec![0, 200]);
+    }
+}

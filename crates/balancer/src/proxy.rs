@@ -1,0 +1,876 @@
+//! The request path: accept → route → pick → forward → record.
+//!
+//! This file, `route.rs` (which group, which worker slot) and `policy.rs` (which worker) are
+//! all of it. A request is checked against the limits, routed by longest path prefix to a
+//! target group, given an in-flight slot on a worker the group's policy picks, and forwarded
+//! on a pooled keep-alive connection. Failures that provably did not reach the worker, or that
+//! happened before any response byte on a request that is safe to repeat, are retried on a
+//! *different* worker within the group's retry budget. Every outcome feeds the worker's
+//! latency and failure estimates, passive ejection, the in-band telemetry and the metrics.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use fulcrum_telemetry::{LoadReport, LOAD_REPORT_HEADER};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::{BodyError, ClientBody, Finish, UpBody};
+use crate::config::Config;
+use crate::fleet::{now_us, Fleet, Outcome, OutlierSettings, Worker};
+use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
+use crate::route::{Group, PickError, RouteEntry, Router};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const LOAD_REPORT: HeaderName = HeaderName::from_static(LOAD_REPORT_HEADER);
+const INSTANCE: HeaderName = HeaderName::from_static("x-fulcrum-instance");
+const CLUSTER: HeaderName = HeaderName::from_static("x-fulcrum-cluster");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What every request handler shares.
+pub struct Shared {
+    pub router: Arc<ArcSwap<Router>>,
+    pub fleet: Fleet,
+    pub metrics: Metrics,
+    ids: RequestIds,
+    connections: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(router: Arc<ArcSwap<Router>>, fleet: Fleet, metrics: Metrics) -> Shared {
+        Shared {
+            router,
+            fleet,
+            metrics,
+            ids: RequestIds::new(),
+            connections: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Request ids: a per-process random base plus a counter, in hex.
+struct RequestIds {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        RequestIds {
+            base: fastrand::u64(..),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self
+            .base
+            .wrapping_add(self.next.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::try_from(format!("{n:016x}")).expect("hex is a valid header value")
+    }
+}
+
+/// Who is on the other end of a client connection.
+#[derive(Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+// ───────────────────────────── accept ─────────────────────────────
+
+/// Accepts on `listener` until `stop` resolves; every connection is watched by `graceful` so
+/// shutdown can drain it.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    graceful: Arc<GracefulShutdown>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let http = connection_builder(&shared.router.load().config);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let max = shared.router.load().config.limits.max_connections;
+        if shared.connections.load(Ordering::Relaxed) >= max {
+            shared.metrics.connections_rejected.inc();
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        shared.metrics.connections_accepted.inc();
+        let guard = ConnectionCount::new(&shared);
+        let (shared, http, watcher, tls) = (
+            shared.clone(),
+            http.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
+        tokio::spawn(async move {
+            let _guard = guard;
+            let info = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            let svc = {
+                let shared = shared.clone();
+                hyper::service::service_fn(move |req| handle(shared.clone(), info, req))
+            };
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
+                Some(acceptor) => {
+                    let header_timeout = shared.router.load().config.timeouts.client_header;
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(tls_stream), svc))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 (h2 by ALPN on TLS, h2c by prior knowledge on plain TCP).
+fn connection_builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let limits = &config.limits;
+    b.http1()
+        .timer(TokioTimer::new())
+        // hyper's timer runs from the moment a connection waits for a request head, so this
+        // bounds both slow header senders and idle keep-alive connections.
+        .header_read_timeout(config.timeouts.client_header)
+        .keep_alive(true)
+        // The parser's own hard limits sit above ours, so that requests between the two get
+        // our JSON 431 rather than hyper's bare one.
+        .max_headers(limits.max_headers * 2 + 8)
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes) * 2 + 8192);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(((limits.max_header_bytes + limits.max_uri_bytes) * 2) as u32)
+        .max_concurrent_streams(256);
+    b
+}
+
+struct ConnectionCount {
+    shared: Arc<Shared>,
+}
+
+impl ConnectionCount {
+    fn new(shared: &Arc<Shared>) -> ConnectionCount {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections_open.inc();
+        ConnectionCount {
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.connections_open.dec();
+    }
+}
+
+// ───────────────────────────── route ─────────────────────────────
+
+/// An answer the balancer gives itself: a status, a stable error code, a message.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ProxyError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProxyError {
+        ProxyError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ClientBody>, Infallible> {
+    let started = Instant::now();
+    let router = shared.router.load_full();
+    let id = request_id(req.headers()).unwrap_or_else(|| shared.ids.next());
+    let result = match check_and_route(&router, &req) {
+        Err(e) => Err(e),
+        Ok(route) => {
+            match tokio::time::timeout(
+                router.config.timeouts.request,
+                forward(&shared, &router, route, conn, req, &id, started),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request took longer than {:?}",
+                        router.config.timeouts.request
+                    ),
+                )),
+            }
+        }
+    };
+    Ok(match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            shared.metrics.error(e.code);
+            error_response(e, id)
+        }
+    })
+}
+
+/// A client's `x-request-id` is kept if it is plain (≤ 128 visible characters).
+fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let v = headers.get(REQUEST_ID)?;
+    let ok = (1..=128).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+    ok.then(|| v.clone())
+}
+
+/// Limits on the request head, then the route.
+fn check_and_route<'r>(
+    router: &'r Router,
+    req: &Request<Incoming>,
+) -> Result<&'r RouteEntry, ProxyError> {
+    let limits = &router.config.limits;
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err(ProxyError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {uri_len} bytes; the limit is {}",
+                limits.max_uri_bytes
+            ),
+        ));
+    }
+    if req.headers().len() > limits.max_headers {
+        return Err(ProxyError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_many_headers",
+            format!(
+                "{} header fields; the limit is {}",
+                req.headers().len(),
+                limits.max_headers
+            ),
+        ));
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(ProxyError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "{header_bytes} bytes of headers; the limit is {}",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    let path = req.uri().path();
+    let route = router.route(path).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no route matches `{path}`"),
+        )
+    })?;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > route.max_body_bytes {
+            return Err(body_too_large(route.max_body_bytes));
+        }
+    }
+    Ok(route)
+}
+
+fn body_too_large(limit: u64) -> ProxyError {
+    ProxyError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body exceeds this route's limit of {limit} bytes"),
+    )
+}
+
+// ───────────────────────────── forward ─────────────────────────────
+
+/// The request head as it goes to workers (rebuilt for each attempt).
+struct UpstreamHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl UpstreamHead {
+    fn request(&self, body: UpBody) -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Why one attempt failed, and whether another worker may be tried.
+enum AttemptFailure {
+    /// The request never reached the worker: safe to retry for any method.
+    NotSent(ProxyError, Option<UpBody>),
+    /// It may have reached the worker: retry only if safe to repeat.
+    Sent(ProxyError),
+}
+
+async fn forward(
+    shared: &Shared,
+    router: &Router,
+    route: &RouteEntry,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    id: &HeaderValue,
+    started: Instant,
+) -> Result<Response<ClientBody>, ProxyError> {
+    let group = &route.group;
+    let settings = &group.settings;
+    let forward_load_header = router.config.telemetry.forward_load_header;
+    let (mut parts, incoming) = req.into_parts();
+    let replayable = is_idempotent(&parts.method) && incoming.is_end_stream();
+    let streamed_body = !incoming.is_end_stream();
+    let head = upstream_head(&mut parts, conn, id);
+    let mut body = Some(if streamed_body {
+        UpBody::stream(incoming, route.max_body_bytes)
+    } else {
+        UpBody::empty()
+    });
+
+    group.budget.on_request();
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error: Option<ProxyError> = None;
+    let mut retry_paid = false;
+    let mut retry_reason: &'static str = "other";
+    for attempt in 0..settings.retry.max_attempts {
+        // No body to send means the last failure may not be repeated.
+        let Some(this_body) = body.take() else { break };
+        if attempt > 0 {
+            if !retry_paid && !group.budget.try_retry() {
+                shared
+                    .metrics
+                    .retries_denied
+                    .get_or_create(&crate::metrics::GroupLabels {
+                        target_group: group.label.clone(),
+                    })
+                    .inc();
+                break;
+            }
+            count_retry(shared, group, retry_reason);
+        }
+        retry_paid = false;
+        let flight = match group.acquire(&tried, &shared.fleet.signal).await {
+            Ok(f) => f,
+            Err(PickError::NoOtherWorker) => break,
+            Err(PickError::Overloaded) => {
+                let mut e = ProxyError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!(
+                        "every worker of target group `{}` is at its in-flight limit and the wait queue is full or timed out",
+                        group.name
+                    ),
+                );
+                e.retry_after = Some(1);
+                return Err(e);
+            }
+            Err(PickError::NoHealthyWorkers) => {
+                return Err(last_error.unwrap_or_else(|| no_healthy_workers(group)));
+            }
+        };
+        let worker = flight.worker().clone();
+        tried.push(worker.addr);
+        let t0 = Instant::now();
+
+        let result = attempt_once(&worker, settings, &head, this_body).await;
+        let latency = t0.elapsed();
+        match result {
+            Ok((resp, tx)) => {
+                let status = resp.status();
+                let worker_error = status.is_server_error();
+                // A 502/503/504 from an idempotent request is worth another worker while
+                // attempts and budget remain; the answer is then dropped unread.
+                if matches!(status.as_u16(), 502..=504)
+                    && replayable
+                    && settings.retry.retry_idempotent_on_status
+                    && attempt + 1 < settings.retry.max_attempts
+                    && group.budget.try_retry()
+                {
+                    record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                    retry_reason = "status";
+                    retry_paid = true;
+                    body = Some(UpBody::empty());
+                    last_error = Some(ProxyError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "worker_error",
+                        format!("worker {} answered {status}", worker.addr),
+                    ));
+                    continue;
+                }
+                record_outcome(
+                    shared,
+                    group,
+                    &worker,
+                    if worker_error {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                    latency,
+                );
+                record_response(shared, route, &worker, &resp, started);
+                let finish = Finish {
+                    conn: Some((tx, settings.max_in_flight_per_worker)),
+                    flight,
+                };
+                return Ok(client_response(resp, finish, id, forward_load_header));
+            }
+            Err(AttemptFailure::NotSent(e, returned)) => {
+                record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed before sending");
+                last_error = Some(e);
+                body = returned;
+                retry_reason = "not_sent";
+            }
+            Err(AttemptFailure::Sent(e)) => {
+                if e.code == "body_too_large" || e.code == "bad_request_body" {
+                    // The client's fault, not the worker's: no retry, no penalty.
+                    return Err(e);
+                }
+                record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed after sending");
+                last_error = Some(e);
+                if replayable {
+                    body = Some(UpBody::empty());
+                    retry_reason = "reset_or_timeout";
+                }
+            }
+        }
+    }
+    let e = last_error.unwrap_or_else(|| no_healthy_workers(group));
+    // Every worker unreachable and none healthy: that is "no healthy workers", whatever the
+    // last connect error said.
+    if e.code == "worker_unreachable" && !group.any_available() {
+        return Err(no_healthy_workers(group));
+    }
+    Err(e)
+}
+
+fn no_healthy_workers(group: &Group) -> ProxyError {
+    let mut e = ProxyError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_healthy_workers",
+        format!("target group `{}` has no healthy worker", group.name),
+    );
+    e.retry_after = Some(1);
+    e
+}
+
+fn count_retry(shared: &Shared, group: &Group, reason: &'static str) {
+    shared
+        .metrics
+        .retries
+        .get_or_create(&RetryLabels {
+            target_group: group.label.clone(),
+            reason,
+        })
+        .inc();
+}
+
+/// One try on one worker: a connection (pooled or new), the request, the response head.
+async fn attempt_once(
+    worker: &Worker,
+    settings: &crate::config::TargetGroup,
+    head: &UpstreamHead,
+    body: UpBody,
+) -> Result<(Response<Incoming>, crate::pool::Sender), AttemptFailure> {
+    let mut tx = match worker.pool.checkout(settings.pool_idle_timeout).await {
+        Some(tx) => tx,
+        None => match worker
+            .pool
+            .connect(worker.addr, settings.connect_timeout)
+            .await
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                return Err(AttemptFailure::NotSent(
+                    ProxyError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "worker_unreachable",
+                        format!("worker {}: {e}", worker.addr),
+                    ),
+                    Some(body),
+                ))
+            }
+        },
+    };
+    let started_flag = body.started_flag();
+    let sent = tokio::time::timeout(
+        settings.response_timeout,
+        tx.try_send_request(head.request(body)),
+    )
+    .await;
+    match sent {
+        Ok(Ok(resp)) => Ok((resp, tx)),
+        Err(_) => Err(AttemptFailure::Sent(ProxyError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "worker_timeout",
+            format!(
+                "worker {} sent no response headers within {:?}",
+                worker.addr, settings.response_timeout
+            ),
+        ))),
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            let err = e.into_error();
+            if let Some(body_err) = find_body_error(&err) {
+                return Err(AttemptFailure::Sent(match body_err {
+                    BodyError::TooLarge(limit) => body_too_large(*limit),
+                    BodyError::Client(inner) => ProxyError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        format!("the request body could not be read: {inner}"),
+                    ),
+                }));
+            }
+            let pe = ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "worker_error",
+                format!("worker {}: {err}", worker.addr),
+            );
+            match unsent {
+                // hyper hands the request back when the connection closed before it went out.
+                Some(req) if !started_flag.load(Ordering::Relaxed) => {
+                    Err(AttemptFailure::NotSent(pe, Some(req.into_body())))
+                }
+                _ => Err(AttemptFailure::Sent(pe)),
+            }
+        }
+    }
+}
+
+fn find_body_error(err: &hyper::Error) -> Option<&BodyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        source = s.source();
+    }
+    None
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn upstream_head(parts: &mut Parts, conn: ConnInfo, id: &HeaderValue) -> UpstreamHead {
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    // HTTP/2 carries the host in `:authority`; workers speak HTTP/1.1 and need `Host`.
+    let host = headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(h) = &host {
+        headers.insert(header::HOST, h.clone());
+    }
+    let ip = conn.peer.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    append(&mut headers, X_FORWARDED_FOR, &ip.to_string(), ", ");
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let for_ = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut fwd = format!("for={for_};proto={proto}");
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        fwd.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
+    }
+    append(&mut headers, FORWARDED, &fwd, ", ");
+    append(&mut headers, header::VIA, via(parts.version), ", ");
+    headers.insert(REQUEST_ID, id.clone());
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    UpstreamHead {
+        method: parts.method.clone(),
+        uri,
+        headers,
+    }
+}
+
+fn via(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "2 fulcrum",
+        Version::HTTP_10 => "1.0 fulcrum",
+        _ => "1.1 fulcrum",
+    }
+}
+
+/// Appends to a list-valued header, or sets it.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str, sep: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(old) => format!("{old}{sep}{value}"),
+        None => value.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::try_from(joined) {
+        headers.insert(name, v);
+    }
+}
+
+// ───────────────────────────── record ─────────────────────────────
+
+fn record_outcome(
+    shared: &Shared,
+    group: &Group,
+    worker: &Worker,
+    outcome: Outcome,
+    latency: Duration,
+) {
+    let now = now_us();
+    let may_eject = |_: &Worker| group.may_eject(now);
+    let outlier = OutlierSettings {
+        consecutive_failures: group.settings.outlier.consecutive_failures,
+        base_ejection: group.settings.outlier.base_ejection,
+        may_eject: &may_eject,
+    };
+    if worker.record(outcome, latency, now, &outlier) {
+        tracing::warn!(
+            worker = %worker.addr,
+            target_group = %group.name,
+            for_ = ?worker.ejected_for(now),
+            "worker ejected after consecutive failures"
+        );
+        shared
+            .metrics
+            .ejections
+            .get_or_create(&crate::metrics::WorkerLabels {
+                worker: worker.label.clone(),
+            })
+            .inc();
+    }
+}
+
+/// In-band telemetry, identity and metrics from a worker's response head.
+fn record_response(
+    shared: &Shared,
+    route: &RouteEntry,
+    worker: &Worker,
+    resp: &Response<Incoming>,
+    started: Instant,
+) {
+    let h = resp.headers();
+    let now = now_us();
+    if let Some(report) = h
+        .get(LOAD_REPORT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| LoadReport::parse(v).ok())
+    {
+        worker.store_report(crate::config::TelemetrySource::Inband, &report, now);
+    }
+    if let Some(instance) = h.get(INSTANCE) {
+        let cluster = h
+            .get(CLUSTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        worker.note_identity(instance.as_bytes(), cluster);
+    }
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.label.clone(),
+            target_group: route.group.label.clone(),
+            worker: worker.label.clone(),
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    shared
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            route: route.label.clone(),
+            target_group: route.group.label.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+fn client_response(
+    resp: Response<Incoming>,
+    finish: Finish,
+    id: &HeaderValue,
+    forward_load_header: bool,
+) -> Response<ClientBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if !forward_load_header {
+        parts.headers.remove(LOAD_REPORT);
+    }
+    append(&mut parts.headers, header::VIA, "1.1 fulcrum", ", ");
+    parts.headers.insert(REQUEST_ID, id.clone());
+    Response::from_parts(parts, ClientBody::proxied(body, finish))
+}
+
+/// The balancer's own error answer: JSON with a stable code and the request id.
+pub fn error_response(e: ProxyError, id: HeaderValue) -> Response<ClientBody> {
+    let body = serde_json::json!({
+        "error": e.code,
+        "message": e.message,
+        "request_id": id.to_str().unwrap_or_default(),
+    });
+    let mut r = Response::new(ClientBody::from(Bytes::from(
+        serde_json::to_vec(&body).expect("JSON values serialize"),
+    )));
+    *r.status_mut() = e.status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(REQUEST_ID, id);
+    if let Some(s) = e.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_by_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_plain() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h).unwrap(), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("a b"));
+        assert!(request_id(&h).is_none());
+    }
+}

@@ -1,0 +1,414 @@
+//! Routing: from a request path to a target group, and from a target group to one worker's
+//! in-flight slot, waiting in a bounded queue when every worker is at its cap.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::config::{Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
+use crate::fleet::{now_us, Fleet, InFlight, Worker};
+use crate::policy::{self, PickContext};
+
+/// Wakes requests waiting for a free in-flight slot. One per balancer: any slot freed on any
+/// worker may be the one a queued request can use.
+#[derive(Default)]
+pub struct CapacitySignal {
+    notify: Notify,
+    waiting: AtomicUsize,
+}
+
+impl CapacitySignal {
+    pub fn freed(&self) {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A routing table and its target groups: one immutable generation of the configuration.
+/// Requests hold the generation they started with; a reload swaps in a new one.
+pub struct Router {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    routes: Vec<RouteEntry>,
+    pub groups: Vec<Arc<Group>>,
+}
+
+pub struct RouteEntry {
+    pub prefix: String,
+    /// The prefix, shared by metric label sets without copying.
+    pub label: Arc<String>,
+    pub group: Arc<Group>,
+    pub max_body_bytes: u64,
+}
+
+/// Whether `prefix` covers `path`, on segment boundaries: `/cluster1` covers `/cluster1` and
+/// `/cluster1/x` but not `/cluster10`; a prefix ending in `/` covers everything below it.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.ends_with('/') {
+        return path.starts_with(prefix);
+    }
+    path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+impl Router {
+    /// Builds a generation from a validated config, reusing the fleet's workers.
+    pub fn build(config: Arc<Config>, fleet: &Fleet, generation: u64) -> Router {
+        let groups: Vec<Arc<Group>> = config
+            .target_groups
+            .iter()
+            .map(|g| Arc::new(Group::new(g.clone(), fleet, config.telemetry.stale_after)))
+            .collect();
+        let mut routes: Vec<RouteEntry> = config
+            .routes
+            .iter()
+            .map(|r| RouteEntry {
+                prefix: r.prefix.clone(),
+                label: Arc::new(r.prefix.clone()),
+                group: groups[r.target_group].clone(),
+                max_body_bytes: r.max_body_bytes,
+            })
+            .collect();
+        // Longest prefix first, as ALB evaluates its most specific rule first.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Router {
+            generation,
+            config,
+            routes,
+            groups,
+        }
+    }
+
+    pub fn route(&self, path: &str) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    }
+
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// Every worker some group of this generation names.
+    pub fn workers(&self) -> Vec<Arc<Worker>> {
+        let mut all: Vec<Arc<Worker>> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.workers().iter().cloned().collect::<Vec<_>>())
+            .collect();
+        all.sort_by_key(|w| w.addr);
+        all.dedup_by_key(|w| w.addr);
+        all
+    }
+}
+
+/// Why no worker could be had for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Every worker of the group is unhealthy or ejected (and the group rejects).
+    NoHealthyWorkers,
+    /// Every worker is at its in-flight cap and the queue is full or the wait timed out.
+    Overloaded,
+    /// A retry found no worker it had not already tried.
+    NoOtherWorker,
+}
+
+pub struct Group {
+    pub name: String,
+    pub label: Arc<String>,
+    pub settings: TargetGroup,
+    policy: AtomicU8,
+    telemetry: AtomicU8,
+    static_workers: Vec<Arc<Worker>>,
+    workers: ArcSwap<Vec<Arc<Worker>>>,
+    rr: AtomicUsize,
+    queued: AtomicUsize,
+    pub budget: RetryBudget,
+    stale_after_us: u64,
+}
+
+impl Group {
+    fn new(settings: TargetGroup, fleet: &Fleet, stale_after: Duration) -> Group {
+        let static_workers: Vec<Arc<Worker>> = settings
+            .workers
+            .iter()
+            .map(|a| {
+                let (w, _) = fleet.get_or_add(a.0, settings.max_in_flight_per_worker);
+                w.set_max_in_flight(settings.max_in_flight_per_worker);
+                w
+            })
+            .collect();
+        Group {
+            name: settings.name.clone(),
+            label: Arc::new(settings.name.clone()),
+            policy: AtomicU8::new(settings.policy as u8),
+            telemetry: AtomicU8::new(settings.telemetry as u8),
+            workers: ArcSwap::from_pointee(static_workers.clone()),
+            static_workers,
+            rr: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            budget: RetryBudget::new(
+                settings.retry.budget_percent,
+                settings.retry.min_retries_per_second,
+            ),
+            stale_after_us: stale_after.as_micros() as u64,
+            settings,
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy::ALL[self.policy.load(Ordering::Relaxed) as usize]
+    }
+
+    pub fn telemetry(&self) -> TelemetrySource {
+        TelemetrySource::ALL[self.telemetry.load(Ordering::Relaxed) as usize]
+    }
+
+    /// Switches policy and telemetry source at runtime (admin API); takes effect for the next
+    /// pick. Lasts until the next reload.
+    pub fn switch(&self, policy: Policy, telemetry: TelemetrySource) {
+        self.policy.store(policy as u8, Ordering::Relaxed);
+        self.telemetry.store(telemetry as u8, Ordering::Relaxed);
+    }
+
+    pub fn workers(&self) -> arc_swap::Guard<Arc<Vec<Arc<Worker>>>> {
+        self.workers.load()
+    }
+
+    /// Replaces the discovered part of the group: static workers plus `discovered`.
+    pub fn set_discovered(&self, discovered: Vec<Arc<Worker>>) {
+        let mut all = self.static_workers.clone();
+        for w in discovered {
+            if !all.iter().any(|s| s.addr == w.addr) {
+                all.push(w);
+            }
+        }
+        self.workers.store(Arc::new(all));
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more of this group's workers may be ejected without exceeding the cap.
+    pub fn may_eject(&self, now: u64) -> bool {
+        let ws = self.workers();
+        let ejected = ws.iter().filter(|w| w.is_ejected(now)).count();
+        let cap = (ws.len() * self.settings.outlier.max_ejected_percent as usize / 100).max(1);
+        ejected < cap
+    }
+
+    /// Whether some worker of the group could take traffic (health and ejection permitting).
+    pub fn any_available(&self) -> bool {
+        let now = now_us();
+        self.workers().iter().any(|w| w.is_available(now))
+    }
+
+    /// Claims an in-flight slot on a worker chosen by the group's policy, excluding `tried`.
+    /// When every eligible worker is at its cap the request waits (bounded by the queue size and
+    /// `queue_timeout`) for a slot to free.
+    pub async fn acquire(
+        &self,
+        tried: &[SocketAddr],
+        signal: &CapacitySignal,
+    ) -> Result<InFlight, PickError> {
+        match self.try_pick(tried) {
+            Attempt::Got(f) => return Ok(f),
+            Attempt::Failed(e) => return Err(e),
+            Attempt::Full => {}
+        }
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.settings.queue {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(PickError::Overloaded);
+        }
+        signal.waiting.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.settings.queue_timeout;
+        let result = loop {
+            let freed = signal.notify.notified();
+            tokio::pin!(freed);
+            // Register before re-checking, so a slot freed in between is not missed.
+            freed.as_mut().enable();
+            match self.try_pick(tried) {
+                Attempt::Got(f) => break Ok(f),
+                Attempt::Failed(e) => break Err(e),
+                Attempt::Full => {}
+            }
+            if tokio::time::timeout_at(deadline.into(), freed)
+                .await
+                .is_err()
+            {
+                break Err(PickError::Overloaded);
+            }
+        };
+        signal.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    fn try_pick(&self, tried: &[SocketAddr]) -> Attempt {
+        let workers = self.workers();
+        let now = now_us();
+        let mut candidates: Vec<&Arc<Worker>> = Vec::with_capacity(workers.len());
+        let mut untried_available = false;
+        let mut any_untried = false;
+        for w in workers.iter() {
+            if tried.contains(&w.addr) || w.is_draining() {
+                continue;
+            }
+            any_untried = true;
+            if w.is_available(now) {
+                untried_available = true;
+                if w.has_capacity() {
+                    candidates.push(w);
+                }
+            }
+        }
+        if candidates.is_empty() {
+            if untried_available {
+                return Attempt::Full;
+            }
+            if !any_untried {
+                return Attempt::Failed(if tried.is_empty() {
+                    PickError::NoHealthyWorkers
+                } else {
+                    PickError::NoOtherWorker
+                });
+            }
+            // Nothing healthy is left to try.
+            let none_healthy = !workers.iter().any(|w| w.is_available(now));
+            if !(none_healthy && self.settings.when_all_unhealthy == WhenAllUnhealthy::FailOpen) {
+                return Attempt::Failed(PickError::NoHealthyWorkers);
+            }
+            candidates.extend(
+                workers
+                    .iter()
+                    .filter(|w| !tried.contains(&w.addr) && !w.is_draining() && w.has_capacity()),
+            );
+            if candidates.is_empty() {
+                return Attempt::Full;
+            }
+        }
+        let ctx = PickContext {
+            policy: self.policy(),
+            source: self.telemetry(),
+            stale_after_us: self.stale_after_us,
+            now,
+            rr: &self.rr,
+        };
+        let i = policy::pick(&candidates, &ctx);
+        Attempt::Got(candidates[i].begin())
+    }
+}
+
+enum Attempt {
+    Got(InFlight),
+    Full,
+    Failed(PickError),
+}
+
+/// A retry budget over a 10-second sliding window (Finagle's, Envoy's): retries may add at most
+/// `percent` of the requests seen in the window, and at least `min_per_second` are always
+/// allowed, so a sick group is not hammered by its own retries.
+pub struct RetryBudget {
+    percent: u64,
+    min_per_window: u64,
+    buckets: [Bucket; WINDOW_SECS],
+}
+
+const WINDOW_SECS: usize = 10;
+
+#[derive(Default)]
+struct Bucket {
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    pub fn new(percent: u32, min_per_second: u32) -> RetryBudget {
+        RetryBudget {
+            percent: percent as u64,
+            min_per_window: min_per_second as u64 * WINDOW_SECS as u64,
+            buckets: Default::default(),
+        }
+    }
+
+    fn bucket(&self, second: u64) -> &Bucket {
+        let b = &self.buckets[second as usize % WINDOW_SECS];
+        let seen = b.second.load(Ordering::Acquire);
+        if seen != second
+            && b.second
+                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // This thread rotated the bucket: start it empty. (A count racing with the
+            // rotation may be lost; the budget is an estimate either way.)
+            b.requests.store(0, Ordering::Relaxed);
+            b.retries.store(0, Ordering::Relaxed);
+        }
+        b
+    }
+
+    fn window(&self, now_s: u64) -> (u64, u64) {
+        self.buckets
+            .iter()
+            .filter(|b| now_s.saturating_sub(b.second.load(Ordering::Acquire)) < WINDOW_SECS as u64)
+            .fold((0, 0), |(q, r), b| {
+                (
+                    q + b.requests.load(Ordering::Relaxed),
+                    r + b.retries.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    pub fn on_request(&self) {
+        self.bucket(now_us() / 1_000_000)
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget if there is room.
+    pub fn try_retry(&self) -> bool {
+        let now_s = now_us() / 1_000_000;
+        let (requests, retries) = self.window(now_s);
+        let allowed = (requests * self.percent / 100).max(self.min_per_window);
+        if retries >= allowed {
+            return false;
+        }
+        self.bucket(now_s).retries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/cluster1", "/cluster1"));
+        assert!(prefix_matches("/cluster1", "/cluster1/x"));
+        assert!(!prefix_matches("/cluster1", "/cluster10"));
+        assert!(prefix_matches("/api/", "/api/v1"));
+        assert!(!prefix_matches("/api/", "/api"));
+    }
+
+    #[test]
+    fn retry_budget_allows_the_minimum_then_a_share() {
+        let b = RetryBudget::new(20, 1);
+        // 10-second window: 10 retries guaranteed.
+        assert_eq!((0..50).filter(|_| b.try_retry()).count(), 10);
+        for _ in 0..100 {
+            b.on_request();
+        }
+        // 20% of 100 = 20 allowed in the window, 10 already used.
+        assert_eq!((0..50).filter(|_| b.try_retry()).count(), 10);
+    }
+}
