@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::fleet::InFlight;
-use crate::pool::Sender;
+use crate::pool::Upstream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -98,17 +98,20 @@ impl Body for UpBody {
     }
 }
 
-/// What to do when a proxied response body ends.
+/// The worker connection a proxied response body is read from, and what to do when it ends.
 pub struct Finish {
-    pub conn: Option<(Sender, usize)>,
+    pub upstream: Upstream,
+    /// Idle connections the worker's pool may keep.
+    pub pool_cap: usize,
     pub flight: InFlight,
 }
 
 impl Finish {
-    fn complete(mut self) {
-        if let Some((tx, cap)) = self.conn.take() {
-            self.flight.worker().pool.checkin(tx, cap);
-        }
+    fn complete(self) {
+        self.flight
+            .worker()
+            .pool
+            .checkin(self.upstream, self.pool_cap);
         // Dropping `flight` ends the request on the worker.
     }
 }
@@ -119,7 +122,9 @@ pub enum ClientBody {
     Local(Full<Bytes>),
     Proxied {
         inner: Incoming,
-        finish: Option<Finish>,
+        /// Boxed: it holds a whole worker connection, and the common local answers should not
+        /// carry that much inline.
+        finish: Option<Box<Finish>>,
     },
 }
 
@@ -127,7 +132,7 @@ impl ClientBody {
     pub fn proxied(inner: Incoming, finish: Finish) -> ClientBody {
         ClientBody::Proxied {
             inner,
-            finish: Some(finish),
+            finish: Some(Box::new(finish)),
         }
     }
 }
@@ -151,6 +156,10 @@ impl Body for ClientBody {
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
             ClientBody::Proxied { inner, finish } => {
+                // The worker connection is driven here, in the client connection's task.
+                if let Some(f) = finish.as_mut() {
+                    f.upstream.poll_drive(cx);
+                }
                 let polled = ready!(Pin::new(inner).poll_frame(cx));
                 match &polled {
                     None => {

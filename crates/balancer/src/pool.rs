@@ -1,26 +1,112 @@
 //! Keep-alive HTTP/1 connections to one worker.
 //!
+//! An [`Upstream`] owns both halves of a hyper client connection and is driven *inside the task
+//! of the request using it*: sending the request, waiting for the response head and streaming
+//! the response body all poll the connection in place. There is no spawned connection task, so
+//! a proxied request costs no cross-task wake-ups; an idle pooled connection is not polled at
+//! all (a close by the worker is noticed when the connection is next taken).
+//!
 //! Connections are checked out for exactly one request and checked back in only when that
 //! request's response body has been read to the end, so a pooled connection is always idle.
 //! The number of connections to a worker is bounded by its in-flight cap: a connection is
 //! opened only for a request holding one of the worker's in-flight slots, and only when no
 //! idle one is left.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::client::conn::http1::SendRequest;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::body::UpBody;
 use crate::fleet::now_us;
 
-pub type Sender = SendRequest<UpBody>;
+/// One HTTP/1 connection to a worker, both halves.
+pub struct Upstream {
+    tx: SendRequest<UpBody>,
+    conn: Connection<TokioIo<TcpStream>, UpBody>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A send that failed; `unsent` holds the request if it never reached the connection.
+pub struct SendFailure {
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+    pub unsent: Option<Request<UpBody>>,
+}
+
+impl SendFailure {
+    fn from_hyper(mut e: hyper::client::conn::TrySendError<Request<UpBody>>) -> SendFailure {
+        SendFailure {
+            unsent: e.take_message(),
+            error: Box::new(e.into_error()),
+        }
+    }
+}
+
+/// Polls the connection; `false` once it has finished (closed or broken).
+fn drive(conn: &mut Connection<TokioIo<TcpStream>, UpBody>, cx: &mut Context<'_>) -> bool {
+    conn.poll_without_shutdown(cx).is_pending()
+}
+
+impl Upstream {
+    /// Drives the connection until it can take a request; `false` if it cannot any more.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if !drive(&mut self.conn, cx) {
+                return Poll::Ready(false);
+            }
+            self.tx.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Sends `req` and drives the connection until the response head arrives.
+    pub async fn send(&mut self, req: Request<UpBody>) -> Result<Response<Incoming>, SendFailure> {
+        let mut response = pin!(self.tx.try_send_request(req));
+        let conn = &mut self.conn;
+        std::future::poll_fn(|cx| {
+            let alive = drive(conn, cx);
+            if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                return Poll::Ready(r.map_err(SendFailure::from_hyper));
+            }
+            if alive {
+                return Poll::Pending;
+            }
+            // The connection ended; hyper fails every pending request when it does, so one
+            // more poll settles it. If it somehow does not, give up rather than hang.
+            match response.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map_err(SendFailure::from_hyper)),
+                Poll::Pending => Poll::Ready(Err(SendFailure {
+                    error: "the worker connection closed before a response".into(),
+                    unsent: None,
+                })),
+            }
+        })
+        .await
+    }
+
+    /// Drives the connection while its response body is read (called from the body's poll).
+    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
+        let _ = drive(&mut self.conn, cx);
+    }
+}
 
 struct Idle {
-    tx: Sender,
+    upstream: Upstream,
     since_us: u64,
 }
 
@@ -44,58 +130,53 @@ pub enum ConnectError {
 impl Pool {
     /// The most recently used idle connection that is still open and not older than
     /// `idle_timeout`. Most-recent-first keeps a few connections warm instead of many lukewarm.
-    pub async fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
+    pub async fn checkout(&self, idle_timeout: Duration) -> Option<Upstream> {
         let max_age = idle_timeout.as_micros() as u64;
         loop {
             let idle = self.idle.lock().expect("never poisoned").pop()?;
-            if idle.tx.is_closed() || now_us().saturating_sub(idle.since_us) > max_age {
-                continue; // dropping the sender closes the connection
+            if now_us().saturating_sub(idle.since_us) > max_age {
+                continue; // dropping it closes the connection
             }
-            let mut tx = idle.tx;
-            // An idle connection is ready at once; one that is not is broken.
-            match tokio::time::timeout(Duration::from_millis(50), tx.ready()).await {
-                Ok(Ok(())) => return Some(tx),
-                _ => continue,
+            let mut upstream = idle.upstream;
+            if upstream.ready().await {
+                return Some(upstream);
             }
         }
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub fn checkin(&self, tx: Sender, cap: usize) {
-        if tx.is_closed() {
+    pub fn checkin(&self, upstream: Upstream, cap: usize) {
+        if upstream.tx.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().expect("never poisoned");
         if idle.len() < cap {
             idle.push(Idle {
-                tx,
+                upstream,
                 since_us: now_us(),
             });
         }
     }
 
-    /// Opens a new connection to `addr`.
+    /// Opens a new connection to `addr`, giving up at `timeout`.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         timeout: Duration,
-    ) -> Result<Sender, ConnectError> {
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+    ) -> Result<Upstream, ConnectError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
         let _ = stream.set_nodelay(true);
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        let open = self.open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(worker = %addr, error = %e, "worker connection ended with an error");
-            }
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(tx)
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Upstream {
+            tx,
+            conn,
+            open: self.open.clone(),
+        })
     }
 
     /// Connections open now (idle or busy).

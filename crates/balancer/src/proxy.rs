@@ -9,7 +9,9 @@
 //! latency and failure estimates, passive ejection, the in-band telemetry and the metrics.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +33,7 @@ use crate::body::{BodyError, ClientBody, Finish, UpBody};
 use crate::config::Config;
 use crate::fleet::{now_us, Fleet, Outcome, OutlierSettings, Worker};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
+use crate::pool::Upstream;
 use crate::route::{Group, PickError, RouteEntry, Router};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -86,11 +89,57 @@ impl RequestIds {
     }
 }
 
-/// Who is on the other end of a client connection.
-#[derive(Clone, Copy)]
+/// Who is on the other end of a client connection, and the forwarding headers that follow
+/// from it, rendered once per connection rather than once per request.
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// `x-forwarded-for` when the client sent none.
+    xff: HeaderValue,
+    /// `for=...;proto=...`, the start of this hop's `forwarded` element.
+    forwarded_for: String,
+    /// The last `(host, forwarded element)` pair: a connection's requests share their host.
+    forwarded_cache: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = peer.ip();
+        let proto = if tls { "https" } else { "http" };
+        let for_ = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        ConnInfo {
+            peer,
+            tls,
+            xff: HeaderValue::try_from(ip.to_string()).expect("an IP is a valid header value"),
+            forwarded_for: format!("for={for_};proto={proto}"),
+            forwarded_cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This hop's `forwarded` element for a request to `host`.
+    fn forwarded(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let mut cache = self.forwarded_cache.lock().expect("never poisoned");
+        if let Some((h, v)) = cache.as_ref() {
+            if Some(h) == host {
+                return v.clone();
+            }
+        }
+        let mut element = self.forwarded_for.clone();
+        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+            element.push_str(";host=\"");
+            element.push_str(&h.replace(['"', '\\'], ""));
+            element.push('"');
+        }
+        let v = HeaderValue::try_from(element)
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        if let Some(h) = host {
+            *cache = Some((h.clone(), v.clone()));
+        }
+        v
+    }
 }
 
 // ───────────────────────────── accept ─────────────────────────────
@@ -135,45 +184,54 @@ pub async fn accept_loop(
             graceful.watcher(),
             tls.clone(),
         );
-        tokio::spawn(async move {
-            let _guard = guard;
-            let info = ConnInfo {
-                peer,
-                tls: tls.is_some(),
-            };
-            let svc = {
-                let shared = shared.clone();
-                hyper::service::service_fn(move |req| handle(shared.clone(), info, req))
-            };
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(http.serve_connection(TokioIo::new(stream), svc))
-                        .await
-                }
-                Some(acceptor) => {
-                    let header_timeout = shared.router.load().config.timeouts.client_header;
-                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            watcher
-                                .watch(http.serve_connection(TokioIo::new(tls_stream), svc))
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+        let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
+        let svc = {
+            let shared = shared.clone();
+            // Boxed: hyper keeps a slot for the service future on every connection for as long
+            // as it lives, so an unboxed ~5 KB request future would cost that much per idle
+            // connection instead of once per request in flight.
+            hyper::service::service_fn(move |req| {
+                Box::pin(handle(shared.clone(), info.clone(), req))
+                    as Pin<
+                        Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>,
+                    >
+            })
+        };
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
                     }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                });
             }
-        });
+            Some(acceptor) => {
+                let header_timeout = shared.router.load().config.timeouts.client_header;
+                // The handshake lives in its own task so plain connections do not carry its
+                // state; it then serves the connection in place.
+                tokio::spawn(Box::pin(async move {
+                    let _guard = guard;
+                    let tls_stream =
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(tls_stream), svc));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                }));
+            }
+        }
     }
 }
 
@@ -243,7 +301,7 @@ impl ProxyError {
 
 pub async fn handle(
     shared: Arc<Shared>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ClientBody>, Infallible> {
     let started = Instant::now();
@@ -251,24 +309,7 @@ pub async fn handle(
     let id = request_id(req.headers()).unwrap_or_else(|| shared.ids.next());
     let result = match check_and_route(&router, &req) {
         Err(e) => Err(e),
-        Ok(route) => {
-            match tokio::time::timeout(
-                router.config.timeouts.request,
-                forward(&shared, &router, route, conn, req, &id, started),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(ProxyError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "request_timeout",
-                    format!(
-                        "the request took longer than {:?}",
-                        router.config.timeouts.request
-                    ),
-                )),
-            }
-        }
+        Ok(route) => forward(&shared, &router, route, &conn, req, &id, started).await,
     };
     Ok(match result {
         Ok(resp) => resp,
@@ -277,6 +318,14 @@ pub async fn handle(
             error_response(e, id)
         }
     })
+}
+
+fn request_timeout(limit: Duration) -> ProxyError {
+    ProxyError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "request_timeout",
+        format!("the request took longer than {limit:?}"),
+    )
 }
 
 /// A client's `x-request-id` is kept if it is plain (≤ 128 visible characters).
@@ -382,6 +431,8 @@ impl UpstreamHead {
 
 /// Why one attempt failed, and whether another worker may be tried.
 enum AttemptFailure {
+    /// The whole request ran out of time.
+    Deadline,
     /// The request never reached the worker: safe to retry for any method.
     NotSent(ProxyError, Option<UpBody>),
     /// It may have reached the worker: retry only if safe to repeat.
@@ -392,7 +443,7 @@ async fn forward(
     shared: &Shared,
     router: &Router,
     route: &RouteEntry,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     id: &HeaderValue,
     started: Instant,
@@ -400,6 +451,10 @@ async fn forward(
     let group = &route.group;
     let settings = &group.settings;
     let forward_load_header = router.config.telemetry.forward_load_header;
+    // One deadline bounds the whole request (queueing, connecting, every attempt), so a single
+    // timer is armed per attempt rather than one per stage.
+    let limit = router.config.timeouts.request;
+    let deadline = tokio::time::Instant::from_std(started) + limit;
     let (mut parts, incoming) = req.into_parts();
     let replayable = is_idempotent(&parts.method) && incoming.is_end_stream();
     let streamed_body = !incoming.is_end_stream();
@@ -432,9 +487,10 @@ async fn forward(
             count_retry(shared, group, retry_reason);
         }
         retry_paid = false;
-        let flight = match group.acquire(&tried, &shared.fleet.signal).await {
+        let flight = match group.acquire(&tried, &shared.fleet.signal, deadline).await {
             Ok(f) => f,
             Err(PickError::NoOtherWorker) => break,
+            Err(PickError::Deadline) => return Err(request_timeout(limit)),
             Err(PickError::Overloaded) => {
                 let mut e = ProxyError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -455,10 +511,10 @@ async fn forward(
         tried.push(worker.addr);
         let t0 = Instant::now();
 
-        let result = attempt_once(&worker, settings, &head, this_body).await;
+        let result = attempt_once(&worker, settings, &head, this_body, deadline).await;
         let latency = t0.elapsed();
         match result {
-            Ok((resp, tx)) => {
+            Ok((resp, upstream)) => {
                 let status = resp.status();
                 let worker_error = status.is_server_error();
                 // A 502/503/504 from an idempotent request is worth another worker while
@@ -493,10 +549,15 @@ async fn forward(
                 );
                 record_response(shared, route, &worker, &resp, started);
                 let finish = Finish {
-                    conn: Some((tx, settings.max_in_flight_per_worker)),
+                    upstream,
+                    pool_cap: settings.max_in_flight_per_worker,
                     flight,
                 };
                 return Ok(client_response(resp, finish, id, forward_load_header));
+            }
+            Err(AttemptFailure::Deadline) => {
+                record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                return Err(request_timeout(limit));
             }
             Err(AttemptFailure::NotSent(e, returned)) => {
                 record_outcome(shared, group, &worker, Outcome::Failure, latency);
@@ -550,21 +611,23 @@ fn count_retry(shared: &Shared, group: &Group, reason: &'static str) {
         .inc();
 }
 
-/// One try on one worker: a connection (pooled or new), the request, the response head.
+/// One try on one worker: a connection (pooled or new), the request, the response head, all
+/// bounded by `deadline`.
 async fn attempt_once(
     worker: &Worker,
     settings: &crate::config::TargetGroup,
     head: &UpstreamHead,
     body: UpBody,
-) -> Result<(Response<Incoming>, crate::pool::Sender), AttemptFailure> {
-    let mut tx = match worker.pool.checkout(settings.pool_idle_timeout).await {
-        Some(tx) => tx,
+    deadline: tokio::time::Instant,
+) -> Result<(Response<Incoming>, Upstream), AttemptFailure> {
+    let mut upstream = match worker.pool.checkout(settings.pool_idle_timeout).await {
+        Some(u) => u,
         None => match worker
             .pool
             .connect(worker.addr, settings.connect_timeout)
             .await
         {
-            Ok(tx) => tx,
+            Ok(u) => u,
             Err(e) => {
                 return Err(AttemptFailure::NotSent(
                     ProxyError::new(
@@ -578,13 +641,11 @@ async fn attempt_once(
         },
     };
     let started_flag = body.started_flag();
-    let sent = tokio::time::timeout(
-        settings.response_timeout,
-        tx.try_send_request(head.request(body)),
-    )
-    .await;
+    let response_deadline = deadline.min(tokio::time::Instant::now() + settings.response_timeout);
+    let sent = tokio::time::timeout_at(response_deadline, upstream.send(head.request(body))).await;
     match sent {
-        Ok(Ok(resp)) => Ok((resp, tx)),
+        Ok(Ok(resp)) => Ok((resp, upstream)),
+        Err(_) if response_deadline == deadline => Err(AttemptFailure::Deadline),
         Err(_) => Err(AttemptFailure::Sent(ProxyError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "worker_timeout",
@@ -593,10 +654,8 @@ async fn attempt_once(
                 worker.addr, settings.response_timeout
             ),
         ))),
-        Ok(Err(mut e)) => {
-            let unsent = e.take_message();
-            let err = e.into_error();
-            if let Some(body_err) = find_body_error(&err) {
+        Ok(Err(failure)) => {
+            if let Some(body_err) = find_body_error(failure.error.as_ref()) {
                 return Err(AttemptFailure::Sent(match body_err {
                     BodyError::TooLarge(limit) => body_too_large(*limit),
                     BodyError::Client(inner) => ProxyError::new(
@@ -609,9 +668,9 @@ async fn attempt_once(
             let pe = ProxyError::new(
                 StatusCode::BAD_GATEWAY,
                 "worker_error",
-                format!("worker {}: {err}", worker.addr),
+                format!("worker {}: {}", worker.addr, failure.error),
             );
-            match unsent {
+            match failure.unsent {
                 // hyper hands the request back when the connection closed before it went out.
                 Some(req) if !started_flag.load(Ordering::Relaxed) => {
                     Err(AttemptFailure::NotSent(pe, Some(req.into_body())))
@@ -622,8 +681,8 @@ async fn attempt_once(
     }
 }
 
-fn find_body_error(err: &hyper::Error) -> Option<&BodyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(s) = source {
         if let Some(b) = s.downcast_ref::<BodyError>() {
             return Some(b);
@@ -641,7 +700,23 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names avoids nine hashed removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -652,48 +727,52 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-fn upstream_head(parts: &mut Parts, conn: ConnInfo, id: &HeaderValue) -> UpstreamHead {
+fn upstream_head(parts: &mut Parts, conn: &ConnInfo, id: &HeaderValue) -> UpstreamHead {
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     // HTTP/2 carries the host in `:authority`; workers speak HTTP/1.1 and need `Host`.
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
+    if !headers.contains_key(header::HOST) {
+        if let Some(h) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    if let Some(h) = &host {
-        headers.insert(header::HOST, h.clone());
+        {
+            headers.insert(header::HOST, h);
+        }
     }
-    let ip = conn.peer.ip();
-    let proto = if conn.tls { "https" } else { "http" };
-    append(&mut headers, X_FORWARDED_FOR, &ip.to_string(), ", ");
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let for_ = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut fwd = format!("for={for_};proto={proto}");
-    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        fwd.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
+    let host = headers.get(header::HOST);
+    let forwarded = conn.forwarded(host);
+    match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        None => {
+            headers.insert(X_FORWARDED_FOR, conn.xff.clone());
+        }
+        Some(_) => append(&mut headers, X_FORWARDED_FOR, &conn.peer.ip().to_string()),
     }
-    append(&mut headers, FORWARDED, &fwd, ", ");
-    append(&mut headers, header::VIA, via(parts.version), ", ");
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    match headers.get(FORWARDED) {
+        None => {
+            headers.insert(FORWARDED, forwarded);
+        }
+        Some(_) => append(
+            &mut headers,
+            FORWARDED,
+            forwarded.to_str().unwrap_or_default(),
+        ),
+    }
+    match headers.get(header::VIA) {
+        None => {
+            headers.insert(header::VIA, HeaderValue::from_static(via(parts.version)));
+        }
+        Some(_) => append(&mut headers, header::VIA, via(parts.version)),
+    }
     headers.insert(REQUEST_ID, id.clone());
     let uri = parts
         .uri
@@ -716,9 +795,9 @@ fn via(version: Version) -> &'static str {
 }
 
 /// Appends to a list-valued header, or sets it.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str, sep: &str) {
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(old) => format!("{old}{sep}{value}"),
+        Some(old) => format!("{old}, {value}"),
         None => value.to_owned(),
     };
     if let Ok(v) = HeaderValue::try_from(joined) {
@@ -814,7 +893,14 @@ fn client_response(
     if !forward_load_header {
         parts.headers.remove(LOAD_REPORT);
     }
-    append(&mut parts.headers, header::VIA, "1.1 fulcrum", ", ");
+    match parts.headers.get(header::VIA) {
+        None => {
+            parts
+                .headers
+                .insert(header::VIA, HeaderValue::from_static("1.1 fulcrum"));
+        }
+        Some(_) => append(&mut parts.headers, header::VIA, "1.1 fulcrum"),
+    }
     parts.headers.insert(REQUEST_ID, id.clone());
     Response::from_parts(parts, ClientBody::proxied(body, finish))
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -117,6 +117,8 @@ pub enum PickError {
     Overloaded,
     /// A retry found no worker it had not already tried.
     NoOtherWorker,
+    /// The request's own deadline passed while it waited.
+    Deadline,
 }
 
 pub struct Group {
@@ -212,11 +214,12 @@ impl Group {
 
     /// Claims an in-flight slot on a worker chosen by the group's policy, excluding `tried`.
     /// When every eligible worker is at its cap the request waits (bounded by the queue size and
-    /// `queue_timeout`) for a slot to free.
+    /// `queue_timeout`, and by the request's own deadline) for a slot to free.
     pub async fn acquire(
         &self,
         tried: &[SocketAddr],
         signal: &CapacitySignal,
+        request_deadline: tokio::time::Instant,
     ) -> Result<InFlight, PickError> {
         match self.try_pick(tried) {
             Attempt::Got(f) => return Ok(f),
@@ -228,7 +231,8 @@ impl Group {
             return Err(PickError::Overloaded);
         }
         signal.waiting.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.settings.queue_timeout;
+        let queue_deadline = tokio::time::Instant::now() + self.settings.queue_timeout;
+        let deadline = queue_deadline.min(request_deadline);
         let result = loop {
             let freed = signal.notify.notified();
             tokio::pin!(freed);
@@ -239,11 +243,12 @@ impl Group {
                 Attempt::Failed(e) => break Err(e),
                 Attempt::Full => {}
             }
-            if tokio::time::timeout_at(deadline.into(), freed)
-                .await
-                .is_err()
-            {
-                break Err(PickError::Overloaded);
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break Err(if deadline == queue_deadline {
+                    PickError::Overloaded
+                } else {
+                    PickError::Deadline
+                });
             }
         };
         signal.waiting.fetch_sub(1, Ordering::Relaxed);
