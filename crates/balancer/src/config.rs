@@ -125,6 +125,16 @@ pub struct TelemetrySettings {
     pub collect: Vec<TelemetrySource>,
     /// Forward the workers' `endpoint-load-metrics` header to clients (it is consumed otherwise).
     pub forward_load_header: bool,
+    /// Where the `cloudwatch` source reads from: a local emulation, or AWS CloudWatch itself
+    /// (available when the binary is built with the AWS provider).
+    pub cloudwatch_source: CloudwatchSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudwatchSource {
+    Emulated,
+    Aws,
 }
 
 impl Default for TelemetrySettings {
@@ -135,6 +145,7 @@ impl Default for TelemetrySettings {
             cloudwatch_period: Duration::from_secs(60),
             collect: Vec::new(),
             forward_load_header: false,
+            cloudwatch_source: CloudwatchSource::Emulated,
         }
     }
 }
@@ -230,6 +241,9 @@ pub struct TargetGroup {
     pub workers: Vec<WorkerAddr>,
     /// Workers are also read from this JSON file, watched for changes.
     pub discovery_file: Option<PathBuf>,
+    /// Workers are also listed by a discovery provider: `provider` names it, `interval` says how
+    /// often to ask (default 10 s), the other keys are the provider's own.
+    pub discovery: Option<toml::Table>,
     pub health: HealthCheck,
     pub outlier: OutlierDetection,
     pub retry: RetryPolicy,
@@ -419,6 +433,7 @@ struct FileTargetGroup {
     #[serde(default)]
     workers: Vec<Spanned<String>>,
     discovery_file: Option<PathBuf>,
+    discovery: Option<Spanned<toml::Table>>,
     #[serde(default)]
     health: HealthCheck,
     #[serde(default)]
@@ -472,13 +487,32 @@ fn default_when_all_unhealthy() -> WhenAllUnhealthy {
 /// `@all` in a target group's workers: every worker of every other group.
 pub const ALL_WORKERS: &str = "@all";
 
-struct Locator<'a> {
+/// Turns byte spans of a TOML text into located errors; shared with the topology parser.
+pub struct Locator<'a> {
     file: &'a str,
     text: &'a str,
 }
 
-impl Locator<'_> {
-    fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+impl<'a> Locator<'a> {
+    pub fn new(file: &'a str, text: &'a str) -> Locator<'a> {
+        Locator { file, text }
+    }
+
+    /// A TOML syntax or schema error, located.
+    pub fn toml_error(&self, e: toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_owned();
+        match e.span() {
+            Some(span) => self.at(span, message),
+            None => ConfigError {
+                file: self.file.to_owned(),
+                line: 1,
+                column: 1,
+                message,
+            },
+        }
+    }
+
+    pub fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
@@ -506,19 +540,8 @@ impl Config {
 
     /// Validates TOML text; `file` names it in errors, relative paths resolve against `base`.
     pub fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
-        let loc = Locator { file, text };
-        let raw: FileConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().to_owned();
-            match e.span() {
-                Some(span) => loc.at(span, message),
-                None => ConfigError {
-                    file: file.to_owned(),
-                    line: 1,
-                    column: 1,
-                    message,
-                },
-            }
-        })?;
+        let loc = Locator::new(file, text);
+        let raw: FileConfig = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
         let resolve = |p: PathBuf| match base {
             Some(b) if p.is_relative() => b.join(p),
             _ => p,
@@ -600,11 +623,22 @@ impl Config {
                 workers.push(addr);
             }
             let has_all = fg.workers.iter().any(|w| w.get_ref() == ALL_WORKERS);
-            if fg.workers.is_empty() && fg.discovery_file.is_none() {
+            if fg.workers.is_empty() && fg.discovery_file.is_none() && fg.discovery.is_none() {
                 return Err(loc.at(
                     g.span(),
-                    format!("target group `{name}` has no `workers` and no `discovery_file`"),
+                    format!("target group `{name}` has no `workers`, `discovery_file` or `discovery`"),
                 ));
+            }
+            if let Some(d) = &fg.discovery {
+                if !d.get_ref().get("provider").is_some_and(|p| p.is_str()) {
+                    return Err(loc.at(d.span(), "discovery needs `provider = \"NAME\"`"));
+                }
+                if let Some(i) = d.get_ref().get("interval") {
+                    let ok = i.as_str().and_then(|v| humantime::parse_duration(v).ok()).is_some();
+                    if !ok {
+                        return Err(loc.at(d.span(), "discovery.interval must be a duration like \"10s\""));
+                    }
+                }
             }
             check_health(&fg.health, &loc, g.span())?;
             if fg.max_in_flight_per_worker == 0 {
@@ -632,6 +666,7 @@ impl Config {
                     telemetry: fg.telemetry,
                     workers,
                     discovery_file: fg.discovery_file.clone().map(resolve),
+                    discovery: fg.discovery.as_ref().map(|d| d.get_ref().clone()),
                     health: fg.health.clone(),
                     outlier: fg.outlier.clone(),
                     retry: fg.retry.clone(),

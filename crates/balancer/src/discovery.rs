@@ -67,3 +67,30 @@ pub fn watch_file(
         }
     })
 }
+
+/// Asks a discovery provider for the group's workers every `every`; failures keep the last
+/// good list.
+pub fn poll_provider(
+    provider: std::sync::Arc<dyn crate::extension::Discovery>,
+    every: Duration,
+    group: String,
+    apply: impl Fn(Vec<crate::extension::DiscoveredWorker>) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<Vec<crate::extension::DiscoveredWorker>> = None;
+        loop {
+            match provider.list().await {
+                Ok(mut found) => {
+                    found.sort_by_key(|w| w.addr);
+                    if last.as_ref() != Some(&found) {
+                        tracing::info!(target_group = %group, workers = found.len(), "discovered workers");
+                        apply(found.clone());
+                        last = Some(found);
+                    }
+                }
+                Err(e) => tracing::warn!(target_group = %group, error = %e, "discovery failed; keeping the last good list"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}

@@ -18,6 +18,7 @@ mod admin;
 mod body;
 pub mod config;
 mod discovery;
+pub mod extension;
 mod fleet;
 mod health;
 mod metrics;
@@ -40,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use config::{Config, ConfigError, Policy, QuickConfig, TelemetrySource};
+pub use extension::{CloudwatchCpu, DiscoveredWorker, Discovery, DiscoveryProvider, Extensions};
 pub use policy::cpu_aware_cost;
 pub use tls::install_crypto_provider;
 
@@ -67,8 +69,52 @@ impl ConfigSource {
 struct Balancer {
     shared: Arc<Shared>,
     source: ConfigSource,
+    extensions: Extensions,
     generation: AtomicU64,
-    discovery: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Tasks of the generation in force: discovery watchers, the AWS CloudWatch reader.
+    generation_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Checks that every provider a configuration names is plugged in and accepts its settings.
+fn check_extensions(config: &Config, ext: &Extensions, file: &str) -> Result<(), ConfigError> {
+    let missing = |message: String| ConfigError {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    for g in &config.target_groups {
+        if let Some(d) = &g.discovery {
+            let name = d.get("provider").and_then(|p| p.as_str()).unwrap_or_default();
+            let Some(provider) = ext.discovery.get(name) else {
+                return Err(missing(format!(
+                    "target group `{}`: discovery provider `{name}` is not available in this build \
+                     (the AWS provider needs `--features aws`)",
+                    g.name
+                )));
+            };
+            provider
+                .create(&provider_settings(d))
+                .map_err(|e| missing(format!("target group `{}`: discovery: {e}", g.name)))?;
+        }
+    }
+    if config.sources_in_use().contains(&Source::Cloudwatch)
+        && config.telemetry.cloudwatch_source == config::CloudwatchSource::Aws
+        && ext.cloudwatch.is_none()
+    {
+        return Err(missing(
+            "telemetry.cloudwatch_source = \"aws\" needs the AWS provider (`--features aws`)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A discovery table without the keys the balancer itself reads.
+fn provider_settings(d: &toml::Table) -> toml::Table {
+    let mut t = d.clone();
+    t.remove("provider");
+    t.remove("interval");
+    t
 }
 
 impl Balancer {
@@ -79,39 +125,76 @@ impl Balancer {
         let router = Router::build(Arc::new(config), &self.shared.fleet, generation);
         self.shared.router.store(Arc::new(router));
         self.shared.metrics.config_generation.set(generation as i64);
-        self.restart_discovery();
+        self.restart_generation_tasks();
         self.sync_workers();
     }
 
-    fn restart_discovery(self: &Arc<Self>) {
-        let mut tasks = self.discovery.lock().expect("never poisoned");
+    fn restart_generation_tasks(self: &Arc<Self>) {
+        let mut tasks = self.generation_tasks.lock().expect("never poisoned");
         for t in tasks.drain(..) {
             t.abort();
         }
         let router = self.shared.router.load_full();
         for group in &router.groups {
-            let Some(path) = group.settings.discovery_file.clone() else {
-                continue;
-            };
-            let (this, group) = (self.clone(), group.clone());
-            tasks.push(discovery::watch_file(
-                path,
-                Duration::from_millis(500),
-                move |addrs| {
-                    let workers = addrs
+            let apply = {
+                let (this, group) = (self.clone(), group.clone());
+                move |found: Vec<DiscoveredWorker>| {
+                    let workers = found
                         .iter()
-                        .map(|a| {
+                        .map(|d| {
                             let (w, _) = this
                                 .shared
                                 .fleet
-                                .get_or_add(a.0, group.settings.max_in_flight_per_worker);
+                                .get_or_add(d.addr, group.settings.max_in_flight_per_worker);
+                            if let (Some(id), None) = (&d.instance_id, w.identity()) {
+                                w.note_identity(id.as_bytes(), None);
+                            }
                             w
                         })
                         .collect();
                     group.set_discovered(workers);
                     this.sync_workers();
-                },
-            ));
+                }
+            };
+            if let Some(path) = group.settings.discovery_file.clone() {
+                let apply = apply.clone();
+                tasks.push(discovery::watch_file(path, Duration::from_millis(500), move |addrs| {
+                    apply(
+                        addrs
+                            .into_iter()
+                            .map(|a| DiscoveredWorker {
+                                addr: a.0,
+                                instance_id: None,
+                            })
+                            .collect(),
+                    )
+                }));
+            }
+            if let Some(d) = &group.settings.discovery {
+                let name = d.get("provider").and_then(|p| p.as_str()).unwrap_or_default();
+                let interval = d
+                    .get("interval")
+                    .and_then(|i| i.as_str())
+                    .and_then(|i| humantime::parse_duration(i).ok())
+                    .unwrap_or(Duration::from_secs(10));
+                // Checked at load: the provider exists and accepts these settings.
+                let found = self
+                    .extensions
+                    .discovery
+                    .get(name)
+                    .and_then(|p| p.create(&provider_settings(d)).ok());
+                if let Some(found) = found {
+                    tasks.push(discovery::poll_provider(found, interval, group.name.clone(), apply));
+                }
+            }
+        }
+        let config = &router.config;
+        if config.sources_in_use().contains(&Source::Cloudwatch)
+            && config.telemetry.cloudwatch_source == config::CloudwatchSource::Aws
+        {
+            if let Some(cw) = self.extensions.cloudwatch.clone() {
+                tasks.push(telemetry::spawn_cloudwatch_aws(self.shared.router.clone(), cw));
+            }
         }
     }
 
@@ -141,6 +224,9 @@ impl Balancer {
                         w.clone(),
                         config.telemetry.poll_interval,
                     )),
+                    // Real CloudWatch is read by one task for all workers (see above).
+                    Source::Cloudwatch
+                        if config.telemetry.cloudwatch_source == config::CloudwatchSource::Aws => {}
                     Source::Cloudwatch => w.add_task(telemetry::spawn_cloudwatch_emulation(
                         w.clone(),
                         config.telemetry.cloudwatch_period,
@@ -178,7 +264,10 @@ impl Balancer {
             tracing::warn!("SIGHUP: the configuration came from flags; nothing to reload");
             return;
         };
-        match Config::load(path) {
+        match Config::load(path).and_then(|c| {
+            check_extensions(&c, &self.extensions, &path.display().to_string())?;
+            Ok(c)
+        }) {
             Ok(new) => {
                 let old = self.shared.router.load().config.clone();
                 if new.listeners != old.listeners
@@ -219,9 +308,14 @@ pub struct BoundBalancer {
 impl BoundBalancer {
     /// Validates the configuration and binds every listener; nothing is served yet, and any
     /// failure leaves nothing behind.
-    pub async fn bind(source: ConfigSource) -> anyhow::Result<BoundBalancer> {
+    pub async fn bind(source: ConfigSource, extensions: Extensions) -> anyhow::Result<BoundBalancer> {
         install_crypto_provider();
         let config = source.load()?;
+        let file = match &source {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Flags(_) => "command line".into(),
+        };
+        check_extensions(&config, &extensions, &file)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let tls = l.tls.as_ref().map(tls::acceptor).transpose()?;
@@ -248,8 +342,9 @@ impl BoundBalancer {
         let balancer = Arc::new(Balancer {
             shared: Arc::new(Shared::new(router, fleet, metrics)),
             source,
+            extensions,
             generation: AtomicU64::new(0),
-            discovery: Mutex::new(Vec::new()),
+            generation_tasks: Mutex::new(Vec::new()),
         });
         Ok(BoundBalancer {
             balancer,
@@ -337,7 +432,11 @@ impl BoundBalancer {
 
 /// Runs `fulcrum balance` to completion: binds, announces its addresses on stdout, serves until
 /// SIGTERM or SIGINT, drains, returns.
-pub fn run(source: ConfigSource, threads: Option<usize>) -> anyhow::Result<()> {
+pub fn run(
+    source: ConfigSource,
+    threads: Option<usize>,
+    extensions: Extensions,
+) -> anyhow::Result<()> {
     let config = source.load()?;
     let threads = threads
         .or(config.threads)
@@ -355,7 +454,7 @@ pub fn run(source: ConfigSource, threads: Option<usize>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
-        let bound = BoundBalancer::bind(source).await?;
+        let bound = BoundBalancer::bind(source, extensions).await?;
         for (addr, tls) in bound.addresses() {
             println!(
                 "fulcrum balance listening on {}://{addr}",

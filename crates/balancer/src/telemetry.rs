@@ -162,6 +162,45 @@ pub fn spawn_cloudwatch_emulation(
     })
 }
 
+/// Reads AWS CloudWatch for every worker whose instance id is known (from its own
+/// `x-fulcrum-instance` header or from discovery), in the background: CloudWatch's EC2 metrics
+/// have a 1-minute period at best, so asking more often than every 20 s gains nothing and only
+/// risks throttling.
+pub fn spawn_cloudwatch_aws(
+    router: Arc<arc_swap::ArcSwap<crate::route::Router>>,
+    source: Arc<dyn crate::extension::CloudwatchCpu>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let workers = router.load().workers();
+            let ids: Vec<(Arc<Worker>, String)> = workers
+                .into_iter()
+                .filter_map(|w| w.identity().map(|i| (w, i.instance_id)))
+                .collect();
+            if !ids.is_empty() {
+                match source.latest(ids.iter().map(|(_, id)| id.clone()).collect()).await {
+                    Ok(points) => {
+                        let wall = SystemTime::now();
+                        for (w, id) in &ids {
+                            if let Some((cpu, at)) = points.get(id) {
+                                let age_us = wall.duration_since(*at).unwrap_or_default().as_micros() as u64;
+                                w.slot(TelemetrySource::Cloudwatch).store(
+                                    *cpu,
+                                    0.0,
+                                    0.0,
+                                    now_us().saturating_sub(age_us).max(1),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "CloudWatch read failed"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,4 +6,6 @@
 //! It does not own what runs inside an instance (`fulcrum-worker`, `fulcrum-balancer`) or how
 //! CPU use is turned into a load figure (`fulcrum-telemetry`).
 
+pub mod catalog;
 pub mod cgroup;
+pub mod topology;

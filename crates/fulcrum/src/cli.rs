@@ -162,7 +162,12 @@ fn balance(a: BalanceArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    fulcrum_balancer::run(source, a.threads.map(|t| t as usize))
+    fulcrum_balancer::run(source, a.threads.map(|t| t as usize), extensions())
+}
+
+/// Providers plugged into the balancer: none in this build; the AWS ones with `--features aws`.
+fn extensions() -> fulcrum_balancer::Extensions {
+    fulcrum_balancer::Extensions::default()
 }
 
 /// Usage errors are one line naming the problem (clap's own rendering is several).

@@ -1,0 +1,453 @@
+//! The topology file: a deployment's clusters (route, instance type, count, worker settings),
+//! its balancer (listeners, policy per route, telemetry) and its provider settings.
+//!
+//! [`DEFAULT_TOPOLOGY`] is the seed's: cluster 1 = 5 × t2.micro on `/cluster1`, cluster 2 =
+//! 4 × t2.large on `/cluster2`, `/` across both, one balancer. `fulcrum init` writes exactly
+//! that text, and `fulcrum up` without a file parses it, so the two cannot drift apart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fulcrum_balancer::config::{ConfigError, Locator};
+use fulcrum_balancer::{Policy, TelemetrySource};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::catalog::{self, InstanceType};
+
+pub const DEFAULT_TOPOLOGY: &str = r#"# fulcrum topology: the seed's two clusters behind one balancer.
+# `fulcrum up` deploys it (locally by default), `fulcrum status` shows it, `fulcrum down` removes it.
+
+# The deployment's name: state lives in .fulcrum/<name>/, and on AWS every resource is tagged
+# fulcrum:deployment=<name>.
+name = "seed"
+
+[[cluster]]
+id = 1
+route = "/cluster1"
+instance_type = "t2.micro"
+count = 5
+# CPU time each request burns on a worker, in microseconds.
+work_us = 1000
+
+[[cluster]]
+id = 2
+route = "/cluster2"
+instance_type = "t2.large"
+count = 4
+work_us = 1000
+
+[balancer]
+# round-robin | least-outstanding | p2c-ewma | lowest-cpu | cpu-aware
+policy = "cpu-aware"
+# inband | poll | cloudwatch
+telemetry = "inband"
+# Also collect these for every worker (status page, runtime policy switches).
+collect = ["poll", "cloudwatch"]
+# Locally, port 0 picks a free loopback port; on AWS the balancer listens on 80.
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+# `/` is served by every worker of both clusters.
+[[balancer.route]]
+prefix = "/"
+clusters = [1, 2]
+
+[local]
+# One emulated vCPU gets `scale` of a real core, chosen so every worker's quota fits in this
+# machine's cores minus what the balancer and the load generator keep for themselves.
+balancer_reserve_cores = 0.35
+loadgen_reserve_cores = 0.35
+# Emulate burstable CPU credits (t2/t3): earn at baseline, spend to burst. Off by default.
+credits = false
+# Apply the instance type's memory, scaled like its CPU.
+memory_limits = true
+
+[aws]
+region = "us-east-1"
+worker_port = 8000
+balancer_port = 80
+balancer_instance_type = "t2.micro"
+"#;
+
+/// A validated topology.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub name: String,
+    pub clusters: Vec<Cluster>,
+    pub balancer: BalancerSpec,
+    pub local: LocalSpec,
+    pub aws: AwsSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub id: u32,
+    pub route: String,
+    pub instance_type: &'static InstanceType,
+    pub count: u32,
+    pub work_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BalancerSpec {
+    pub policy: Policy,
+    pub telemetry: TelemetrySource,
+    pub collect: Vec<TelemetrySource>,
+    pub listen: String,
+    pub admin: String,
+    pub routes: Vec<ExtraRoute>,
+    pub cloudwatch_period: Duration,
+    pub threads: Option<usize>,
+}
+
+/// A route served by several clusters at once (the seed's `/`).
+#[derive(Debug, Clone)]
+pub struct ExtraRoute {
+    pub prefix: String,
+    pub clusters: Vec<u32>,
+    pub policy: Option<Policy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalSpec {
+    pub balancer_reserve_cores: f64,
+    pub loadgen_reserve_cores: f64,
+    pub credits: bool,
+    pub memory_limits: bool,
+    /// Cores per emulated vCPU; derived from the machine when absent.
+    pub scale: Option<f64>,
+}
+
+impl Default for LocalSpec {
+    fn default() -> Self {
+        LocalSpec {
+            balancer_reserve_cores: 0.35,
+            loadgen_reserve_cores: 0.35,
+            credits: false,
+            memory_limits: true,
+            scale: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsSpec {
+    pub region: Option<String>,
+    pub worker_port: u16,
+    pub balancer_port: u16,
+    pub balancer_instance_type: String,
+}
+
+impl Default for AwsSpec {
+    fn default() -> Self {
+        AwsSpec {
+            region: None,
+            worker_port: 8000,
+            balancer_port: 80,
+            balancer_instance_type: "t2.micro".into(),
+        }
+    }
+}
+
+// ----- file schema -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTopology {
+    name: Spanned<String>,
+    #[serde(rename = "cluster", default)]
+    clusters: Vec<Spanned<FileCluster>>,
+    #[serde(default)]
+    balancer: FileBalancer,
+    #[serde(default)]
+    local: LocalSpec,
+    #[serde(default)]
+    aws: AwsSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    id: Spanned<u32>,
+    route: Spanned<String>,
+    instance_type: Spanned<String>,
+    count: Spanned<u32>,
+    #[serde(default = "default_work_us")]
+    work_us: u64,
+}
+
+fn default_work_us() -> u64 {
+    1000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileBalancer {
+    policy: Policy,
+    telemetry: TelemetrySource,
+    collect: Vec<TelemetrySource>,
+    listen: String,
+    admin: String,
+    #[serde(rename = "route")]
+    routes: Vec<Spanned<FileRoute>>,
+    #[serde(with = "humantime_serde")]
+    cloudwatch_period: Duration,
+    threads: Option<usize>,
+}
+
+impl Default for FileBalancer {
+    fn default() -> Self {
+        FileBalancer {
+            policy: Policy::CpuAware,
+            telemetry: TelemetrySource::Inband,
+            collect: Vec::new(),
+            listen: "127.0.0.1:0".into(),
+            admin: "127.0.0.1:0".into(),
+            routes: Vec::new(),
+            cloudwatch_period: Duration::from_secs(60),
+            threads: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    clusters: Spanned<Vec<u32>>,
+    policy: Option<Policy>,
+}
+
+impl Topology {
+    /// The seed's topology.
+    pub fn default_seed() -> Topology {
+        Topology::parse(DEFAULT_TOPOLOGY, "default topology").expect("the default topology is valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Topology::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Topology, ConfigError> {
+        let loc = Locator::new(file, text);
+        let raw: FileTopology = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
+        let name = raw.name.get_ref();
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(loc.at(
+                raw.name.span(),
+                "name must be 1-40 lowercase letters, digits or `-` (it names files and AWS tags)",
+            ));
+        }
+        if raw.clusters.is_empty() {
+            return Err(loc.at(0..0, "no [[cluster]]: a topology needs at least one"));
+        }
+        let mut clusters = Vec::new();
+        for c in &raw.clusters {
+            let fc = c.get_ref();
+            let id = *fc.id.get_ref();
+            if clusters.iter().any(|x: &Cluster| x.id == id) {
+                return Err(loc.at(fc.id.span(), format!("cluster {id} is defined twice")));
+            }
+            let route = fc.route.get_ref().clone();
+            if !route.starts_with('/') || route.len() < 2 {
+                return Err(loc.at(fc.route.span(), format!("route `{route}` must be a path like `/cluster{id}`")));
+            }
+            if clusters.iter().any(|x: &Cluster| x.route == route) {
+                return Err(loc.at(fc.route.span(), format!("route `{route}` is used twice")));
+            }
+            let instance_type = catalog::lookup(fc.instance_type.get_ref())
+                .map_err(|e| loc.at(fc.instance_type.span(), e.to_string()))?;
+            let count = *fc.count.get_ref();
+            if !(1..=64).contains(&count) {
+                return Err(loc.at(fc.count.span(), "count must be between 1 and 64"));
+            }
+            if fc.work_us > 100_000 {
+                return Err(loc.at(c.span(), "work_us must be at most 100000"));
+            }
+            clusters.push(Cluster {
+                id,
+                route,
+                instance_type,
+                count,
+                work_us: fc.work_us,
+            });
+        }
+        let mut routes = Vec::new();
+        for r in &raw.balancer.routes {
+            let fr = r.get_ref();
+            if !fr.prefix.starts_with('/') {
+                return Err(loc.at(r.span(), format!("route prefix `{}` must start with `/`", fr.prefix)));
+            }
+            if clusters.iter().any(|c| c.route == fr.prefix) || routes.iter().any(|x: &ExtraRoute| x.prefix == fr.prefix) {
+                return Err(loc.at(r.span(), format!("route `{}` is defined twice", fr.prefix)));
+            }
+            for id in fr.clusters.get_ref() {
+                if !clusters.iter().any(|c| c.id == *id) {
+                    return Err(loc.at(fr.clusters.span(), format!("no cluster {id}")));
+                }
+            }
+            if fr.clusters.get_ref().is_empty() {
+                return Err(loc.at(fr.clusters.span(), "a route needs at least one cluster"));
+            }
+            routes.push(ExtraRoute {
+                prefix: fr.prefix.clone(),
+                clusters: fr.clusters.get_ref().clone(),
+                policy: fr.policy,
+            });
+        }
+        let l = &raw.local;
+        if !(0.0..=64.0).contains(&l.balancer_reserve_cores) || !(0.0..=64.0).contains(&l.loadgen_reserve_cores) {
+            return Err(loc.at(0..0, "local reserves must be between 0 and 64 cores"));
+        }
+        if l.scale.is_some_and(|s| !(0.001..=1.0).contains(&s)) {
+            return Err(loc.at(0..0, "local.scale must be between 0.001 and 1 core per vCPU"));
+        }
+        catalog::lookup(&raw.aws.balancer_instance_type).map_err(|e| loc.at(0..0, format!("aws.balancer_instance_type: {e}")))?;
+        Ok(Topology {
+            name: name.clone(),
+            clusters,
+            balancer: BalancerSpec {
+                policy: raw.balancer.policy,
+                telemetry: raw.balancer.telemetry,
+                collect: raw.balancer.collect,
+                listen: raw.balancer.listen,
+                admin: raw.balancer.admin,
+                routes,
+                cloudwatch_period: raw.balancer.cloudwatch_period,
+                threads: raw.balancer.threads,
+            },
+            local: raw.local,
+            aws: raw.aws,
+        })
+    }
+
+    /// Total emulated vCPUs of every worker.
+    pub fn total_vcpus(&self) -> u32 {
+        self.clusters.iter().map(|c| c.count * c.instance_type.vcpus).sum()
+    }
+
+    pub fn cluster(&self, id: u32) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.id == id)
+    }
+
+    /// Instances of every cluster, in a stable order: `(cluster, index within it)`.
+    pub fn instances(&self) -> impl Iterator<Item = (&Cluster, u32)> {
+        self.clusters.iter().flat_map(|c| (0..c.count).map(move |i| (c, i)))
+    }
+
+    /// The balancer configuration (TOML) for this topology, given where each worker listens.
+    /// `workers` holds `(cluster id, "ip:port")`.
+    pub fn balancer_config(&self, listen: &str, admin: &str, workers: &[(u32, String)]) -> String {
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let b = &self.balancer;
+        let mut out = String::from("# Generated by fulcrum from the deployment's topology.\n");
+        if let Some(t) = b.threads {
+            out.push_str(&format!("threads = {t}\n"));
+        }
+        out.push_str(&format!("\n[[listener]]\naddress = {}\n\n[admin]\naddress = {}\n", q(listen), q(admin)));
+        let collect: Vec<String> = b.collect.iter().map(|s| q(s.name())).collect();
+        out.push_str(&format!(
+            "\n[telemetry]\ncollect = [{}]\ncloudwatch_period = {}\n",
+            collect.join(", "),
+            q(&humantime::format_duration(b.cloudwatch_period).to_string())
+        ));
+        let group = |out: &mut String, name: &str, policy: Policy, ids: &[u32]| {
+            let list: Vec<String> = workers
+                .iter()
+                .filter(|(c, _)| ids.contains(c))
+                .map(|(_, a)| q(a))
+                .collect();
+            out.push_str(&format!(
+                "\n[[target_group]]\nname = {}\npolicy = {}\ntelemetry = {}\nworkers = [{}]\n",
+                q(name),
+                q(policy.name()),
+                q(b.telemetry.name()),
+                list.join(", ")
+            ));
+        };
+        for c in &self.clusters {
+            out.push_str(&format!("\n[[route]]\nprefix = {}\ntarget_group = {}\n", q(&c.route), q(&format!("cluster{}", c.id))));
+        }
+        for (i, r) in b.routes.iter().enumerate() {
+            out.push_str(&format!("\n[[route]]\nprefix = {}\ntarget_group = {}\n", q(&r.prefix), q(&route_group_name(i, r))));
+        }
+        for c in &self.clusters {
+            group(&mut out, &format!("cluster{}", c.id), b.policy, &[c.id]);
+        }
+        for (i, r) in b.routes.iter().enumerate() {
+            group(&mut out, &route_group_name(i, r), r.policy.unwrap_or(b.policy), &r.clusters);
+        }
+        out
+    }
+}
+
+/// Target group names for extra routes: `all` for `/`, else `route-N`.
+pub fn route_group_name(i: usize, r: &ExtraRoute) -> String {
+    if r.prefix == "/" {
+        "all".into()
+    } else {
+        format!("route-{i}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_the_seed() {
+        let t = Topology::default_seed();
+        assert_eq!(t.name, "seed");
+        assert_eq!(t.clusters.len(), 2);
+        assert_eq!((t.clusters[0].instance_type.name, t.clusters[0].count), ("t2.micro", 5));
+        assert_eq!((t.clusters[1].instance_type.name, t.clusters[1].count), ("t2.large", 4));
+        assert_eq!(t.clusters[0].route, "/cluster1");
+        assert_eq!(t.total_vcpus(), 13);
+        assert_eq!(t.balancer.routes[0].clusters, vec![1, 2]);
+        assert_eq!(t.instances().count(), 9);
+    }
+
+    #[test]
+    fn generated_balancer_config_is_valid_and_routes_by_cluster() {
+        let t = Topology::default_seed();
+        let workers: Vec<(u32, String)> = t
+            .instances()
+            .enumerate()
+            .map(|(i, (c, _))| (c.id, format!("127.0.0.1:{}", 9000 + i)))
+            .collect();
+        let text = t.balancer_config("127.0.0.1:8080", "127.0.0.1:9900", &workers);
+        let c = fulcrum_balancer::Config::parse(&text, "generated", None).unwrap();
+        assert_eq!(c.target_groups.len(), 3);
+        assert_eq!(c.target_groups[0].workers.len(), 5);
+        assert_eq!(c.target_groups[1].workers.len(), 4);
+        assert_eq!(c.target_groups[2].workers.len(), 9);
+        assert_eq!(c.telemetry.collect.len(), 2);
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let bad = DEFAULT_TOPOLOGY.replace("instance_type = \"t2.micro\"\ncount", "instance_type = \"t2.mirco\"\ncount");
+        let e = Topology::parse(&bad, "t.toml").unwrap_err();
+        assert!(e.message.contains("did you mean t2.micro"), "{e}");
+        assert_eq!(e.line, 11, "{e}");
+        let bad = DEFAULT_TOPOLOGY.replace("clusters = [1, 2]", "clusters = [1, 3]");
+        let e = Topology::parse(&bad, "t.toml").unwrap_err();
+        assert!(e.message.contains("no cluster 3"), "{e}");
+        let bad = DEFAULT_TOPOLOGY.replace("name = \"seed\"", "name = \"My Seed\"");
+        assert!(Topology::parse(&bad, "t.toml").unwrap_err().message.contains("lowercase"));
+    }
+}
