@@ -626,7 +626,9 @@ impl Config {
             if fg.workers.is_empty() && fg.discovery_file.is_none() && fg.discovery.is_none() {
                 return Err(loc.at(
                     g.span(),
-                    format!("target group `{name}` has no `workers`, `discovery_file` or `discovery`"),
+                    format!(
+                        "target group `{name}` has no `workers`, `discovery_file` or `discovery`"
+                    ),
                 ));
             }
             if let Some(d) = &fg.discovery {
@@ -634,9 +636,15 @@ impl Config {
                     return Err(loc.at(d.span(), "discovery needs `provider = \"NAME\"`"));
                 }
                 if let Some(i) = d.get_ref().get("interval") {
-                    let ok = i.as_str().and_then(|v| humantime::parse_duration(v).ok()).is_some();
+                    let ok = i
+                        .as_str()
+                        .and_then(|v| humantime::parse_duration(v).ok())
+                        .is_some();
                     if !ok {
-                        return Err(loc.at(d.span(), "discovery.interval must be a duration like \"10s\""));
+                        return Err(loc.at(
+                            d.span(),
+                            "discovery.interval must be a duration like \"10s\"",
+                        ));
                     }
                 }
             }

@@ -88,7 +88,9 @@ pub fn poll_provider(
                         last = Some(found);
                     }
                 }
-                Err(e) => tracing::warn!(target_group = %group, error = %e, "discovery failed; keeping the last good list"),
+                Err(e) => {
+                    tracing::warn!(target_group = %group, error = %e, "discovery failed; keeping the last good list")
+                }
             }
             tokio::time::sleep(every).await;
         }

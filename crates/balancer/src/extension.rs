@@ -36,7 +36,10 @@ pub trait DiscoveryProvider: Send + Sync + 'static {
 /// The latest CloudWatch `CPUUtilization` datapoint per instance.
 pub trait CloudwatchCpu: Send + Sync + 'static {
     /// Maps each instance id that has data to `(utilization as a fraction, datapoint time)`.
-    fn latest(&self, instance_ids: Vec<String>) -> BoxFuture<'_, Result<HashMap<String, (f64, SystemTime)>, String>>;
+    fn latest(
+        &self,
+        instance_ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<HashMap<String, (f64, SystemTime)>, String>>;
 }
 
 /// What the binary plugs in; empty by default.

@@ -85,7 +85,10 @@ fn check_extensions(config: &Config, ext: &Extensions, file: &str) -> Result<(),
     };
     for g in &config.target_groups {
         if let Some(d) = &g.discovery {
-            let name = d.get("provider").and_then(|p| p.as_str()).unwrap_or_default();
+            let name = d
+                .get("provider")
+                .and_then(|p| p.as_str())
+                .unwrap_or_default();
             let Some(provider) = ext.discovery.get(name) else {
                 return Err(missing(format!(
                     "target group `{}`: discovery provider `{name}` is not available in this build \
@@ -103,7 +106,8 @@ fn check_extensions(config: &Config, ext: &Extensions, file: &str) -> Result<(),
         && ext.cloudwatch.is_none()
     {
         return Err(missing(
-            "telemetry.cloudwatch_source = \"aws\" needs the AWS provider (`--features aws`)".into(),
+            "telemetry.cloudwatch_source = \"aws\" needs the AWS provider (`--features aws`)"
+                .into(),
         ));
     }
     Ok(())
@@ -158,20 +162,27 @@ impl Balancer {
             };
             if let Some(path) = group.settings.discovery_file.clone() {
                 let apply = apply.clone();
-                tasks.push(discovery::watch_file(path, Duration::from_millis(500), move |addrs| {
-                    apply(
-                        addrs
-                            .into_iter()
-                            .map(|a| DiscoveredWorker {
-                                addr: a.0,
-                                instance_id: None,
-                            })
-                            .collect(),
-                    )
-                }));
+                tasks.push(discovery::watch_file(
+                    path,
+                    Duration::from_millis(500),
+                    move |addrs| {
+                        apply(
+                            addrs
+                                .into_iter()
+                                .map(|a| DiscoveredWorker {
+                                    addr: a.0,
+                                    instance_id: None,
+                                })
+                                .collect(),
+                        )
+                    },
+                ));
             }
             if let Some(d) = &group.settings.discovery {
-                let name = d.get("provider").and_then(|p| p.as_str()).unwrap_or_default();
+                let name = d
+                    .get("provider")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or_default();
                 let interval = d
                     .get("interval")
                     .and_then(|i| i.as_str())
@@ -184,7 +195,12 @@ impl Balancer {
                     .get(name)
                     .and_then(|p| p.create(&provider_settings(d)).ok());
                 if let Some(found) = found {
-                    tasks.push(discovery::poll_provider(found, interval, group.name.clone(), apply));
+                    tasks.push(discovery::poll_provider(
+                        found,
+                        interval,
+                        group.name.clone(),
+                        apply,
+                    ));
                 }
             }
         }
@@ -193,7 +209,10 @@ impl Balancer {
             && config.telemetry.cloudwatch_source == config::CloudwatchSource::Aws
         {
             if let Some(cw) = self.extensions.cloudwatch.clone() {
-                tasks.push(telemetry::spawn_cloudwatch_aws(self.shared.router.clone(), cw));
+                tasks.push(telemetry::spawn_cloudwatch_aws(
+                    self.shared.router.clone(),
+                    cw,
+                ));
             }
         }
     }
@@ -308,7 +327,10 @@ pub struct BoundBalancer {
 impl BoundBalancer {
     /// Validates the configuration and binds every listener; nothing is served yet, and any
     /// failure leaves nothing behind.
-    pub async fn bind(source: ConfigSource, extensions: Extensions) -> anyhow::Result<BoundBalancer> {
+    pub async fn bind(
+        source: ConfigSource,
+        extensions: Extensions,
+    ) -> anyhow::Result<BoundBalancer> {
         install_crypto_provider();
         let config = source.load()?;
         let file = match &source {

@@ -178,12 +178,16 @@ pub fn spawn_cloudwatch_aws(
                 .filter_map(|w| w.identity().map(|i| (w, i.instance_id)))
                 .collect();
             if !ids.is_empty() {
-                match source.latest(ids.iter().map(|(_, id)| id.clone()).collect()).await {
+                match source
+                    .latest(ids.iter().map(|(_, id)| id.clone()).collect())
+                    .await
+                {
                     Ok(points) => {
                         let wall = SystemTime::now();
                         for (w, id) in &ids {
                             if let Some((cpu, at)) = points.get(id) {
-                                let age_us = wall.duration_since(*at).unwrap_or_default().as_micros() as u64;
+                                let age_us =
+                                    wall.duration_since(*at).unwrap_or_default().as_micros() as u64;
                                 w.slot(TelemetrySource::Cloudwatch).store(
                                     *cpu,
                                     0.0,

@@ -21,8 +21,7 @@ pub struct InstanceType {
 impl InstanceType {
     /// CPU credits earned per hour (one credit = one vCPU at 100% for one minute).
     pub fn credits_per_hour(&self) -> Option<f64> {
-        self.baseline_per_vcpu
-            .map(|b| b * self.vcpus as f64 * 60.0)
+        self.baseline_per_vcpu.map(|b| b * self.vcpus as f64 * 60.0)
     }
 
     /// Most credits a burstable instance can bank (24 hours of earnings).
@@ -35,7 +34,13 @@ impl InstanceType {
     }
 }
 
-const fn t(name: &'static str, vcpus: u32, baseline: f64, memory_mib: u64, price: f64) -> InstanceType {
+const fn t(
+    name: &'static str,
+    vcpus: u32,
+    baseline: f64,
+    memory_mib: u64,
+    price: f64,
+) -> InstanceType {
     InstanceType {
         name,
         vcpus,
@@ -124,7 +129,17 @@ mod tests {
         assert_eq!((large.vcpus, large.memory_mib), (2, 8192));
         assert!((large.credits_per_hour().unwrap() - 36.0).abs() < 1e-9);
         assert!(!lookup("m5.large").unwrap().is_burstable());
-        for needed in ["t2.nano", "t2.small", "t2.medium", "t2.xlarge", "t3.micro", "t3.small", "t3.medium", "t3.large", "c5.large"] {
+        for needed in [
+            "t2.nano",
+            "t2.small",
+            "t2.medium",
+            "t2.xlarge",
+            "t3.micro",
+            "t3.small",
+            "t3.medium",
+            "t3.large",
+            "c5.large",
+        ] {
             assert!(lookup(needed).is_ok(), "{needed}");
         }
     }

@@ -224,7 +224,8 @@ struct FileRoute {
 impl Topology {
     /// The seed's topology.
     pub fn default_seed() -> Topology {
-        Topology::parse(DEFAULT_TOPOLOGY, "default topology").expect("the default topology is valid")
+        Topology::parse(DEFAULT_TOPOLOGY, "default topology")
+            .expect("the default topology is valid")
     }
 
     pub fn load(path: &Path) -> Result<Topology, ConfigError> {
@@ -264,7 +265,10 @@ impl Topology {
             }
             let route = fc.route.get_ref().clone();
             if !route.starts_with('/') || route.len() < 2 {
-                return Err(loc.at(fc.route.span(), format!("route `{route}` must be a path like `/cluster{id}`")));
+                return Err(loc.at(
+                    fc.route.span(),
+                    format!("route `{route}` must be a path like `/cluster{id}`"),
+                ));
             }
             if clusters.iter().any(|x: &Cluster| x.route == route) {
                 return Err(loc.at(fc.route.span(), format!("route `{route}` is used twice")));
@@ -290,9 +294,14 @@ impl Topology {
         for r in &raw.balancer.routes {
             let fr = r.get_ref();
             if !fr.prefix.starts_with('/') {
-                return Err(loc.at(r.span(), format!("route prefix `{}` must start with `/`", fr.prefix)));
+                return Err(loc.at(
+                    r.span(),
+                    format!("route prefix `{}` must start with `/`", fr.prefix),
+                ));
             }
-            if clusters.iter().any(|c| c.route == fr.prefix) || routes.iter().any(|x: &ExtraRoute| x.prefix == fr.prefix) {
+            if clusters.iter().any(|c| c.route == fr.prefix)
+                || routes.iter().any(|x: &ExtraRoute| x.prefix == fr.prefix)
+            {
                 return Err(loc.at(r.span(), format!("route `{}` is defined twice", fr.prefix)));
             }
             for id in fr.clusters.get_ref() {
@@ -310,13 +319,19 @@ impl Topology {
             });
         }
         let l = &raw.local;
-        if !(0.0..=64.0).contains(&l.balancer_reserve_cores) || !(0.0..=64.0).contains(&l.loadgen_reserve_cores) {
+        if !(0.0..=64.0).contains(&l.balancer_reserve_cores)
+            || !(0.0..=64.0).contains(&l.loadgen_reserve_cores)
+        {
             return Err(loc.at(0..0, "local reserves must be between 0 and 64 cores"));
         }
         if l.scale.is_some_and(|s| !(0.001..=1.0).contains(&s)) {
-            return Err(loc.at(0..0, "local.scale must be between 0.001 and 1 core per vCPU"));
+            return Err(loc.at(
+                0..0,
+                "local.scale must be between 0.001 and 1 core per vCPU",
+            ));
         }
-        catalog::lookup(&raw.aws.balancer_instance_type).map_err(|e| loc.at(0..0, format!("aws.balancer_instance_type: {e}")))?;
+        catalog::lookup(&raw.aws.balancer_instance_type)
+            .map_err(|e| loc.at(0..0, format!("aws.balancer_instance_type: {e}")))?;
         Ok(Topology {
             name: name.clone(),
             clusters,
@@ -337,7 +352,10 @@ impl Topology {
 
     /// Total emulated vCPUs of every worker.
     pub fn total_vcpus(&self) -> u32 {
-        self.clusters.iter().map(|c| c.count * c.instance_type.vcpus).sum()
+        self.clusters
+            .iter()
+            .map(|c| c.count * c.instance_type.vcpus)
+            .sum()
     }
 
     pub fn cluster(&self, id: u32) -> Option<&Cluster> {
@@ -346,7 +364,9 @@ impl Topology {
 
     /// Instances of every cluster, in a stable order: `(cluster, index within it)`.
     pub fn instances(&self) -> impl Iterator<Item = (&Cluster, u32)> {
-        self.clusters.iter().flat_map(|c| (0..c.count).map(move |i| (c, i)))
+        self.clusters
+            .iter()
+            .flat_map(|c| (0..c.count).map(move |i| (c, i)))
     }
 
     /// The balancer configuration (TOML) for this topology, given where each worker listens.
@@ -358,7 +378,11 @@ impl Topology {
         if let Some(t) = b.threads {
             out.push_str(&format!("threads = {t}\n"));
         }
-        out.push_str(&format!("\n[[listener]]\naddress = {}\n\n[admin]\naddress = {}\n", q(listen), q(admin)));
+        out.push_str(&format!(
+            "\n[[listener]]\naddress = {}\n\n[admin]\naddress = {}\n",
+            q(listen),
+            q(admin)
+        ));
         let collect: Vec<String> = b.collect.iter().map(|s| q(s.name())).collect();
         out.push_str(&format!(
             "\n[telemetry]\ncollect = [{}]\ncloudwatch_period = {}\n",
@@ -380,16 +404,29 @@ impl Topology {
             ));
         };
         for c in &self.clusters {
-            out.push_str(&format!("\n[[route]]\nprefix = {}\ntarget_group = {}\n", q(&c.route), q(&format!("cluster{}", c.id))));
+            out.push_str(&format!(
+                "\n[[route]]\nprefix = {}\ntarget_group = {}\n",
+                q(&c.route),
+                q(&format!("cluster{}", c.id))
+            ));
         }
         for (i, r) in b.routes.iter().enumerate() {
-            out.push_str(&format!("\n[[route]]\nprefix = {}\ntarget_group = {}\n", q(&r.prefix), q(&route_group_name(i, r))));
+            out.push_str(&format!(
+                "\n[[route]]\nprefix = {}\ntarget_group = {}\n",
+                q(&r.prefix),
+                q(&route_group_name(i, r))
+            ));
         }
         for c in &self.clusters {
             group(&mut out, &format!("cluster{}", c.id), b.policy, &[c.id]);
         }
         for (i, r) in b.routes.iter().enumerate() {
-            group(&mut out, &route_group_name(i, r), r.policy.unwrap_or(b.policy), &r.clusters);
+            group(
+                &mut out,
+                &route_group_name(i, r),
+                r.policy.unwrap_or(b.policy),
+                &r.clusters,
+            );
         }
         out
     }
@@ -413,8 +450,14 @@ mod tests {
         let t = Topology::default_seed();
         assert_eq!(t.name, "seed");
         assert_eq!(t.clusters.len(), 2);
-        assert_eq!((t.clusters[0].instance_type.name, t.clusters[0].count), ("t2.micro", 5));
-        assert_eq!((t.clusters[1].instance_type.name, t.clusters[1].count), ("t2.large", 4));
+        assert_eq!(
+            (t.clusters[0].instance_type.name, t.clusters[0].count),
+            ("t2.micro", 5)
+        );
+        assert_eq!(
+            (t.clusters[1].instance_type.name, t.clusters[1].count),
+            ("t2.large", 4)
+        );
         assert_eq!(t.clusters[0].route, "/cluster1");
         assert_eq!(t.total_vcpus(), 13);
         assert_eq!(t.balancer.routes[0].clusters, vec![1, 2]);
@@ -440,7 +483,10 @@ mod tests {
 
     #[test]
     fn mistakes_are_located() {
-        let bad = DEFAULT_TOPOLOGY.replace("instance_type = \"t2.micro\"\ncount", "instance_type = \"t2.mirco\"\ncount");
+        let bad = DEFAULT_TOPOLOGY.replace(
+            "instance_type = \"t2.micro\"\ncount",
+            "instance_type = \"t2.mirco\"\ncount",
+        );
         let e = Topology::parse(&bad, "t.toml").unwrap_err();
         assert!(e.message.contains("did you mean t2.micro"), "{e}");
         assert_eq!(e.line, 11, "{e}");
@@ -448,6 +494,9 @@ mod tests {
         let e = Topology::parse(&bad, "t.toml").unwrap_err();
         assert!(e.message.contains("no cluster 3"), "{e}");
         let bad = DEFAULT_TOPOLOGY.replace("name = \"seed\"", "name = \"My Seed\"");
-        assert!(Topology::parse(&bad, "t.toml").unwrap_err().message.contains("lowercase"));
+        assert!(Topology::parse(&bad, "t.toml")
+            .unwrap_err()
+            .message
+            .contains("lowercase"));
     }
 }

@@ -43,6 +43,195 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run the load balancer (from a TOML file, or quickly from flags).
     Balance(BalanceArgs),
+    /// Write the default topology (the seed's two clusters) to a file to edit.
+    Init(InitArgs),
+    /// Deploy a topology: locally with emulated instance types (default), or on AWS.
+    Up(UpArgs),
+    /// Show every instance of a deployment.
+    Status(StatusArgs),
+    /// Remove a deployment: everything its state names.
+    Down(DownArgs),
+    /// Load-test a URL: closed (-n/-c) or open (--rate/--duration) model.
+    Bench(BenchArgs),
+    /// Turn a results.json into REPORT.md and a self-contained index.html.
+    Report(ReportArgs),
+    /// The whole seed experiment and a policy shoot-out, end to end.
+    Experiment(ExperimentArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Local,
+    Aws,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where to write the topology.
+    #[arg(default_value = "fulcrum.toml")]
+    pub path: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Where deployments keep their state, and which one.
+#[derive(Args, Debug, Clone)]
+pub struct DeploymentArgs {
+    /// Topology file (default: the seed's topology).
+    #[arg(long, short = 't')]
+    pub topology: Option<PathBuf>,
+    /// Directory holding each deployment's state (`<dir>/<name>/state.json`).
+    #[arg(long, default_value = ".fulcrum", env = "FULCRUM_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Where to deploy.
+    #[arg(long, value_enum, default_value_t = Provider::Local)]
+    pub provider: Provider,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// AWS provider settings (used with `--provider aws`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AwsArgs {
+    /// AWS region (default: the SDK's region chain, then the topology's `aws.region`).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Apply the plan without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// What `up` waits for: every /health answering, instances running, or nothing.
+    #[arg(long, default_value = "healthy", value_parser = ["healthy", "running", "none"])]
+    pub wait: String,
+    /// Longest wait, in total.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
+    /// Who may reach the balancer's HTTP/HTTPS ports.
+    #[arg(long, default_value = "0.0.0.0/0")]
+    pub allow_cidr: String,
+    /// Open SSH (22) to this CIDR; closed when not given.
+    #[arg(long)]
+    pub ssh_cidr: Option<String>,
+    /// AMI to use instead of the current Ubuntu LTS from the public SSM parameter.
+    #[arg(long)]
+    pub ami: Option<String>,
+    /// Subnet to launch into instead of the default VPC's.
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Existing instance profile for the balancer (AWS Academy accounts cannot create roles).
+    #[arg(long)]
+    pub instance_profile: Option<String>,
+    /// Where instances download the fulcrum binary (default: an S3 bucket of the deployment,
+    /// through a short-lived presigned URL).
+    #[arg(long)]
+    pub binary_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+    /// Run workers unthrottled when cgroups cannot be created (no instance-type emulation).
+    #[arg(long)]
+    pub no_emulation: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+    /// Deployment name (default: the topology's).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+    /// Deployment name (default: the topology's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// AWS: find the deployment's resources by tag (when its state file is lost).
+    #[arg(long)]
+    pub by_tag: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Target URL.
+    pub url: String,
+    /// Closed model: total requests.
+    #[arg(short = 'n', long, conflicts_with_all = ["rate", "duration"])]
+    pub requests: Option<u64>,
+    /// Connections (closed model: requests in flight at once).
+    #[arg(short = 'c', long, default_value_t = 100)]
+    pub connections: usize,
+    /// Open model: requests per second on a constant schedule.
+    #[arg(long, requires = "duration")]
+    pub rate: Option<f64>,
+    /// Open model: how long to send (after the warm-up).
+    #[arg(long, short = 'd', value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Excluded from results: sent first, not measured.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Generator threads.
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub threads: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Sample worker CPU from this balancer admin address's `/status` and the workers' `/load`.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Fail (exit 3) unless every threshold holds, e.g. `p99<50ms,errors=0,rps>100`.
+    #[arg(long)]
+    pub threshold: Option<String>,
+    /// Write results.json here.
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A results.json written by `fulcrum bench` or `fulcrum experiment`.
+    pub results: PathBuf,
+    /// Directory for REPORT.md and index.html.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub deployment: DeploymentArgs,
+    /// Use the deployment that is already up instead of bringing one up.
+    #[arg(long)]
+    pub reuse: bool,
+    /// Leave the deployment running afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// A short version for smoke tests (about 45 s).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where results.json, REPORT.md and index.html go.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Run workers unthrottled when cgroups cannot be created (no instance-type emulation).
+    #[arg(long)]
+    pub no_emulation: bool,
 }
 
 #[derive(Args, Debug)]
@@ -133,7 +322,120 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             drain_timeout: a.drain_timeout,
         }),
         Command::Balance(a) => balance(a),
+        Command::Init(a) => init(a),
+        Command::Up(a) => up(a),
+        Command::Status(a) => status(a),
+        Command::Down(a) => down(a),
+        Command::Bench(a) => crate::commands::bench(a),
+        Command::Report(a) => crate::commands::report(a),
+        Command::Experiment(a) => crate::commands::experiment(a),
     }
+}
+
+fn init(a: InitArgs) -> anyhow::Result<()> {
+    if a.path.exists() && !a.force {
+        anyhow::bail!("{} exists; use --force to overwrite it", a.path.display());
+    }
+    std::fs::write(&a.path, fulcrum_deploy::topology::DEFAULT_TOPOLOGY)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.path.display()))?;
+    println!(
+        "wrote {} (the seed's topology: 5 × t2.micro on /cluster1, 4 × t2.large on /cluster2, / across both); \
+         edit it, then `fulcrum up -t {}`",
+        a.path.display(),
+        a.path.display()
+    );
+    Ok(())
+}
+
+/// The topology a deployment command works on.
+pub fn topology(d: &DeploymentArgs) -> anyhow::Result<fulcrum_deploy::topology::Topology> {
+    Ok(match &d.topology {
+        Some(p) => fulcrum_deploy::topology::Topology::load(p)?,
+        None => fulcrum_deploy::topology::Topology::default_seed(),
+    })
+}
+
+fn deployment_name(d: &DeploymentArgs, name: &Option<String>) -> anyhow::Result<String> {
+    Ok(match name {
+        Some(n) => n.clone(),
+        None => topology(d)?.name,
+    })
+}
+
+fn up(a: UpArgs) -> anyhow::Result<()> {
+    let t = topology(&a.deployment)?;
+    match a.deployment.provider {
+        Provider::Local => crate::commands::local_up(&t, &a),
+        Provider::Aws => aws_up(&t, &a.deployment),
+    }
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let name = deployment_name(&a.deployment, &a.name)?;
+    match a.deployment.provider {
+        Provider::Local => crate::commands::local_status(&a.deployment.state_dir, &name, a.json),
+        Provider::Aws => aws_status(&name, &a.deployment, a.json),
+    }
+}
+
+fn down(a: DownArgs) -> anyhow::Result<()> {
+    let name = deployment_name(&a.deployment, &a.name)?;
+    match a.deployment.provider {
+        Provider::Local => crate::commands::local_down(&a.deployment.state_dir, &name),
+        Provider::Aws => aws_down(&name, &a.deployment, a.by_tag),
+    }
+}
+
+#[cfg(feature = "aws")]
+pub fn aws_options(d: &DeploymentArgs) -> anyhow::Result<fulcrum_aws::AwsOptions> {
+    Ok(fulcrum_aws::AwsOptions {
+        region: d.aws.region.clone(),
+        yes: d.aws.yes,
+        wait: d.aws.wait.parse()?,
+        wait_timeout: d.aws.wait_timeout,
+        allow_cidr: d.aws.allow_cidr.clone(),
+        ssh_cidr: d.aws.ssh_cidr.clone(),
+        ami: d.aws.ami.clone(),
+        subnet: d.aws.subnet.clone(),
+        instance_profile: d.aws.instance_profile.clone(),
+        binary_url: d.aws.binary_url.clone(),
+        state_dir: d.state_dir.clone(),
+        binary: std::env::current_exe()?,
+    })
+}
+
+#[cfg(feature = "aws")]
+fn aws_up(t: &fulcrum_deploy::topology::Topology, d: &DeploymentArgs) -> anyhow::Result<()> {
+    fulcrum_aws::up(t, &aws_options(d)?)
+}
+
+#[cfg(feature = "aws")]
+fn aws_status(name: &str, d: &DeploymentArgs, json: bool) -> anyhow::Result<()> {
+    fulcrum_aws::status(name, &aws_options(d)?, json)
+}
+
+#[cfg(feature = "aws")]
+fn aws_down(name: &str, d: &DeploymentArgs, by_tag: bool) -> anyhow::Result<()> {
+    fulcrum_aws::down(name, &aws_options(d)?, by_tag)
+}
+
+#[cfg(not(feature = "aws"))]
+const NO_AWS: &str = "this fulcrum was built without the AWS provider; rebuild with \
+                      `cargo build --release --features aws`";
+
+#[cfg(not(feature = "aws"))]
+fn aws_up(_: &fulcrum_deploy::topology::Topology, _: &DeploymentArgs) -> anyhow::Result<()> {
+    anyhow::bail!(NO_AWS)
+}
+
+#[cfg(not(feature = "aws"))]
+fn aws_status(_: &str, _: &DeploymentArgs, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!(NO_AWS)
+}
+
+#[cfg(not(feature = "aws"))]
+fn aws_down(_: &str, _: &DeploymentArgs, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!(NO_AWS)
 }
 
 fn balance(a: BalanceArgs) -> anyhow::Result<()> {
@@ -165,8 +467,12 @@ fn balance(a: BalanceArgs) -> anyhow::Result<()> {
     fulcrum_balancer::run(source, a.threads.map(|t| t as usize), extensions())
 }
 
-/// Providers plugged into the balancer: none in this build; the AWS ones with `--features aws`.
+/// Providers plugged into the balancer: the AWS ones (EC2 discovery, CloudWatch) with
+/// `--features aws`, none otherwise.
 fn extensions() -> fulcrum_balancer::Extensions {
+    #[cfg(feature = "aws")]
+    return fulcrum_aws::extensions();
+    #[cfg(not(feature = "aws"))]
     fulcrum_balancer::Extensions::default()
 }
 

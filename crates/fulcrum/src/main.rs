@@ -1,7 +1,8 @@
-//! `fulcrum`: the command line. It parses arguments and calls into the crates that do the work;
-//! nothing else lives here.
+//! `fulcrum`: the command line. It parses arguments (`cli.rs`), turns them into each crate's
+//! options and prints results (`commands.rs`); the work itself lives in the other crates.
 
 mod cli;
+mod commands;
 
 use clap::Parser as _;
 

@@ -1,0 +1,3 @@
+//! # fulcrum-aws
+//!
+//! Owns the AWS provider (being built).
