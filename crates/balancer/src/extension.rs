@@ -33,13 +33,13 @@ pub trait DiscoveryProvider: Send + Sync + 'static {
     fn create(&self, settings: &toml::Table) -> Result<Arc<dyn Discovery>, String>;
 }
 
+/// Instance id → `(CPU utilization as a fraction, datapoint time)`.
+pub type CpuDatapoints = HashMap<String, (f64, SystemTime)>;
+
 /// The latest CloudWatch `CPUUtilization` datapoint per instance.
 pub trait CloudwatchCpu: Send + Sync + 'static {
-    /// Maps each instance id that has data to `(utilization as a fraction, datapoint time)`.
-    fn latest(
-        &self,
-        instance_ids: Vec<String>,
-    ) -> BoxFuture<'_, Result<HashMap<String, (f64, SystemTime)>, String>>;
+    /// The newest datapoint of each instance that has data.
+    fn latest(&self, instance_ids: Vec<String>) -> BoxFuture<'_, Result<CpuDatapoints, String>>;
 }
 
 /// What the binary plugs in; empty by default.

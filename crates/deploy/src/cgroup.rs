@@ -147,6 +147,14 @@ impl CgroupHost {
         Ok(cg)
     }
 
+    /// The absolute directories `rel` has (or would have) in every hierarchy.
+    pub fn roots(&self, rel: &Path) -> Vec<PathBuf> {
+        let mut bases = vec![self.cpu.join(rel), self.cpuacct.join(rel)];
+        bases.extend(self.memory.as_ref().map(|m| m.join(rel)));
+        bases.dedup();
+        bases
+    }
+
     /// Removes `rel` and everything under it, bottom-up; groups must hold no processes.
     /// Missing groups are fine (removal is idempotent).
     pub fn remove_tree(&self, rel: &Path) -> Result<(), CgroupError> {
@@ -174,7 +182,26 @@ fn enable_subtree(dir: &Path, wanted: &str) -> Result<(), CgroupError> {
         .map_err(|source| CgroupError::NotPermitted { path: file, source })
 }
 
-fn remove_dir_tree(dir: &Path) -> Result<(), CgroupError> {
+/// Every process in the group at `dir` or any group below it.
+pub fn procs_under(dir: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(procs_under(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Removes the group at `dir` and every group below it, bottom-up; they must hold no
+/// processes. A missing group is fine (removal is idempotent).
+pub fn remove_dir_tree(dir: &Path) -> Result<(), CgroupError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

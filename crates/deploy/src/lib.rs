@@ -1,11 +1,17 @@
 //! # fulcrum-deploy
 //!
-//! Owns where fulcrum's instances run. Today: kernel control groups ([`cgroup`]) that give an
-//! emulated instance its CPU quota and memory limit.
+//! Owns where fulcrum's instances run and what a deployment is: the [`topology`] file, the
+//! instance [`catalog`], and the [`local`] provider, which runs every instance as a `fulcrum
+//! worker` process in its own kernel control group ([`cgroup`]) whose CPU quota and memory limit
+//! emulate its instance type, behind a `fulcrum balance` process, recording every step in a
+//! [`state`] file so `down` can always undo `up`.
 //!
 //! It does not own what runs inside an instance (`fulcrum-worker`, `fulcrum-balancer`) or how
 //! CPU use is turned into a load figure (`fulcrum-telemetry`).
 
 pub mod catalog;
 pub mod cgroup;
+pub mod local;
+pub mod probe;
+pub mod state;
 pub mod topology;
