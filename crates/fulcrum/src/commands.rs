@@ -158,8 +158,12 @@ pub fn bench(_a: BenchArgs) -> anyhow::Result<()> {
     anyhow::bail!("bench: being built")
 }
 
-pub fn report(_a: ReportArgs) -> anyhow::Result<()> {
-    anyhow::bail!("report: being built")
+pub fn report(a: ReportArgs) -> anyhow::Result<()> {
+    let results = fulcrum_report::load(&a.results)?;
+    let written = fulcrum_report::write(&results, &a.out)?;
+    println!("wrote {}", written.markdown.display());
+    println!("wrote {}", written.html.display());
+    Ok(())
 }
 
 pub fn experiment(_a: ExperimentArgs) -> anyhow::Result<()> {
