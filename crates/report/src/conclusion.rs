@@ -181,6 +181,16 @@ pub fn warnings(r: &Results) -> Vec<String> {
     out
 }
 
+/// Cluster names are written lower case mid-sentence; a sentence that opens with one gets a
+/// capital.
+fn sentence_case(s: String) -> String {
+    let s = match s.strip_prefix("cluster ") {
+        Some(rest) => format!("Cluster {rest}"),
+        None => s,
+    };
+    s.replace(". cluster ", ". Cluster ")
+}
+
 fn capacity_name(r: &Results, c: &Capacity) -> String {
     cluster_name(r, &c.cluster)
 }
@@ -193,9 +203,8 @@ fn failed_step_text(r: &Results, c: &Capacity) -> Option<String> {
         .find(|s| same_rate(s.target, f))?;
     let run = step.run;
     let mut why = vec![format!(
-        "achieved {} of {} ({})",
+        "achieved {}, {} of it",
         rate_u(run.achieved_rate),
-        rate_u(f),
         pct(run.achieved_rate / f)
     )];
     why.push(format!("p99 {}", ms_u(run.latency.p99_ms)));
@@ -247,7 +256,7 @@ pub fn capacity_findings(r: &Results) -> Vec<String> {
         Some(CapacityOrder::Clear { first, others }) => {
             let next = others[0];
             let mut s = format!(
-                "{} saturated first: it sustained {} and failed at {} ({}), a rate {} sustained.",
+                "{} saturated first: it sustained {} and failed at {} ({}), a rate that {} sustained.",
                 capacity_name(r, first),
                 rate_u(first.sustained_rate),
                 rate_u(first.failed_rate.expect("a clear first has failed")),
@@ -367,7 +376,7 @@ pub fn capacity_findings(r: &Results) -> Vec<String> {
             ));
         }
     }
-    out
+    out.into_iter().map(sentence_case).collect()
 }
 
 /// The seed's benchmark (or plain bench runs): numbers per cluster, the seed's "average"
@@ -381,7 +390,7 @@ pub fn headline_findings(r: &Results) -> Vec<String> {
             .map(|c| cluster_name(r, &c.id.to_string()))
             .unwrap_or_else(|| run.url.clone());
         let mut s = format!(
-            "{} ({}) on {}: {} responses in {}, {}; p50 {}, p99 {}, max {}; errors: {}.",
+            "Run {} ({}) on {}: {} responses in {}, {}; p50 {}, p99 {}, max {}; errors: {}.",
             run.name,
             figures::model_text(run),
             target,
@@ -500,7 +509,7 @@ pub fn policy_findings(r: &Results) -> Vec<String> {
     }
     if po.rounds < 2 {
         out.push(format!(
-            "Each policy ran a single round, so there is no spread to judge noise. Lowest merged p99: {} ({}), then {} ({}); \
+            "Each policy ran a single round, so there is no spread to judge noise. Lowest p99: {} ({}), then {} ({}); \
              this is one sample, not a ranking.",
             label(best),
             ms_u(best.latency.p99_ms),
@@ -510,8 +519,8 @@ pub fn policy_findings(r: &Results) -> Vec<String> {
     } else if po.tied.is_empty() {
         let second = &ps[po.order[1]];
         out.push(format!(
-            "{} won the shoot-out on p99: {} against {} for the runner-up, {} ({} lower). Over {} rounds its per-round \
-             p99 ({}) never overlapped another policy's.",
+            "On p99, {} won the shoot-out: {} against {} for the runner-up, {} ({} lower). Over {} rounds its \
+             per-round p99 ({}) never overlapped another policy's.",
             label(best),
             ms_u(best.latency.p99_ms),
             ms_u(second.latency.p99_ms),
@@ -534,8 +543,8 @@ pub fn policy_findings(r: &Results) -> Vec<String> {
             })
             .collect();
         let mut s = format!(
-            "No single policy won on p99. {} had the lowest merged p99 ({}, rounds {}), but {} {} within noise of it: \
-             the per-round p99 ranges overlap over {} rounds.",
+            "No single policy won on p99. The lowest merged p99 was {}'s ({}, rounds {}), but {} {} within noise of \
+             it: the per-round p99 ranges overlap over {} rounds.",
             label(best),
             ms_u(best.latency.p99_ms),
             range_text(best),
@@ -566,7 +575,7 @@ pub fn policy_findings(r: &Results) -> Vec<String> {
     }
     let worst = &ps[*po.order.last().expect("non-empty")];
     out.push(format!(
-        "Worst p99: {} ({}, {} the best).",
+        "Worst p99: {}, with {}, {} the best.",
         label(worst),
         ms_u(worst.latency.p99_ms),
         times(worst.latency.p99_ms / best.latency.p99_ms)
@@ -586,7 +595,7 @@ pub fn policy_findings(r: &Results) -> Vec<String> {
             )
         } else {
             format!(
-                "The seed's design, {} (lowest CPU on CloudWatch-like telemetry), had p99 {}, {} the best.",
+                "The seed's design (lowest CPU on CloudWatch-like telemetry), {}, had p99 {}, {} the best.",
                 label(seed),
                 ms_u(seed.latency.p99_ms),
                 times(seed.latency.p99_ms / best.latency.p99_ms)
@@ -733,12 +742,12 @@ mod tests {
         let r = sample::experiment();
         let text = capacity_findings(&r).join("\n");
         assert!(
-            text.contains("cluster 1 (5 × t2.micro) saturated first: it sustained 450 req/s and failed at 500 req/s"),
+            text.contains("Cluster 1 (5 × t2.micro) saturated first: it sustained 450 req/s and failed at 500 req/s"),
             "{text}"
         );
         assert!(
             text.contains(
-                "cluster 2 (4 × t2.large) sustained 750 req/s (failed at 800 req/s): 1.67× as much"
+                "Cluster 2 (4 × t2.large) sustained 750 req/s (failed at 800 req/s): 1.67× as much"
             ),
             "{text}"
         );
@@ -783,11 +792,11 @@ mod tests {
         r.experiment.as_mut().unwrap().policies = ps.to_vec();
         let text = policy_findings(&r).join("\n");
         assert!(
-            text.contains("cpu-aware won the shoot-out on p99: 20.0 ms against 28.0 ms for the runner-up, least-outstanding (29% lower)"),
+            text.contains("On p99, cpu-aware won the shoot-out: 20.0 ms against 28.0 ms for the runner-up, least-outstanding (29% lower)"),
             "{text}"
         );
         assert!(
-            text.contains("Worst p99: round-robin (900 ms, 45.00× the best)"),
+            text.contains("Worst p99: round-robin, with 900 ms, 45.0× the best."),
             "{text}"
         );
     }
@@ -832,7 +841,7 @@ mod tests {
         let r = sample::experiment();
         let text = policy_findings(&r).join("\n");
         assert!(
-            text.contains("The seed's design, lowest-cpu (cloudwatch, emulated)"),
+            text.contains("The seed's design (lowest CPU on CloudWatch-like telemetry), lowest-cpu (cloudwatch, emulated), had p99"),
             "{text}"
         );
         assert!(text.contains("herds traffic"), "{text}");

@@ -16,7 +16,7 @@ pub const PALETTE: [&str; 10] = [
     "#9c755f", "#bab0ac",
 ];
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 960.0;
 const LEFT: f64 = 68.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 34.0;

@@ -553,8 +553,8 @@ fn shootout(r: &Results) -> Section {
     match (&r.experiment, conclusion::order_policies(policies)) {
         (Some(exp), Some(po)) => {
             blocks.push(Block::Para(format!(
-                "Every policy served / across both clusters at {} ({} of the measured total capacity), interleaved, \
-                 {} round(s) each of the same length. Ranked by p99 over all rounds merged; the per-round range shows \
+                "Every policy served the route / (every worker of every cluster) at {} ({} of the measured total \
+                 capacity), interleaved, {} round(s) each of the same length. Ranked by p99 over all rounds merged; the per-round range shows \
                  the noise. \"Misplaced\" is the share of requests that would have to move for the split to match \
                  capacity.",
                 rate_u(exp.shootout_rate),

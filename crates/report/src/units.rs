@@ -85,12 +85,18 @@ pub fn pct(f: f64) -> String {
     }
 }
 
-/// A ratio such as `1.63×`.
+/// A ratio such as `1.63×`, `45.0×` or `151×`.
 pub fn times(r: f64) -> String {
     if !r.is_finite() {
         return "–".into();
     }
-    format!("{r:.2}×")
+    if r < 10.0 {
+        format!("{r:.2}×")
+    } else if r < 100.0 {
+        format!("{r:.1}×")
+    } else {
+        format!("{r:.0}×")
+    }
 }
 
 pub fn secs(s: f64) -> String {
@@ -121,5 +127,7 @@ mod tests {
         assert_eq!(pct(0.0123), "1.2%");
         assert_eq!(pct(1.0), "100%");
         assert_eq!(times(1.6666), "1.67×");
+        assert_eq!(times(45.0), "45.0×");
+        assert_eq!(times(151.37), "151×");
     }
 }
