@@ -1,0 +1,981 @@
+//! `fulcrum report`, as the real binary: a realistic results.json (built here with real HDR
+//! histograms) in, REPORT.md and index.html out; the numbers in both agree with the file, and
+//! the page renders in headless Chromium with every chart drawn and no console messages.
+
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fixture::{browser, run, Scratch};
+use fulcrum_loadgen::results::*;
+
+/// xorshift64*: deterministic, so the fixture is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit().max(1e-12), self.unit());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// Log-normal latency in µs around `median_ms`.
+    fn latency_us(&mut self, median_ms: f64, sigma: f64) -> u64 {
+        (median_ms * 1000.0 * (sigma * self.normal()).exp()) as u64
+    }
+}
+
+const MICRO_CORES: f64 = 0.1;
+const LARGE_CORES: f64 = 0.2;
+
+fn instance_id(cluster: u32, i: u32) -> String {
+    format!("i-0{:08x}{:08x}", 0x5eed_0000 + cluster, 0xc0ff_ee00 + i)
+}
+
+fn instances() -> Vec<InstanceInfo> {
+    let mut v = Vec::new();
+    for (cluster, n, ty, cores) in [
+        (1, 5, "t2.micro", MICRO_CORES),
+        (2, 4, "t2.large", LARGE_CORES),
+    ] {
+        for i in 0..n {
+            v.push(InstanceInfo {
+                cluster,
+                instance_id: instance_id(cluster, i),
+                address: format!("127.0.0.1:{}", 40100 + cluster * 10 + i),
+                instance_type: ty.into(),
+                cores,
+            });
+        }
+    }
+    v
+}
+
+/// What one run should look like; `build` turns it into a `Run` with real histograms.
+struct Spec {
+    name: String,
+    kind: RunKind,
+    route: &'static str,
+    policy: (&'static str, &'static str),
+    model: Model,
+    started_s: f64,
+    achieved: f64,
+    duration_s: f64,
+    median_ms: f64,
+    sigma: f64,
+    /// Share of requests per instance (same order as `instances()`), for `/`.
+    shares: Option<Vec<f64>>,
+    /// CPU utilization per cluster ("1", "2").
+    cpu: [f64; 2],
+    errors_5xx: u64,
+}
+
+fn build(rng: &mut Rng, s: &Spec) -> Run {
+    let responses = (s.achieved * s.duration_s).round() as u64;
+    let all = instances();
+    let targets: Vec<(InstanceInfo, f64)> = match (&s.shares, s.route) {
+        (Some(sh), _) => all.into_iter().zip(sh.iter().copied()).collect(),
+        (None, route) => {
+            let c: u32 = route.trim_start_matches("/cluster").parse().unwrap();
+            let mine: Vec<InstanceInfo> = all.into_iter().filter(|i| i.cluster == c).collect();
+            let n = mine.len() as f64;
+            mine.into_iter().map(|i| (i, 1.0 / n)).collect()
+        }
+    };
+    // Cumulative shares to pick an instance per request.
+    let mut cum = Vec::new();
+    let mut acc = 0.0;
+    for (_, w) in &targets {
+        acc += w;
+        cum.push(acc);
+    }
+    let mut all_h = new_histogram();
+    let mut service_h = new_histogram();
+    let mut per_inst: Vec<_> = targets.iter().map(|_| (new_histogram(), 0u64)).collect();
+    let mut per_cluster = BTreeMap::new();
+    let seconds = s.duration_s.ceil() as usize;
+    let mut timeline: Vec<_> = (0..seconds)
+        .map(|_| (0u64, new_histogram(), BTreeMap::<String, u64>::new()))
+        .collect();
+    for k in 0..responses {
+        let x = rng.unit() * acc;
+        let idx = cum.iter().position(|c| x < *c).unwrap_or(targets.len() - 1);
+        let inst = &targets[idx].0;
+        // Micro workers are slower at the same load.
+        let slow = if inst.cluster == 1 { 1.15 } else { 1.0 };
+        let us = rng.latency_us(s.median_ms * slow, s.sigma);
+        record(&mut all_h, us);
+        record(&mut service_h, (us as f64 * 0.8) as u64);
+        record(&mut per_inst[idx].0, us);
+        per_inst[idx].1 += 1;
+        let c = per_cluster
+            .entry(inst.cluster.to_string())
+            .or_insert_with(|| (new_histogram(), 0u64));
+        record(&mut c.0, us);
+        c.1 += 1;
+        let sec = ((k as f64 / s.achieved) as usize).min(seconds - 1);
+        timeline[sec].0 += 1;
+        record(&mut timeline[sec].1, us);
+        *timeline[sec].2.entry(inst.cluster.to_string()).or_default() += 1;
+    }
+    let by_instance = targets
+        .iter()
+        .zip(&per_inst)
+        .map(|((i, _), (h, n))| {
+            (
+                i.instance_id.clone(),
+                InstanceGroup {
+                    cluster: i.cluster.to_string(),
+                    responses: *n,
+                    errors: 0,
+                    latency: Hist::from_histogram(h),
+                },
+            )
+        })
+        .collect();
+    let by_cluster = per_cluster
+        .iter()
+        .map(|(k, (h, n))| {
+            (
+                k.clone(),
+                Group {
+                    responses: *n,
+                    errors: if k == "1" { s.errors_5xx } else { 0 },
+                    latency: Hist::from_histogram(h),
+                },
+            )
+        })
+        .collect();
+    let mut cpu = Vec::new();
+    for (i, _) in &targets {
+        let base = s.cpu[(i.cluster - 1) as usize];
+        for q in 0..=(s.duration_s * 4.0) as u32 {
+            cpu.push(CpuSample {
+                t: q as f64 / 4.0,
+                instance_id: i.instance_id.clone(),
+                cluster: i.cluster.to_string(),
+                cpu_utilization: (base + 0.04 * rng.normal()).clamp(0.0, 1.0),
+                in_flight: (base * 8.0) as u64,
+            });
+        }
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Run {
+        name: s.name.clone(),
+        kind: s.kind,
+        url: format!("http://127.0.0.1:41234{}", s.route),
+        policy: Some(s.policy.0.into()),
+        telemetry: Some(s.policy.1.into()),
+        model: s.model.clone(),
+        connections: 100,
+        threads: 2,
+        warmup_s: 0.5,
+        started_s: s.started_s,
+        duration_s: s.duration_s,
+        responses,
+        errors: Errors {
+            status_5xx: s.errors_5xx,
+            ..Errors::default()
+        },
+        target_rate: match s.model {
+            Model::Open { rate, .. } => Some(rate),
+            Model::Closed { .. } => None,
+        },
+        achieved_rate: s.achieved,
+        late_requests: 0,
+        unsent_requests: 0,
+        latency: Hist::from_histogram(&all_h),
+        service_time: matches!(s.model, Model::Open { .. })
+            .then(|| Hist::from_histogram(&service_h)),
+        by_cluster,
+        by_instance,
+        by_status_class: BTreeMap::new(),
+        timeline: timeline
+            .iter()
+            .enumerate()
+            .map(|(t, (n, h, byc))| Second {
+                t: t as f64,
+                responses: *n,
+                errors: 0,
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+                responses_by_cluster: byc.clone(),
+            })
+            .collect(),
+        cpu,
+        balancer: vec![],
+        generator: Generator {
+            cpu_seconds: 0.3 * s.duration_s,
+            cpu_utilization: 0.3,
+            saturated: false,
+        },
+    }
+}
+
+fn deployment() -> Deployment {
+    Deployment {
+        // Not a realistic name: it proves names are escaped on the way into HTML.
+        name: "seed & <lab>".into(),
+        provider: "local".into(),
+        balancer_url: "http://127.0.0.1:41234".into(),
+        admin_url: Some("http://127.0.0.1:41235".into()),
+        emulation: Some(Emulation {
+            scale: 0.1,
+            period_us: 100_000,
+            credits: false,
+            memory_limits: true,
+            cgroup: "v2".into(),
+        }),
+        clusters: vec![
+            ClusterInfo {
+                id: 1,
+                route: "/cluster1".into(),
+                instance_type: "t2.micro".into(),
+                count: 5,
+                vcpus_per_instance: 1,
+                cores_per_instance: MICRO_CORES,
+                work_us: 1000,
+            },
+            ClusterInfo {
+                id: 2,
+                route: "/cluster2".into(),
+                instance_type: "t2.large".into(),
+                count: 4,
+                vcpus_per_instance: 2,
+                cores_per_instance: LARGE_CORES,
+                work_us: 1000,
+            },
+        ],
+        instances: instances(),
+    }
+}
+
+fn header(command: &[&str]) -> Results {
+    Results {
+        schema: SCHEMA_VERSION,
+        fulcrum_version: "0.1.0".into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        started_at: "2026-11-28T14:00:00Z".into(),
+        machine: Machine {
+            hostname: "lab-2core".into(),
+            cores: 2,
+            cpu_model: "Intel(R) Xeon(R) CPU @ 2.20GHz".into(),
+            kernel: "6.1.0-18-cloud-amd64".into(),
+        },
+        deployment: Some(deployment()),
+        runs: vec![],
+        experiment: None,
+    }
+}
+
+/// The default experiment as it would come out on a 2-core machine: the micro cluster
+/// saturates at 450–500 req/s, the large one at 750–800; at 85% of 1200 req/s the six
+/// policies spread from ~6 ms (cpu-aware and p2c-ewma, within noise of each other) to
+/// seconds (the seed's lowest-cpu on CloudWatch-like telemetry, which herds).
+fn experiment_results() -> Results {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut r = header(&["fulcrum", "experiment", "--quick", "--out", "report dir"]);
+    let mut t = 1.0;
+    let closed = Model::Closed {
+        requests: 1000,
+        concurrency: 100,
+    };
+    for (c, achieved, median, cpu) in [
+        ("1", 470.0, 205.0, [0.97, 0.0]),
+        ("2", 760.0, 128.0, [0.0, 0.93]),
+    ] {
+        let spec = Spec {
+            name: format!("seed-cluster{c}"),
+            kind: RunKind::Seed,
+            route: if c == "1" { "/cluster1" } else { "/cluster2" },
+            policy: ("cpu-aware", "inband"),
+            model: closed.clone(),
+            started_s: t,
+            achieved,
+            duration_s: 1000.0 / achieved,
+            median_ms: median,
+            sigma: 0.25,
+            shares: None,
+            cpu,
+            errors_5xx: 0,
+        };
+        r.runs.push(build(&mut rng, &spec));
+        t += spec.duration_s + 1.0;
+    }
+    let mut capacity = Vec::new();
+    #[allow(clippy::type_complexity)]
+    let ramps: [(&str, &'static str, &[(f64, f64, f64, f64)], f64, f64); 2] = [
+        // (offered, achieved, median ms, sigma)
+        (
+            "1",
+            "/cluster1",
+            &[
+                (200.0, 200.0, 1.4, 0.3),
+                (300.0, 299.0, 1.8, 0.35),
+                (400.0, 398.0, 3.2, 0.5),
+                (450.0, 447.0, 6.5, 0.6),
+                (500.0, 468.0, 240.0, 0.7),
+            ],
+            450.0,
+            500.0,
+        ),
+        (
+            "2",
+            "/cluster2",
+            &[
+                (300.0, 300.0, 1.2, 0.3),
+                (450.0, 449.0, 1.5, 0.3),
+                (600.0, 598.0, 2.4, 0.4),
+                (700.0, 697.0, 4.1, 0.5),
+                (750.0, 745.0, 7.0, 0.6),
+                (800.0, 771.0, 210.0, 0.7),
+            ],
+            750.0,
+            800.0,
+        ),
+    ];
+    for (c, route, steps, sustained, failed) in ramps {
+        let mut names = Vec::new();
+        for &(offered, achieved, median, sigma) in steps {
+            let ceiling = if c == "1" { 500.0 } else { 800.0 };
+            let load = (offered / ceiling).min(1.0);
+            let spec = Spec {
+                name: format!("capacity-cluster{c}-{offered}"),
+                kind: RunKind::Capacity,
+                route,
+                policy: ("cpu-aware", "inband"),
+                model: Model::Open {
+                    rate: offered,
+                    duration_s: 3.0,
+                },
+                started_s: t,
+                achieved,
+                duration_s: 3.0,
+                median_ms: median,
+                sigma,
+                shares: None,
+                cpu: if c == "1" { [load, 0.0] } else { [0.0, load] },
+                errors_5xx: 0,
+            };
+            names.push(spec.name.clone());
+            r.runs.push(build(&mut rng, &spec));
+            t += 3.5;
+        }
+        capacity.push(Capacity {
+            cluster: c.into(),
+            route: route.into(),
+            sustained_rate: sustained,
+            failed_rate: Some(failed),
+            runs: names,
+        });
+    }
+
+    // Shares of requests per instance (5 micro, then 4 large); capacity is 7.7% / 15.4%.
+    let even = |m: f64| {
+        let l = (1.0 - 5.0 * m) / 4.0;
+        vec![m, m, m, m, m, l, l, l, l]
+    };
+    let herded = vec![0.38, 0.04, 0.04, 0.04, 0.04, 0.115, 0.115, 0.115, 0.115];
+    #[allow(clippy::type_complexity)]
+    let policies: [(&str, &str, &str, f64, f64, Vec<f64>, [f64; 2]); 6] = [
+        (
+            "round-robin",
+            "round-robin",
+            "inband",
+            120.0,
+            0.8,
+            even(1.0 / 9.0),
+            [0.99, 0.72],
+        ),
+        (
+            "least-outstanding",
+            "least-outstanding",
+            "inband",
+            8.5,
+            0.45,
+            even(0.085),
+            [0.9, 0.8],
+        ),
+        (
+            "lowest-cpu (cloudwatch, emulated)",
+            "lowest-cpu",
+            "cloudwatch",
+            300.0,
+            0.9,
+            herded,
+            [0.7, 0.6],
+        ),
+        (
+            "lowest-cpu (poll)",
+            "lowest-cpu",
+            "poll",
+            14.0,
+            0.5,
+            even(0.09),
+            [0.92, 0.78],
+        ),
+        (
+            "p2c-ewma",
+            "p2c-ewma",
+            "inband",
+            6.3,
+            0.42,
+            even(0.08),
+            [0.87, 0.85],
+        ),
+        (
+            "cpu-aware",
+            "cpu-aware",
+            "inband",
+            6.0,
+            0.42,
+            even(0.078),
+            [0.86, 0.86],
+        ),
+    ];
+    let rate = 1020.0;
+    let mut results: Vec<PolicyResult> = Vec::new();
+    for round in 1..=2 {
+        // Rounds differ a little, as real rounds do.
+        let jitter = if round == 1 { 0.94 } else { 1.07 };
+        for (label, policy, telemetry, median, sigma, shares, cpu) in &policies {
+            let spec = Spec {
+                name: format!(
+                    "shootout-r{round}-{}",
+                    label.replace([' ', '(', ')', ','], "")
+                ),
+                kind: RunKind::Shootout,
+                route: "/",
+                policy: (policy, telemetry),
+                model: Model::Open {
+                    rate,
+                    duration_s: 4.0,
+                },
+                started_s: t,
+                achieved: rate * 0.998,
+                duration_s: 4.0,
+                median_ms: median * jitter,
+                sigma: *sigma,
+                shares: Some(shares.clone()),
+                cpu: *cpu,
+                errors_5xx: 0,
+            };
+            let run = build(&mut rng, &spec);
+            t += 4.5;
+            match results.iter_mut().find(|p| p.label == *label) {
+                Some(p) => {
+                    let mut merged = p.latency.histogram().unwrap();
+                    merged.add(run.latency.histogram().unwrap()).unwrap();
+                    p.latency = Hist::from_histogram(&merged);
+                    p.responses += run.responses;
+                    p.achieved_rate = (p.achieved_rate + run.achieved_rate) / 2.0;
+                    p.p99_by_round_ms.push(run.latency.p99_ms);
+                }
+                None => results.push(PolicyResult {
+                    label: label.to_string(),
+                    policy: policy.to_string(),
+                    telemetry: telemetry.to_string(),
+                    latency: run.latency.clone(),
+                    responses: run.responses,
+                    errors: 0,
+                    achieved_rate: run.achieved_rate,
+                    p99_by_round_ms: vec![run.latency.p99_ms],
+                    shares: instances()
+                        .iter()
+                        .zip(shares)
+                        .map(|(i, s)| Share {
+                            instance_id: i.instance_id.clone(),
+                            cluster: i.cluster.to_string(),
+                            share_of_requests: *s,
+                            share_of_capacity: i.cores / (5.0 * MICRO_CORES + 4.0 * LARGE_CORES),
+                        })
+                        .collect(),
+                }),
+            }
+            r.runs.push(run);
+        }
+    }
+    r.experiment = Some(Experiment {
+        quick: true,
+        capacity,
+        shootout_rate: rate,
+        shootout_fraction: 0.85,
+        shootout_rounds: 2,
+        policies: results,
+    });
+    r
+}
+
+/// A plain `fulcrum bench` on `/` at a rate the generator could not keep up with.
+fn saturated_bench_results() -> Results {
+    let mut rng = Rng(42);
+    let mut r = header(&[
+        "fulcrum",
+        "bench",
+        "http://127.0.0.1:41234/",
+        "--rate",
+        "1500",
+        "--duration",
+        "5s",
+    ]);
+    let spec = Spec {
+        name: "bench".into(),
+        kind: RunKind::Bench,
+        route: "/",
+        policy: ("cpu-aware", "inband"),
+        model: Model::Open {
+            rate: 1500.0,
+            duration_s: 5.0,
+        },
+        started_s: 0.5,
+        achieved: 1180.0,
+        duration_s: 5.0,
+        median_ms: 40.0,
+        sigma: 0.6,
+        shares: Some(vec![0.08, 0.08, 0.08, 0.08, 0.08, 0.15, 0.15, 0.15, 0.15]),
+        cpu: [0.99, 0.97],
+        errors_5xx: 3,
+    };
+    let mut run = build(&mut rng, &spec);
+    run.generator = Generator {
+        cpu_seconds: 4.9,
+        cpu_utilization: 0.98,
+        saturated: true,
+    };
+    run.late_requests = 1400;
+    run.unsent_requests = 1600;
+    r.runs.push(run);
+    r
+}
+
+fn write_results(dir: &Scratch, r: &Results) -> String {
+    let p = dir.path("results.json");
+    std::fs::write(&p, serde_json::to_string_pretty(r).unwrap()).unwrap();
+    p.display().to_string()
+}
+
+fn report(dir: &Scratch, r: &Results) -> (String, String, std::path::PathBuf) {
+    let json = write_results(dir, r);
+    let out = dir.path("out");
+    let (code, stdout, stderr) = run(&["report", &json, "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    let md_path = out.join("REPORT.md");
+    let html_path = out.join("index.html");
+    assert!(stdout.contains(&md_path.display().to_string()), "{stdout}");
+    assert!(
+        stdout.contains(&html_path.display().to_string()),
+        "{stdout}"
+    );
+    (
+        std::fs::read_to_string(&md_path).unwrap(),
+        std::fs::read_to_string(&html_path).unwrap(),
+        html_path,
+    )
+}
+
+/// The cells of the Markdown table row whose first cells are `first`.
+fn md_row(md: &str, first: &[&str]) -> Vec<String> {
+    let prefix = format!("| {} |", first.join(" | "));
+    let line = md
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row starting {prefix:?} in REPORT.md"));
+    line.trim_matches('|')
+        .split(" | ")
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+/// The body rows of the first Markdown table at or after `marker` (a caption or a header).
+fn md_rows_after(md: &str, marker: &str) -> Vec<Vec<String>> {
+    let start = md
+        .find(marker)
+        .unwrap_or_else(|| panic!("no table at {marker:?}"));
+    md[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .skip(2) // header and rule
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn num(cell: &str) -> f64 {
+    cell.replace(',', "")
+        .trim_end_matches('%')
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {cell:?}"))
+}
+
+fn assert_close(cell: &str, want: f64, what: &str) {
+    let got = num(cell);
+    // The report prints about three significant digits.
+    assert!(
+        (got - want).abs() <= want.abs() * 0.005 + 0.0015,
+        "{what}: report says {cell}, results.json says {want}"
+    );
+}
+
+/// Every `<svg class="chart" ...>` in a page, with its `data-points` count.
+fn charts(page: &str) -> Vec<usize> {
+    page.match_indices("<svg")
+        .map(|(i, _)| {
+            let tag = &page[i..i + page[i..].find('>').unwrap()];
+            assert!(tag.contains(r#"class="chart""#), "{tag}");
+            let dp = tag.split(r#"data-points=""#).nth(1).expect("data-points");
+            dp[..dp.find('"').unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+/// The DOM after `budget` of virtual time, and the console messages, like
+/// `browser::run_page`. That helper reads Chromium's pipes only after it exits, so a DOM larger
+/// than the pipe buffer (64 KiB; a full report is ~140 KiB) blocks Chromium for good; this one
+/// reads while it waits.
+fn dump_dom(bin: &str, url: &str, budget: Duration) -> browser::PageRun {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let profile = Scratch::new("chromium-dom");
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.0.display()))
+        .arg(format!("--virtual-time-budget={}", budget.as_millis()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chromium");
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + budget + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish rendering {url}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = err.join().unwrap();
+    browser::PageRun {
+        dom: out.join().unwrap(),
+        console: stderr
+            .lines()
+            .filter(|l| l.contains(":CONSOLE"))
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+fn render_in_chromium(test: &str, html: &Path, expect_charts: usize, shot: &str) {
+    let Some(bin) = browser::chromium_or_skip(test) else {
+        return;
+    };
+    // Keep a copy beside the screenshot to look at after the scratch dir is gone.
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shot.replace(".png", ".html"));
+    std::fs::copy(html, &kept).unwrap();
+    let url = format!("file://{}", html.display());
+    let page = dump_dom(bin, &url, Duration::from_secs(2));
+    assert!(
+        page.dom.contains("<main>"),
+        "page did not render: {}",
+        page.dom
+    );
+    assert!(
+        page.console.is_empty(),
+        "console messages: {:#?}",
+        page.console
+    );
+    // The browser parsed every chart, each with marks in it.
+    let drawn = charts(&page.dom);
+    assert_eq!(drawn.len(), expect_charts, "charts in the rendered DOM");
+    for svg in page.dom.split("<svg").skip(1) {
+        let body = &svg[..svg.find("</svg>").expect("closed svg")];
+        assert!(
+            ["class=\"line\"", "class=\"bar\"", "class=\"dot\""]
+                .iter()
+                .any(|m| body.contains(m)),
+            "a chart without plotted marks: {}",
+            &body[..body.len().min(300)]
+        );
+    }
+    // Escaped data stays text: no element was made of it.
+    assert!(!page.dom.contains("<lab>"));
+    assert!(page.dom.contains("seed &amp; &lt;lab&gt;"));
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shot);
+    browser::screenshot(bin, &url, &png, (1280, 2400), Duration::from_secs(2));
+    let size = std::fs::metadata(&png).unwrap().len();
+    assert!(size > 20_000, "screenshot suspiciously small: {size} bytes");
+    eprintln!("screenshot: {}", png.display());
+}
+
+#[test]
+fn experiment_report_agrees_with_results_and_renders() {
+    let dir = Scratch::new("report-exp");
+    let r = experiment_results();
+    let (md, html, html_path) = report(&dir, &r);
+
+    for s in [
+        "## Setup",
+        "### Expectations",
+        "### CPU Utilization",
+        "### Latency and Response Times",
+        "### Throughput",
+        "### Policy shoot-out",
+        "## Conclusion",
+    ] {
+        assert!(md.contains(s), "REPORT.md lacks {s}");
+    }
+    // Setup: emulation, credits, version, the exact command (quoted where needed).
+    assert!(
+        md.contains("Emulation scale: one emulated vCPU gets 0.100 of a real core"),
+        "{md}"
+    );
+    assert!(md.contains("CPU credits: not emulated"));
+    assert!(md.contains("fulcrum experiment --quick --out 'report dir'"));
+    assert!(md.contains("fulcrum 0.1.0"));
+    assert!(!md.contains("Warning"), "no warning expected:\n{md}");
+
+    // Latency per cluster: the table agrees with the histograms, percentiles are ordered,
+    // and index.html shows the same cells.
+    for (run_name, cluster, label) in [
+        ("seed-cluster1", "1", "cluster 1 (5 × t2.micro)"),
+        ("seed-cluster2", "2", "cluster 2 (4 × t2.large)"),
+    ] {
+        let run = r.runs.iter().find(|x| x.name == run_name).unwrap();
+        let g = &run.by_cluster[cluster];
+        let row = md_row(&md, &[run_name, label]);
+        assert_eq!(num(&row[2]) as u64, g.responses);
+        assert_eq!(g.responses, 1000, "the seed's 1000 requests");
+        assert_eq!(num(&row[3]) as u64, 0);
+        assert_close(&row[4], g.responses as f64 / run.duration_s, "throughput");
+        let h = &g.latency;
+        for (cell, want, what) in [
+            (&row[5], h.p50_ms, "p50"),
+            (&row[6], h.p90_ms, "p90"),
+            (&row[7], h.p99_ms, "p99"),
+            (&row[8], h.p999_ms, "p99.9"),
+            (&row[9], h.max_ms, "max"),
+        ] {
+            assert_close(cell, want, what);
+            assert!(
+                html.contains(&format!(r#"<td class="num">{cell}</td>"#)),
+                "{what} {cell} not in index.html"
+            );
+        }
+        let pcts: Vec<f64> = row[5..10].iter().map(|c| num(c)).collect();
+        assert!(
+            pcts.windows(2).all(|w| w[0] <= w[1]),
+            "percentiles out of order: {pcts:?}"
+        );
+        // The seed's "average" is total/1000, far below the real median.
+        assert_close(&row[10], run.duration_s * 1000.0 / 1000.0, "seed's average");
+        assert!(num(&row[10]) * 50.0 < num(&row[5]));
+
+        // Requests per instance add up to what the cluster served.
+        let rows = md_rows_after(&md, &format!("Requests per instance during {run_name}"));
+        assert_eq!(rows.len(), if cluster == "1" { 5 } else { 4 });
+        let sum: u64 = rows.iter().map(|x| num(&x[2]) as u64).sum();
+        assert_eq!(sum, g.responses);
+        // CPU per instance exists for every worker.
+        let cpu = md_rows_after(&md, &format!("CPU per instance during {run_name}"));
+        assert_eq!(cpu.len(), rows.len());
+        assert!(cpu.iter().all(|x| num(&x[3]) > 80.0), "{cpu:?}");
+    }
+
+    // Conclusion: who saturated first, where, by how much; the seed's mistake named.
+    assert!(
+        md.contains("Cluster 1 (5 × t2.micro) saturated first: it sustained 450 req/s and failed at 500 req/s"),
+        "{md}"
+    );
+    assert!(md.contains(
+        "Cluster 2 (4 × t2.large) sustained 750 req/s (failed at 800 req/s): 1.67× as much"
+    ));
+    assert!(md.contains("The seed's expectation holds"));
+    assert!(md.contains("1 / throughput, not latency"));
+
+    // The shoot-out: the fixture's two best policies overlap round for round, so the report
+    // must call it noise, and rank both ahead of least-outstanding.
+    let exp = r.experiment.as_ref().unwrap();
+    let p = |l: &str| exp.policies.iter().find(|x| x.label == l).unwrap();
+    let range = |l: &str| {
+        let v = &p(l).p99_by_round_ms;
+        (
+            v.iter().copied().fold(f64::MAX, f64::min),
+            v.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    let (ca, pe, lo) = (
+        range("cpu-aware"),
+        range("p2c-ewma"),
+        range("least-outstanding"),
+    );
+    assert!(
+        ca.0 <= pe.1 && pe.0 <= ca.1,
+        "fixture: cpu-aware {ca:?} and p2c-ewma {pe:?} should overlap"
+    );
+    assert!(
+        ca.1 < lo.0 && pe.1 < lo.0,
+        "fixture: least-outstanding {lo:?} should be clearly behind"
+    );
+    assert!(md.contains("No single policy won on p99"), "{md}");
+    assert!(md.contains("within noise"));
+    assert!(md.contains("Together they beat the next policy, least-outstanding"));
+    assert!(!md.contains("won the shoot-out"));
+    assert!(md.contains("The seed's design (lowest CPU on CloudWatch-like telemetry), lowest-cpu (cloudwatch, emulated), had p99"));
+    assert!(md.contains("herds traffic"));
+    let ranking = md_rows_after(&md, "| Rank | Policy |")
+        .into_iter()
+        .map(|x| x[1].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(ranking.len(), 6);
+    assert_eq!(ranking.last().unwrap(), "lowest-cpu (cloudwatch, emulated)");
+    for (rank, l) in ranking.iter().enumerate() {
+        let row = md_row(&md, &[&(rank + 1).to_string(), l]);
+        assert_close(&row[7], p(l).latency.p99_ms, "policy p99");
+    }
+
+    // index.html: self-contained, escaped, every chart with data.
+    for bad in ["<script", "<link", "<img", "@import", "url("] {
+        assert!(!html.contains(bad), "index.html contains {bad}");
+    }
+    assert!(html.contains("seed &amp; &lt;lab&gt;") && !html.contains("<lab>"));
+    let counts = charts(&html);
+    // Ramp ×2, CPU ×2 clusters, latency ×2, requests per worker, throughput, policy ×2, shares ×6.
+    assert_eq!(counts.len(), 16, "{counts:?}");
+    assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+    assert!(
+        !html.contains(r#"class="note""#),
+        "no chart should be missing"
+    );
+
+    render_in_chromium(
+        "experiment_report_agrees_with_results_and_renders",
+        &html_path,
+        16,
+        "report-experiment.png",
+    );
+}
+
+#[test]
+fn saturated_bench_report_warns_and_omits_charts_it_has_no_data_for() {
+    let dir = Scratch::new("report-bench");
+    let r = saturated_bench_results();
+    let (md, html, html_path) = report(&dir, &r);
+
+    assert!(md.contains("> **Warning:** The load generator was saturated in 1 of 1 runs (bench; its CPU peaked at 98%"), "{md}");
+    assert!(
+        md.contains("Requests failed outside the capacity ramp"),
+        "{md}"
+    );
+    assert!(
+        md.starts_with("# Benchmark report: seed \\& \\<lab\\>"),
+        "{}",
+        &md[..80]
+    );
+    assert!(html.contains(r#"<div class="warning" role="alert"><strong>Warning:</strong> The load generator was saturated"#));
+    assert!(md.contains("fell behind their schedule"), "{md}");
+    assert!(md.contains("This file has no capacity ramp"), "{md}");
+    assert!(md.contains("No policy shoot-out in this file"));
+    // One run measured two clusters: numbers, but no ranking from it.
+    assert!(md.contains("Each figure comes from a single run"), "{md}");
+    let run = &r.runs[0];
+    let row = md_row(&md, &["bench", "cluster 1 (5 × t2.micro)"]);
+    assert_eq!(num(&row[2]) as u64, run.by_cluster["1"].responses);
+    assert_eq!(num(&row[3]) as u64, 3);
+    assert_close(&row[7], run.by_cluster["1"].latency.p99_ms, "p99");
+    // Open model: corrected and uncorrected latency side by side.
+    let row = &md_rows_after(&md, "Open-model runs: latency from the intended send time")[0];
+    assert_eq!(row[0], "bench");
+    assert_close(&row[2], run.latency.p99_ms, "corrected p99");
+    assert_close(
+        &row[4],
+        run.service_time.as_ref().unwrap().p99_ms,
+        "uncorrected p99",
+    );
+
+    // Charts without data are replaced by notes, never drawn empty.
+    for note in [
+        "No capacity ramp in this file: no achieved-against-offered chart.",
+        "No policy shoot-out in this file: no policy comparison chart.",
+        "No per-worker shares in this file: no share-of-requests charts.",
+    ] {
+        assert!(
+            html.contains(&format!(r#"<p class="note">{note}</p>"#)),
+            "{note}"
+        );
+    }
+    let counts = charts(&html);
+    // CPU ×2 clusters, latency ×2, requests per worker, throughput.
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    assert!(counts.iter().all(|&n| n > 0));
+
+    render_in_chromium(
+        "saturated_bench_report_warns_and_omits_charts_it_has_no_data_for",
+        &html_path,
+        6,
+        "report-bench.png",
+    );
+}
+
+#[test]
+fn report_refuses_another_schema_version_in_one_line() {
+    let dir = Scratch::new("report-schema");
+    let mut v = serde_json::to_value(saturated_bench_results()).unwrap();
+    v["schema"] = 7.into();
+    let p = dir.path("results.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let out = dir.path("out");
+    let (code, stdout, stderr) = run(&[
+        "report",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "stdout: {stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("schema version 7"), "{stderr}");
+    assert!(stderr.contains("reads version 1"), "{stderr}");
+    assert!(
+        !out.exists(),
+        "nothing is written for a file it cannot read"
+    );
+}
