@@ -712,6 +712,7 @@ fn render_in_chromium(test: &str, html: &Path, expect_charts: usize, shot: &str)
     // Keep a copy beside the screenshot to look at after the scratch dir is gone.
     let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shot.replace(".png", ".html"));
     std::fs::copy(html, &kept).unwrap();
+    std::fs::copy(html.with_file_name("REPORT.md"), kept.with_extension("md")).unwrap();
     let url = format!("file://{}", html.display());
     let page = dump_dom(bin, &url, Duration::from_secs(2));
     assert!(
@@ -769,7 +770,7 @@ fn experiment_report_agrees_with_results_and_renders() {
         md.contains("Emulation scale: one emulated vCPU gets 0.100 of a real core"),
         "{md}"
     );
-    assert!(md.contains("CPU credits: not emulated"));
+    assert!(md.contains("CPU credits were not emulated: every instance could use its full quota"));
     assert!(md.contains("fulcrum experiment --quick --out 'report dir'"));
     assert!(md.contains("fulcrum 0.1.0"));
     assert!(!md.contains("Warning"), "no warning expected:\n{md}");

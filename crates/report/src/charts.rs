@@ -134,9 +134,10 @@ pub fn latency_distribution(r: &Results) -> Option<Chart> {
 }
 
 /// A run's responses per second as steps (each second's count holds for that second), at
-/// `started_s + t`, ending where the run ended and then a break.
+/// `origin + t`, ending where the run ended and then a break.
 fn rate_points(
     run: &Run,
+    origin: f64,
     per_second: impl Fn(&fulcrum_loadgen::results::Second) -> u64,
 ) -> Vec<(f64, f64)> {
     let mut pts: Vec<(f64, f64)> = run
@@ -145,7 +146,7 @@ fn rate_points(
         .map(|s| {
             // The last second of a run is usually partial: scale by the time it covers.
             let covered = (run.duration_s - s.t).clamp(0.05, 1.0);
-            (run.started_s + s.t, per_second(s) as f64 / covered)
+            (origin + s.t, per_second(s) as f64 / covered)
         })
         .collect();
     if let (Some(&(x, y)), Some(last)) = (pts.last(), run.timeline.last()) {
@@ -172,29 +173,37 @@ pub fn throughput_over_time(r: &Results) -> Option<Chart> {
     let mut lines: Vec<Line> = Vec::new();
     let timed: Vec<&Run> = r.runs.iter().filter(|x| !x.timeline.is_empty()).collect();
     if timed.len() == 1 {
-        // One run: split it by cluster.
+        // One run: split it by cluster, on the run's own clock.
         let run = timed[0];
-        lines.push(Line::new("all responses", rate_points(run, |s| s.responses)).step());
+        lines.push(
+            Line::new("all responses", rate_points(run, 0.0, |s| s.responses))
+                .step()
+                .color("#333"),
+        );
         let keys: std::collections::BTreeSet<&String> = run
             .timeline
             .iter()
             .flat_map(|s| s.responses_by_cluster.keys())
             .collect();
         if keys.len() > 1 {
-            for k in keys {
+            // Same colors as the per-cluster latency charts.
+            for (i, k) in keys.into_iter().enumerate() {
                 lines.push(
                     Line::new(
                         cluster_name(r, k),
-                        rate_points(run, |s| s.responses_by_cluster.get(k).copied().unwrap_or(0)),
+                        rate_points(run, 0.0, |s| {
+                            s.responses_by_cluster.get(k).copied().unwrap_or(0)
+                        }),
                     )
-                    .step(),
+                    .step()
+                    .color(crate::plot::PALETTE[i % crate::plot::PALETTE.len()]),
                 );
             }
         }
     } else {
         for run in &timed {
             let name = phase(r, run);
-            let pts = rate_points(run, |s| s.responses);
+            let pts = rate_points(run, run.started_s, |s| s.responses);
             match lines.iter_mut().find(|l| l.name == name) {
                 Some(l) => l.points.extend(pts),
                 None => lines.push(Line::new(name, pts).step()),
@@ -203,10 +212,11 @@ pub fn throughput_over_time(r: &Results) -> Option<Chart> {
     }
     let mut target = Vec::new();
     for run in &timed {
+        let origin = if timed.len() == 1 { 0.0 } else { run.started_s };
         if let Model::Open { rate, .. } = run.model {
             target.extend([
-                (run.started_s, rate),
-                (run.started_s + run.duration_s, rate),
+                (origin, rate),
+                (origin + run.duration_s, rate),
                 (f64::NAN, f64::NAN),
             ]);
         }

@@ -436,7 +436,7 @@ pub fn headline_findings(r: &Results) -> Vec<String> {
             if r.experiment.as_ref().is_some_and(|e| !e.capacity.is_empty()) {
                 "the capacity ramp is the comparison to rely on."
             } else {
-                "repeat the runs (or run `fulcrum experiment`) before ranking the clusters."
+                "repeat the runs (fulcrum experiment does) before ranking the clusters."
             }
         ));
     }

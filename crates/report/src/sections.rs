@@ -117,13 +117,13 @@ fn setup(r: &Results) -> Section {
     blocks.push(Block::Para(match (&d.emulation, d.provider.as_str()) {
         (Some(e), _) => format!(
             "Emulation scale: one emulated vCPU gets {} of a real core (cgroup {} CPU quota, CFS period {} ms), so \
-             rates here are a scaled-down model of AWS's, not AWS's own. Memory limits: {}. CPU credits: {}",
+             rates here are a scaled-down model of AWS's, not AWS's own. Memory limits: {}. CPU credits were {}",
             num(e.scale),
             e.cgroup,
             num(e.period_us as f64 / 1000.0),
             if e.memory_limits { "applied, scaled like CPU" } else { "not applied" },
             if e.credits {
-                "emulated (instances earn credits below baseline and spend them to burst)."
+                "emulated: instances earn credits below baseline and spend them to burst."
             } else {
                 "not emulated: every instance could use its full quota all the time. On AWS a burstable (t2/t3) \
                  instance that has spent its credits is held at its baseline CPU, so its sustained capacity there would \
@@ -720,8 +720,9 @@ fn every_run(r: &Results) -> Section {
     } else {
         vec![
             Block::Para(format!(
-                "{} runs, {} responses in all, {} in the measured parts.",
+                "{} {}, {} responses in all, {} in the measured parts.",
                 r.runs.len(),
+                if r.runs.len() == 1 { "run" } else { "runs" },
                 count(r.runs.iter().map(|x| x.responses).sum()),
                 secs(r.runs.iter().map(|x| x.duration_s).sum())
             )),
