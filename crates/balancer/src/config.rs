@@ -64,7 +64,9 @@ pub enum Tls {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+// `default`: a `[timeouts]` table that sets one timeout keeps the default of the other, as
+// every other table does.
+#[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Reading a request's headers (slowloris); on HTTP/1 it also bounds keep-alive idle time.
     #[serde(with = "humantime_serde")]
@@ -1030,6 +1032,18 @@ workers = ["@all"]
 
         let e = err(&GOOD.replace("address = \"127.0.0.1:8080\"", "address = \"localhost\""));
         assert_eq!((e.line, e.column), (3, 11), "{e}");
+    }
+
+    #[test]
+    fn a_table_that_sets_one_field_keeps_the_defaults_of_the_others() {
+        let c = Config::parse(
+            &format!("{GOOD}\n[timeouts]\nclient_header = \"1s\"\n"),
+            "b.toml",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.timeouts.client_header, Duration::from_secs(1));
+        assert_eq!(c.timeouts.request, Timeouts::default().request);
     }
 
     #[test]
