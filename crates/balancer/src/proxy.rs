@@ -475,13 +475,7 @@ async fn forward(
         let Some(this_body) = body.take() else { break };
         if attempt > 0 {
             if !retry_paid && !group.budget.try_retry() {
-                shared
-                    .metrics
-                    .retries_denied
-                    .get_or_create(&crate::metrics::GroupLabels {
-                        target_group: group.label.clone(),
-                    })
-                    .inc();
+                count_retry_denied(shared, group);
                 break;
             }
             count_retry(shared, group, retry_reason);
@@ -519,12 +513,14 @@ async fn forward(
                 let worker_error = status.is_server_error();
                 // A 502/503/504 from an idempotent request is worth another worker while
                 // attempts and budget remain; the answer is then dropped unread.
-                if matches!(status.as_u16(), 502..=504)
+                let retry_wanted = matches!(status.as_u16(), 502..=504)
                     && replayable
                     && settings.retry.retry_idempotent_on_status
-                    && attempt + 1 < settings.retry.max_attempts
-                    && group.budget.try_retry()
-                {
+                    && attempt + 1 < settings.retry.max_attempts;
+                if retry_wanted && !group.budget.try_retry() {
+                    // Counted like any other refused retry: a spent budget must show.
+                    count_retry_denied(shared, group);
+                } else if retry_wanted {
                     record_outcome(shared, group, &worker, Outcome::Failure, latency);
                     retry_reason = "status";
                     retry_paid = true;
@@ -598,6 +594,16 @@ fn no_healthy_workers(group: &Group) -> ProxyError {
     );
     e.retry_after = Some(1);
     e
+}
+
+fn count_retry_denied(shared: &Shared, group: &Group) {
+    shared
+        .metrics
+        .retries_denied
+        .get_or_create(&crate::metrics::GroupLabels {
+            target_group: group.label.clone(),
+        })
+        .inc();
 }
 
 fn count_retry(shared: &Shared, group: &Group, reason: &'static str) {
