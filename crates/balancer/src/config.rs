@@ -324,7 +324,8 @@ impl Default for HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierDetection {
-    /// Consecutive failures (connect errors, resets, timeouts, 5xx) that eject a worker.
+    /// Consecutive failures (connect errors, resets, timeouts, 5xx) that eject a worker. A
+    /// refused connection (nothing listening) ejects at once.
     pub consecutive_failures: u32,
     /// Ejection lasts `base_ejection × n` for the n-th ejection in a row, capped at 30 × base.
     #[serde(with = "humantime_serde")]

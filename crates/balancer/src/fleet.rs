@@ -153,6 +153,12 @@ pub enum Outcome {
     Success,
     /// Connect error, reset, timeout, or a 5xx.
     Failure,
+    /// The connection was refused: nothing listens at the worker's address (it died or has
+    /// not started), so every request would fail the same way until it is back. Ejects at
+    /// once rather than after `consecutive_failures`: a policy that already avoids a failing
+    /// worker (cpu-aware) would otherwise pick it too rarely for the count to ever be reached
+    /// while each rare pick still costs a failed attempt.
+    Refused,
 }
 
 impl Worker {
@@ -303,7 +309,7 @@ impl Worker {
         outlier: &OutlierSettings,
     ) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let failed = outcome == Outcome::Failure;
+        let failed = outcome != Outcome::Success;
         if failed {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -341,7 +347,9 @@ impl Worker {
             return false;
         }
         ej.consecutive_failures += 1;
-        let trip = ej.probation || ej.consecutive_failures >= outlier.consecutive_failures;
+        let trip = ej.probation
+            || outcome == Outcome::Refused
+            || ej.consecutive_failures >= outlier.consecutive_failures;
         if !trip || ej.until_us > now || !(outlier.may_eject)(self) {
             return false;
         }
@@ -546,6 +554,19 @@ mod tests {
         w.set_health(Health::Unhealthy);
         w.set_health(Health::Healthy);
         assert!(w.is_available(t1));
+    }
+
+    #[test]
+    fn a_refused_connection_ejects_at_once_within_the_cap() {
+        let w = Worker::new("127.0.0.1:1".parse().unwrap(), 10, Default::default());
+        let yes = |_: &Worker| true;
+        assert!(w.record(Outcome::Refused, Duration::ZERO, 10, &settings(&yes)));
+        assert!(!w.is_available(10));
+        assert_eq!(w.failures(), 1);
+        let capped = Worker::new("127.0.0.1:2".parse().unwrap(), 10, Default::default());
+        let no = |_: &Worker| false;
+        assert!(!capped.record(Outcome::Refused, Duration::ZERO, 10, &settings(&no)));
+        assert!(capped.is_available(10));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::body::{BodyError, ClientBody, Finish, UpBody};
 use crate::config::Config;
 use crate::fleet::{now_us, Fleet, Outcome, OutlierSettings, Worker};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
-use crate::pool::Upstream;
+use crate::pool::{ConnectError, Upstream};
 use crate::route::{Group, PickError, RouteEntry, Router};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -435,6 +435,9 @@ enum AttemptFailure {
     Deadline,
     /// The request never reached the worker: safe to retry for any method.
     NotSent(ProxyError, Option<UpBody>),
+    /// The worker's address refused the connection: not sent either, and a sure sign that
+    /// nothing listens there, which ejects the worker at once.
+    Refused(ProxyError, UpBody),
     /// It may have reached the worker: retry only if safe to repeat.
     Sent(ProxyError),
 }
@@ -562,6 +565,13 @@ async fn forward(
                 body = returned;
                 retry_reason = "not_sent";
             }
+            Err(AttemptFailure::Refused(e, returned)) => {
+                record_outcome(shared, group, &worker, Outcome::Refused, latency);
+                tracing::debug!(worker = %worker.addr, error = %e.message, "connection refused");
+                last_error = Some(e);
+                body = Some(returned);
+                retry_reason = "not_sent";
+            }
             Err(AttemptFailure::Sent(e)) => {
                 if e.code == "body_too_large" || e.code == "bad_request_body" {
                     // The client's fault, not the worker's: no retry, no penalty.
@@ -635,14 +645,17 @@ async fn attempt_once(
         {
             Ok(u) => u,
             Err(e) => {
-                return Err(AttemptFailure::NotSent(
-                    ProxyError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "worker_unreachable",
-                        format!("worker {}: {e}", worker.addr),
-                    ),
-                    Some(body),
-                ))
+                let refused = matches!(&e, ConnectError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+                let pe = ProxyError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "worker_unreachable",
+                    format!("worker {}: {e}", worker.addr),
+                );
+                return Err(if refused {
+                    AttemptFailure::Refused(pe, body)
+                } else {
+                    AttemptFailure::NotSent(pe, Some(body))
+                });
             }
         },
     };
