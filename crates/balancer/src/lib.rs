@@ -127,6 +127,16 @@ impl Balancer {
     fn install(self: &Arc<Self>, config: Config) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let router = Router::build(Arc::new(config), &self.shared.fleet, generation);
+        // A group that keeps its discovery source keeps what discovery found: its watcher
+        // restarts below and would re-read the same list, but until it has, the new group
+        // would have none of them — requests in between would find no worker, and
+        // `sync_workers` would start draining (and could forget) every discovered worker.
+        let old = self.shared.router.load_full();
+        for group in &router.groups {
+            if let Some(before) = old.group(&group.name).filter(|b| b.same_discovery(group)) {
+                group.set_discovered(before.discovered());
+            }
+        }
         self.shared.router.store(Arc::new(router));
         self.shared.metrics.config_generation.set(generation as i64);
         self.restart_generation_tasks();

@@ -183,6 +183,21 @@ impl Group {
         self.workers.load()
     }
 
+    /// The workers discovery added to the configured ones.
+    pub fn discovered(&self) -> Vec<Arc<Worker>> {
+        self.workers()
+            .iter()
+            .filter(|w| !self.static_workers.iter().any(|s| s.addr == w.addr))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `other` finds its workers where this group does.
+    pub fn same_discovery(&self, other: &Group) -> bool {
+        self.settings.discovery_file == other.settings.discovery_file
+            && self.settings.discovery == other.settings.discovery
+    }
+
     /// Replaces the discovered part of the group: static workers plus `discovered`.
     pub fn set_discovered(&self, discovered: Vec<Arc<Worker>>) {
         let mut all = self.static_workers.clone();
@@ -403,6 +418,33 @@ mod tests {
         assert!(!prefix_matches("/cluster1", "/cluster10"));
         assert!(prefix_matches("/api/", "/api/v1"));
         assert!(!prefix_matches("/api/", "/api"));
+    }
+
+    #[test]
+    fn discovered_workers_are_those_beyond_the_configured_ones() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+                    [[route]]\nprefix = \"/\"\ntarget_group = \"g\"\n\
+                    [[target_group]]\nname = \"g\"\nworkers = [\"127.0.0.1:9001\"]\n\
+                    discovery_file = \"w.json\"\n";
+        let config = Arc::new(Config::parse(text, "b.toml", None).unwrap());
+        let fleet = Fleet::default();
+        let old = Router::build(config.clone(), &fleet, 1);
+        let (found, _) = fleet.get_or_add("127.0.0.1:9002".parse().unwrap(), 8);
+        old.groups[0].set_discovered(vec![found]);
+        assert_eq!(old.groups[0].workers().len(), 2);
+        let discovered: Vec<SocketAddr> =
+            old.groups[0].discovered().iter().map(|w| w.addr).collect();
+        assert_eq!(discovered, vec!["127.0.0.1:9002".parse().unwrap()]);
+
+        let new = Router::build(config, &fleet, 2);
+        assert!(new.groups[0].same_discovery(&old.groups[0]));
+        let moved = &new.groups[0];
+        moved.set_discovered(old.groups[0].discovered());
+        assert_eq!(moved.workers().len(), 2);
+        assert!(Arc::ptr_eq(
+            &moved.workers()[1],
+            &old.groups[0].workers()[1]
+        ));
     }
 
     #[test]
