@@ -65,6 +65,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: LatencyFamily,
     pub errors: Family<ErrorLabels, Counter>,
+    pub client_protocol_errors: Family<ErrorLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub retries_denied: Family<GroupLabels, Counter>,
     pub ejections: Family<WorkerLabels, Counter>,
@@ -91,6 +92,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let errors = Family::<ErrorLabels, Counter>::default();
+        let client_protocol_errors = Family::<ErrorLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let retries_denied = Family::<GroupLabels, Counter>::default();
         let ejections = Family::<WorkerLabels, Counter>::default();
@@ -113,6 +115,14 @@ impl Metrics {
             "errors",
             "Error answers given by the balancer itself, by error code",
             errors.clone(),
+        );
+        registry.register(
+            "client_protocol_errors",
+            "Client connections hyper ended before a request reached the balancer, by error: \
+             bad_request, uri_too_long and headers_too_large (answered with hyper's bare \
+             400, 414, 431), header_timeout (closed: no complete request head in time), \
+             tls_handshake",
+            client_protocol_errors.clone(),
         );
         registry.register(
             "retries",
@@ -160,6 +170,7 @@ impl Metrics {
             requests,
             latency,
             errors,
+            client_protocol_errors,
             retries,
             retries_denied,
             ejections,
@@ -173,6 +184,12 @@ impl Metrics {
 
     pub fn error(&self, error: &'static str) {
         self.errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+
+    pub fn client_protocol_error(&self, error: &'static str) {
+        self.client_protocol_errors
+            .get_or_create(&ErrorLabels { error })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

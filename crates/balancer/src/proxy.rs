@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,12 +185,18 @@ pub async fn accept_loop(
             tls.clone(),
         );
         let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
+        let header_timeout = shared.router.load().config.timeouts.client_header;
+        // The first request head must arrive within the header timeout of the accept, TLS
+        // handshake included (see `serve_client`).
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let first_request = Arc::new(AtomicBool::new(false));
         let svc = {
-            let shared = shared.clone();
+            let (shared, first_request) = (shared.clone(), first_request.clone());
             // Boxed: hyper keeps a slot for the service future on every connection for as long
             // as it lives, so an unboxed ~5 KB request future would cost that much per idle
             // connection instead of once per request in flight.
             hyper::service::service_fn(move |req| {
+                first_request.store(true, Ordering::Relaxed);
                 Box::pin(handle(shared.clone(), info.clone(), req))
                     as Pin<
                         Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>,
@@ -202,36 +208,94 @@ pub async fn accept_loop(
                 tokio::spawn(async move {
                     let _guard = guard;
                     let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                    }
+                    serve_client(&shared, peer, conn, &first_request, deadline).await;
                 });
             }
             Some(acceptor) => {
-                let header_timeout = shared.router.load().config.timeouts.client_header;
                 // The handshake lives in its own task so plain connections do not carry its
                 // state; it then serves the connection in place.
                 tokio::spawn(Box::pin(async move {
                     let _guard = guard;
                     let tls_stream =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
+                                shared.metrics.client_protocol_error("tls_handshake");
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
                             }
                             Err(_) => {
+                                shared.metrics.client_protocol_error("header_timeout");
                                 tracing::debug!(%peer, "TLS handshake timed out");
                                 return;
                             }
                         };
                     let conn = watcher.watch(http.serve_connection(TokioIo::new(tls_stream), svc));
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                    }
+                    serve_client(&shared, peer, conn, &first_request, deadline).await;
                 }));
             }
         }
+    }
+}
+
+/// Serves one client connection to its end, and counts how it ended if that was a protocol
+/// error hyper dealt with before any request reached `handle`.
+///
+/// A connection that has not delivered a complete request head by `deadline` is dropped.
+/// hyper's own header timeout covers HTTP/1 heads (and keep-alive idleness), but it starts
+/// only once the connection is known to be HTTP/1: before that, while hyper-util reads the
+/// first bytes to tell HTTP/1 from the HTTP/2 preface, nothing bounds a client that sends
+/// nothing, or trickles the preface or its first HTTP/2 header block — each such connection
+/// would be held forever, and enough of them exhaust `max_connections`.
+async fn serve_client<C>(
+    shared: &Shared,
+    peer: SocketAddr,
+    conn: C,
+    first_request: &AtomicBool,
+    deadline: tokio::time::Instant,
+) where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = &mut conn => ended,
+        _ = tokio::time::sleep_until(deadline) => {
+            if !first_request.load(Ordering::Relaxed) {
+                shared.metrics.client_protocol_error("header_timeout");
+                tracing::debug!(%peer, "no request head within the header timeout; closing");
+                return;
+            }
+            conn.await
+        }
+    };
+    let Err(e) = ended else { return };
+    let code = find_in_chain::<hyper::Error>(e.as_ref()).and_then(protocol_error_code);
+    match code {
+        // After requests were served, hyper's header timeout is a keep-alive connection going
+        // idle: its normal end, not an error.
+        Some("header_timeout") if first_request.load(Ordering::Relaxed) => {}
+        Some(code) => shared.metrics.client_protocol_error(code),
+        None => {}
+    }
+    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+}
+
+/// The error code for a connection hyper ended itself: the parse errors it answered with a
+/// bare 400, 414 or 431 (`Http1Transaction::on_error`), and the header timeout.
+fn protocol_error_code(e: &hyper::Error) -> Option<&'static str> {
+    if e.is_timeout() {
+        Some("header_timeout")
+    } else if e.is_parse_too_large() {
+        // One predicate covers both; only the message tells them apart.
+        Some(if e.to_string().contains("URI") {
+            "uri_too_long"
+        } else {
+            "headers_too_large"
+        })
+    } else if e.is_parse() {
+        Some("bad_request")
+    } else {
+        None
     }
 }
 
@@ -701,9 +765,16 @@ async fn attempt_once(
 }
 
 fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+    find_in_chain::<BodyError>(err)
+}
+
+/// The first error of type `T` in `err`'s source chain.
+fn find_in_chain<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<BodyError>() {
+        if let Some(b) = s.downcast_ref::<T>() {
             return Some(b);
         }
         source = s.source();
