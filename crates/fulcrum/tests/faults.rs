@@ -1,0 +1,1015 @@
+//! `fulcrum balance` under faults and abuse, with real processes on loopback: workers killed,
+//! frozen, down or failing fast; slow, malformed and oversized clients; overload; SIGTERM,
+//! SIGHUP and discovery changes while serving; the retry budget.
+//!
+//! Every answer the balancer gives itself is JSON with `error` and `request_id` and is
+//! counted in `/metrics` (`fulcrum_balancer_errors_total{error}`). A few protocol errors are
+//! answered by hyper before any of the balancer's code sees a request, with an empty body
+//! and `connection: close`; they are counted in `fulcrum_balancer_client_protocol_errors_total`
+//! instead:
+//! - 400: a request line or header that does not parse (bad method, URI or version, a header
+//!   line without a colon, an invalid or conflicting `content-length`, a bad
+//!   `transfer-encoding`);
+//! - 414: a request target longer than 65 534 bytes (hyper's own cap; shorter targets over
+//!   `limits.max_uri_bytes` get the balancer's JSON 414);
+//! - 431: a request head larger than hyper's read buffer (about twice `max_header_bytes +
+//!   max_uri_bytes`) while still incomplete, or with more than `2 × max_headers + 8` fields
+//!   (below those, the balancer's own JSON 431 answers);
+//! - no answer at all, the connection closed: a request head not complete within
+//!   `timeouts.client_header` (slowloris), and HTTP/2 protocol errors (a GOAWAY or a
+//!   RST_STREAM, as HTTP/2 has no error responses before a request exists).
+//!
+//! Tests that keep CPUs busy on purpose have `under_load` or `busy` in their names (nextest's
+//! one-at-a-time `cpu-heavy` group).
+
+mod fixture;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fixture::{
+    block_on, by_instance, client, eventually, get, metric_sum, paced, send, stub_status, worker,
+    Balancer, Proc, Reply, Shot, Stub,
+};
+
+fn quoted(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A one-route configuration (`/` → group `g`) with `top` first (top-level keys, or tables)
+/// and `group` lines added to the target group.
+fn one_group(workers: &[SocketAddr], top: &str, group: &str) -> String {
+    format!(
+        r#"{top}
+[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[[route]]
+prefix = "/"
+target_group = "g"
+[[target_group]]
+name = "g"
+workers = [{}]
+{group}
+"#,
+        quoted(workers)
+    )
+}
+
+/// Runs a paced load in the background; `join` returns the shots and the instant the run
+/// started, so events can be placed on its timeline.
+struct Load {
+    started: Instant,
+    thread: std::thread::JoinHandle<Vec<Shot>>,
+}
+
+impl Load {
+    fn start(url: String, per_second: u32, run: Duration) -> Load {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            block_on(async move {
+                let c = client();
+                tx.send(Instant::now()).unwrap();
+                paced(&c, &url, per_second, run).await
+            })
+        });
+        let started = rx.recv().unwrap();
+        Load { started, thread }
+    }
+
+    fn join(self) -> Vec<Shot> {
+        self.thread.join().unwrap()
+    }
+
+    /// How far into the run `t` is.
+    fn offset(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.started)
+    }
+}
+
+/// Panics with the first few failures if any request failed or was not a 200.
+fn assert_all_ok(shots: &[Shot], what: &str) {
+    let bad: Vec<String> = shots
+        .iter()
+        .filter(|s| !matches!(&s.result, Ok(r) if r.status == 200))
+        .map(|s| match &s.result {
+            Ok(r) => format!("at {:?}: {} {}", s.at, r.status, r.text()),
+            Err(e) => format!("at {:?}: {e}", s.at),
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} requests failed: {:?}",
+        bad.len(),
+        shots.len(),
+        &bad[..bad.len().min(10)]
+    );
+}
+
+/// The balancer's own error answer: JSON with a stable code and the request id it also puts in
+/// `x-request-id`.
+fn assert_error_answer(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("content-type"), "application/json");
+    let j = r.json();
+    assert_eq!(j["error"], code, "{j}");
+    assert_eq!(j["request_id"], r.header("x-request-id"), "{j}");
+    assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
+}
+
+fn errors_counted(b: &Balancer, code: &str) -> f64 {
+    metric_sum(
+        &b.metrics(),
+        "fulcrum_balancer_errors_total",
+        &[&format!("error=\"{code}\"")],
+    )
+}
+
+// ───────────────────────────── workers dying ─────────────────────────────
+
+#[test]
+fn sigkill_of_one_of_four_workers_under_load_loses_no_request() {
+    let mut ws: Vec<Proc> = (0..4)
+        .map(|i| worker(1, &format!("i-k{i}"), &["--work-us", "200"]))
+        .collect();
+    let addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
+    let b = Balancer::start(&one_group(&addrs, "", ""));
+    let victim = addrs[3];
+    let load = Load::start(b.url("/cluster1"), 300, Duration::from_secs(6));
+
+    std::thread::sleep(Duration::from_millis(1500));
+    ws.pop().unwrap().signal(libc::SIGKILL); // reaped when dropped here
+    let killed = Instant::now();
+    let out = |b: &Balancer| {
+        b.worker_status(victim)
+            .is_some_and(|w| w["available"] == false)
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || out(&b)),
+        "the killed worker was never taken out: {}",
+        b.status()
+    );
+    let ejected_after = killed.elapsed();
+
+    std::thread::sleep(Duration::from_millis(2500).saturating_sub(load.offset(Instant::now())));
+    let port = victim.port().to_string();
+    let restarted = Proc::start(&[
+        "worker",
+        "--cluster",
+        "1",
+        "--port",
+        &port,
+        "--instance-id",
+        "i-k3-again",
+        "--work-us",
+        "200",
+    ]);
+    let restarted_at = load.offset(Instant::now());
+    let shots = load.join();
+    let status = b.status();
+    drop(restarted);
+
+    assert_all_ok(&shots, "SIGKILL of one worker");
+    assert!(
+        ejected_after <= Duration::from_secs(1),
+        "ejected only after {ejected_after:?}"
+    );
+    let back = shots
+        .iter()
+        .filter(|s| s.instance() == Some("i-k3-again"))
+        .map(|s| s.at + s.latency)
+        .min()
+        .unwrap_or_else(|| panic!("the restarted worker never took traffic: {status}"));
+    assert!(
+        back.saturating_sub(restarted_at) <= Duration::from_secs(3),
+        "restarted at {restarted_at:?}, first answer at {back:?}"
+    );
+    eprintln!(
+        "{} requests, ejected after {ejected_after:?}, back {:?} after restart; {:?}",
+        shots.len(),
+        back.saturating_sub(restarted_at),
+        by_instance(shots.iter().filter_map(|s| s.result.as_ref().ok()))
+    );
+}
+
+#[test]
+fn sigstop_worker_requests_move_away_and_nothing_hangs() {
+    let ws: Vec<Proc> = (0..3)
+        .map(|i| worker(1, &format!("i-s{i}"), &["--work-us", "200"]))
+        .collect();
+    let addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
+    let b = Balancer::start(&one_group(&addrs, "", "response_timeout = \"1s\""));
+    // Resumed even if an assertion fails, so the worker can be killed and reaped normally.
+    struct Resume<'a>(&'a Proc);
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            self.0.signal(libc::SIGCONT);
+        }
+    }
+    let frozen = &ws[2];
+    let load = Load::start(b.url("/cluster1"), 60, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    frozen.signal(libc::SIGSTOP);
+    let _resume = Resume(frozen);
+    let stopped_at = load.offset(Instant::now());
+    // Once it is known to be out, it gets nothing more.
+    assert!(
+        eventually(Duration::from_secs(4), || b
+            .worker_status(frozen.addr)
+            .is_some_and(|w| w["available"] == false)),
+        "{}",
+        b.status()
+    );
+    let picks = |b: &Balancer| {
+        b.worker_status(frozen.addr).unwrap()["picks"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = picks(&b);
+    let shots = load.join();
+    assert_eq!(picks(&b), before, "the frozen worker was still picked");
+
+    assert_all_ok(&shots, "SIGSTOP of one worker");
+    let slowest = shots.iter().map(|s| s.latency).max().unwrap();
+    assert!(
+        slowest < Duration::from_millis(2500),
+        "a request waited {slowest:?}; the response timeout is 1 s"
+    );
+    let late = shots
+        .iter()
+        .filter(|s| s.at > stopped_at && s.latency >= Duration::from_millis(900))
+        .count();
+    eprintln!(
+        "{} requests, {late} waited for the frozen worker's timeout, slowest {slowest:?}",
+        shots.len()
+    );
+    assert!(
+        metric_sum(
+            &b.metrics(),
+            "fulcrum_balancer_retries_total",
+            &["reason=\"reset_or_timeout\""]
+        ) >= late as f64
+    );
+}
+
+#[test]
+fn all_workers_of_a_route_down_answers_503_json_at_once() {
+    let c1: Vec<Proc> = (0..2)
+        .map(|i| worker(1, &format!("i-d{i}"), &["--work-us", "0"]))
+        .collect();
+    let c2 = worker(2, "i-up", &["--work-us", "0"]);
+    let down: Vec<SocketAddr> = c1.iter().map(|w| w.addr).collect();
+    let b = Balancer::start(&format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[[route]]
+prefix = "/cluster1"
+target_group = "c1"
+[[route]]
+prefix = "/cluster1/strict"
+target_group = "c1-strict"
+[[route]]
+prefix = "/cluster2"
+target_group = "c2"
+[[target_group]]
+name = "c1"
+workers = [{d}]
+[[target_group]]
+name = "c1-strict"
+workers = [{d}]
+when_all_unhealthy = "reject"
+[[target_group]]
+name = "c2"
+workers = ["{u}"]
+"#,
+        d = quoted(&down),
+        u = c2.addr
+    ));
+    assert_eq!(get(&b.url("/cluster1")).status, 200);
+    for w in &c1 {
+        w.signal(libc::SIGKILL);
+    }
+    drop(c1);
+    assert!(
+        eventually(Duration::from_secs(6), || down.iter().all(|a| b
+            .worker_status(*a)
+            .is_some_and(|w| w["health"] == "unhealthy"))),
+        "{}",
+        b.status()
+    );
+    block_on(async {
+        let c = client();
+        for i in 0..20 {
+            // Failing open (the default) and rejecting both answer at once.
+            let path = if i % 2 == 0 {
+                "/cluster1"
+            } else {
+                "/cluster1/strict"
+            };
+            let t0 = Instant::now();
+            let r = send(&c, "GET", &b.url(path), b"").await.unwrap();
+            let took = t0.elapsed();
+            assert_error_answer(&r, 503, "no_healthy_workers");
+            assert_eq!(r.header("retry-after"), "1");
+            assert!(took <= Duration::from_millis(100), "{path}: {took:?}");
+            let ok = send(&c, "GET", &b.url("/cluster2"), b"").await.unwrap();
+            assert_eq!(ok.status, 200);
+            assert_eq!(ok.header("x-fulcrum-instance"), "i-up");
+        }
+    });
+    assert_eq!(errors_counted(&b, "no_healthy_workers"), 20.0);
+}
+
+/// Closed-loop clients against three real workers and one that answers 500 at once (and
+/// passes its health checks): the fast failer must not soak up the traffic.
+fn sinkhole_share(policy: &str) -> (f64, String) {
+    let ws: Vec<Proc> = (0..3)
+        .map(|i| worker(1, &format!("i-ok{i}"), &["--work-us", "500"]))
+        .collect();
+    let failing = Stub::start(stub_status(500));
+    let mut addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
+    addrs.push(failing.addr);
+    let b = Balancer::start(&one_group(&addrs, "", &format!("policy = \"{policy}\"")));
+    let url = b.url("/cluster1");
+    let statuses = block_on(async move {
+        let c = client();
+        let stop = Instant::now() + Duration::from_secs(3);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (c, url) = (c.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                while Instant::now() < stop {
+                    got.push(send(&c, "GET", &url, b"").await.unwrap().status);
+                }
+                got
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let total = statuses.len() as f64;
+    let to_failer = failing.hits() as f64;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count() as f64,
+        to_failer,
+        "every 500 is the failing worker's, passed through"
+    );
+    (
+        to_failer / total,
+        format!("{policy}: {to_failer} of {total}; {}", b.status()),
+    )
+}
+
+#[test]
+fn a_worker_failing_fast_does_not_sink_traffic_under_load() {
+    // An even share would be 25 %; a sinkhole takes most of it.
+    for policy in ["cpu-aware", "least-outstanding"] {
+        let (share, detail) = sinkhole_share(policy);
+        eprintln!("{policy}: {:.1} % to the failing worker", share * 100.0);
+        assert!(share < 0.05, "{detail}");
+    }
+}
+
+// ───────────────────────────── hostile clients ─────────────────────────────
+
+#[test]
+fn slowloris_connections_are_closed_after_the_header_timeout() {
+    let w = worker(1, "i-sl", &["--work-us", "0"]);
+    let b = Balancer::start(&one_group(
+        &[w.addr],
+        "[timeouts]\nclient_header = \"1s\"",
+        "",
+    ));
+    let addr = b.proc.addr;
+    let url = b.url("/cluster1");
+    let (closed, normal) = block_on(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // 400 trickle an HTTP/1.1 head, 50 the HTTP/2 preface, 50 send nothing at all.
+        let mut slow = Vec::new();
+        for i in 0..500 {
+            let head: &'static [u8] = match i % 10 {
+                0 => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                1 => b"",
+                _ => b"GET /cluster1 HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            };
+            slow.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut rd, mut wr) = stream.into_split();
+                let trickle = async move {
+                    for byte in head {
+                        if wr.write_all(&[*byte]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // Bytes exhausted: just hold the connection.
+                    std::future::pending::<()>().await;
+                };
+                let mut buf = [0u8; 1024];
+                let closed = async {
+                    loop {
+                        match rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {} // an error answer may come first
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = trickle => None,
+                    _ = closed => Some(t0.elapsed()),
+                    _ = tokio::time::sleep(Duration::from_secs(8)) => None,
+                }
+            }));
+        }
+        // Normal requests alongside.
+        let c = client();
+        let normal = paced(&c, &url, 20, Duration::from_secs(2)).await;
+        let mut closed = Vec::new();
+        for t in slow {
+            closed.push(t.await.unwrap());
+        }
+        (closed, normal)
+    });
+    assert_all_ok(&normal, "normal requests next to 500 slow ones");
+    let open = closed.iter().filter(|c| c.is_none()).count();
+    assert_eq!(open, 0, "{open} of 500 slow connections were never closed");
+    let times: Vec<Duration> = closed.into_iter().flatten().collect();
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    eprintln!("slow connections closed between {first:?} and {last:?}");
+    assert!(
+        *first >= Duration::from_millis(900),
+        "closed before the timeout: {first:?}"
+    );
+    assert!(*last <= Duration::from_secs(4), "closed late: {last:?}");
+    assert!(
+        eventually(Duration::from_secs(3), || metric_sum(
+            &b.metrics(),
+            "fulcrum_balancer_connections_open",
+            &[]
+        ) == 0.0),
+        "connections still counted as open"
+    );
+    assert!(
+        metric_sum(
+            &b.metrics(),
+            "fulcrum_balancer_client_protocol_errors_total",
+            &["error=\"header_timeout\""]
+        ) >= 500.0
+    );
+}
+
+/// A raw exchange's status code, content type and body.
+fn raw_answer(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let out = fixture::raw_exchange(addr, request, Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+#[test]
+fn malformed_oversized_and_truncated_requests_get_4xx_and_the_balancer_keeps_serving() {
+    use std::io::Write as _;
+    let w = worker(1, "i-mal", &["--work-us", "0"]);
+    // The echo stub reads every body whole, so body errors surface at the balancer.
+    let echo = Stub::start(stub_status(200));
+    let b = Balancer::start(&format!(
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[[route]]
+prefix = "/echo"
+target_group = "echo"
+max_body_bytes = 1024
+[[route]]
+prefix = "/"
+target_group = "c1"
+[[target_group]]
+name = "echo"
+workers = ["{e}"]
+[[target_group]]
+name = "c1"
+workers = ["{w}"]
+"#,
+        e = echo.addr,
+        w = w.addr
+    ));
+    let addr = b.proc.addr;
+    let header = |n: usize| format!("X-Big: {}\r\n", "a".repeat(n));
+    let many = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
+    // (what, request, status, our JSON error code or "" when hyper answers itself)
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("bad request line", b"GARBAGE\r\n\r\n".to_vec(), 400, ""),
+        (
+            "bad header line",
+            b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n".to_vec(),
+            400,
+            "",
+        ),
+        ("unknown version", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(), 400, ""),
+        (
+            "conflicting content-length",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_vec(),
+            400,
+            "",
+        ),
+        (
+            "invalid chunked encoding",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+            "bad_request_body",
+        ),
+        (
+            "chunked body over the route limit",
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n320\r\n{a}\r\n320\r\n{a}\r\n0\r\n\r\n",
+                a = "a".repeat(0x320)
+            )
+            .into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        (
+            "declared body over the route limit",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(),
+            413,
+            "body_too_large",
+        ),
+        (
+            "40 KB of headers",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", header(40_000)).into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "150 header fields",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", many(150)).into_bytes(),
+            431,
+            "too_many_headers",
+        ),
+        (
+            "300 header fields",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", many(300)).into_bytes(),
+            431,
+            "",
+        ),
+        (
+            "9 KB request target",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "70 KB request target",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+            "",
+        ),
+    ];
+    for (what, req, status, code) in &cases {
+        let (got, content_type, body) = raw_answer(addr, req);
+        assert_eq!(got, *status, "{what}: {body}");
+        if code.is_empty() {
+            assert!(
+                body.is_empty(),
+                "{what}: hyper's own answer has no body: {body}"
+            );
+        } else {
+            assert_eq!(content_type, "application/json", "{what}");
+            let j: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+            assert_eq!(j["error"], *code, "{what}: {j}");
+            assert!(
+                j["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+                "{what}: {j}"
+            );
+        }
+        assert_eq!(get(&b.url("/cluster1")).status, 200, "after {what}");
+    }
+
+    // 100 KB of headers: 431 whoever answers (hyper if its read buffer fills before the head
+    // is complete, the balancer otherwise: it depends on how the bytes arrive).
+    let (got, _, _) = raw_answer(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", header(100_000)).as_bytes(),
+    );
+    assert_eq!(got, 431);
+
+    // Truncated: a head cut short gets nothing (the client left); a body cut short by a
+    // client that stops sending gets 400.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /cluster1 HTTP/1.1\r\nHos").unwrap();
+    drop(s);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+    assert!(out.starts_with("HTTP/1.1 400"), "truncated body: {out}");
+    assert!(out.contains("\"error\":\"bad_request_body\""), "{out}");
+
+    assert_eq!(get(&b.url("/cluster1")).status, 200);
+    assert!(
+        b.proc.stderr_text().find("panicked").is_none(),
+        "{}",
+        b.proc.stderr_text()
+    );
+    let m = b.metrics();
+    for (code, at_least) in [
+        ("bad_request_body", 2.0),
+        ("body_too_large", 2.0),
+        ("headers_too_large", 1.0),
+        ("too_many_headers", 1.0),
+        ("uri_too_long", 1.0),
+    ] {
+        let n = metric_sum(
+            &m,
+            "fulcrum_balancer_errors_total",
+            &[&format!("error=\"{code}\"")],
+        );
+        assert!(n >= at_least, "{code}: {n} in\n{m}");
+    }
+    // hyper's own answers, counted separately.
+    for (code, at_least) in [
+        ("bad_request", 4.0),
+        ("uri_too_long", 1.0),
+        ("headers_too_large", 1.0),
+    ] {
+        let n = metric_sum(
+            &m,
+            "fulcrum_balancer_client_protocol_errors_total",
+            &[&format!("error=\"{code}\"")],
+        );
+        assert!(n >= at_least, "{code}: {n} in\n{m}");
+    }
+}
+
+#[test]
+fn overload_answers_503_with_retry_after_at_once_under_load() {
+    let w = worker(1, "i-ov", &["--max-work-us", "1000000"]);
+    let b = Balancer::start(&one_group(
+        &[w.addr],
+        "",
+        "max_in_flight_per_worker = 2\nqueue = 2\nqueue_timeout = \"10s\"",
+    ));
+    let url = b.url("/cluster1?work_us=300000");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = client();
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            rt.spawn(async move { send(&c, "GET", &url, b"").await.unwrap() })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = b.status();
+            s["workers"][0]["in_flight"] == 2 && s["target_groups"][0]["queued"] == 2
+        }),
+        "never full: {}",
+        b.status()
+    );
+    rt.block_on(async {
+        let extra: Vec<_> = (0..6)
+            .map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let r = send(&c, "GET", &url, b"").await.unwrap();
+                    (r, t0.elapsed())
+                })
+            })
+            .collect();
+        for t in extra {
+            let (r, took) = t.await.unwrap();
+            assert_error_answer(&r, 503, "overloaded");
+            assert_eq!(r.header("retry-after"), "1");
+            assert!(took < Duration::from_millis(250), "not at once: {took:?}");
+        }
+        for t in held {
+            assert_eq!(t.await.unwrap().status, 200, "admitted requests complete");
+        }
+    });
+    assert_eq!(errors_counted(&b, "overloaded"), 6.0);
+}
+
+// ───────────────────────────── retry budget ─────────────────────────────
+
+#[test]
+fn retry_budget_holds_when_every_worker_fails() {
+    let stubs: Vec<Stub> = (0..3).map(|_| Stub::start(stub_status(503))).collect();
+    let addrs: Vec<SocketAddr> = stubs.iter().map(|s| s.addr).collect();
+    let b = Balancer::start(&one_group(
+        &addrs,
+        "",
+        "[target_group.retry]\nmax_attempts = 3\nbudget_percent = 20\nmin_retries_per_second = 1",
+    ));
+    let shots = block_on(paced(
+        &client(),
+        &b.url("/cluster1"),
+        100,
+        Duration::from_secs(2),
+    ));
+    let requests = shots.len() as f64;
+    for s in &shots {
+        let r = s.result.as_ref().unwrap();
+        // The last worker's own answer, passed through once the budget says stop.
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+    let m = b.metrics();
+    let retries = metric_sum(&m, "fulcrum_balancer_retries_total", &[]);
+    let denied = metric_sum(&m, "fulcrum_balancer_retries_denied_total", &[]);
+    let attempts: u64 = stubs.iter().map(|s| s.hits()).sum();
+    eprintln!("{requests} requests, {retries} retries, {denied} denied, {attempts} attempts");
+    // 20 % of the requests in the 10 s window, or the floor of 1/s × 10 s, whichever is more;
+    // a few may race past the check.
+    let budget = (0.2 * requests).max(10.0);
+    assert!(
+        retries <= budget + 3.0,
+        "{retries} retries for {requests} requests"
+    );
+    assert!(retries >= 10.0, "the budget was not used: {retries}");
+    assert!(denied > 0.0);
+    assert_eq!(
+        attempts as f64,
+        requests + retries,
+        "each retry is one more attempt"
+    );
+}
+
+// ───────────────────────────── shutdown, reload, discovery ─────────────────────────────
+
+#[test]
+fn sigterm_under_load_drains_every_in_flight_request_and_exits_zero() {
+    use std::io::{Read as _, Write as _};
+    let ws: Vec<Proc> = (0..2).map(|i| worker(1, &format!("i-t{i}"), &[])).collect();
+    let addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
+    let mut b = Balancer::start(&one_group(
+        &addrs,
+        "shutdown_timeout = \"20s\"",
+        "max_in_flight_per_worker = 3\nqueue_timeout = \"20s\"",
+    ));
+    // An idle keep-alive client must not hold the drain up.
+    let mut idle = std::net::TcpStream::connect(b.proc.addr).unwrap();
+    idle.write_all(b"GET /cluster1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(idle.read(&mut buf).unwrap() > 0);
+
+    let url = b.url("/cluster1?work_us=100000");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let load = std::thread::spawn(move || {
+        block_on(async move {
+            let c = client();
+            let tasks: Vec<_> = (0..14)
+                .map(|_| {
+                    let (c, url) = (c.clone(), url.clone());
+                    tokio::spawn(async move { send(&c, "GET", &url, b"").await })
+                })
+                .collect();
+            let _ = tx.send(());
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        })
+    });
+    rx.recv().unwrap();
+    // 6 at the workers, 8 waiting in the balancer's queue.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = b.status();
+            let in_flight: u64 = s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["in_flight"].as_u64().unwrap())
+                .sum();
+            in_flight == 6 && s["target_groups"][0]["queued"] == 8
+        }),
+        "{}",
+        b.status()
+    );
+    b.proc.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    // No new connections once it stops accepting.
+    assert!(eventually(Duration::from_secs(2), || {
+        std::net::TcpStream::connect(b.proc.addr).is_err()
+    }));
+    let answers = load.join().unwrap();
+    for a in &answers {
+        let r = a.as_ref().expect("an in-flight request was lost");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let exit = b
+        .proc
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the balancer did not exit");
+    assert_eq!(exit.code(), Some(0), "{}", b.proc.stderr_text());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "the idle connection held the drain up"
+    );
+    assert!(b.proc.stderr_text().contains("drained; exiting"));
+}
+
+#[test]
+fn sighup_reload_swaps_the_config_without_losing_requests_and_keeps_it_when_invalid() {
+    let c1: Vec<Proc> = (0..2)
+        .map(|i| worker(1, &format!("i-r{i}"), &["--work-us", "500"]))
+        .collect();
+    let c2 = worker(2, "i-r2", &["--work-us", "0"]);
+    let c1_addrs: Vec<SocketAddr> = c1.iter().map(|w| w.addr).collect();
+    let config = |extra_route: bool, policy: &str| {
+        let mut text = one_group(&c1_addrs, "", &format!("policy = \"{policy}\""))
+            .replace("prefix = \"/\"", "prefix = \"/cluster1\"");
+        if extra_route {
+            text.push_str(&format!(
+                "[[route]]\nprefix = \"/cluster2\"\ntarget_group = \"c2\"\n[[target_group]]\nname = \"c2\"\nworkers = [\"{}\"]\n",
+                c2.addr
+            ));
+        }
+        text
+    };
+    let b = Balancer::start(&config(false, "cpu-aware"));
+    assert_eq!(get(&b.url("/cluster2")).status, 404);
+    let load = Load::start(b.url("/cluster1"), 150, Duration::from_secs(3));
+
+    std::thread::sleep(Duration::from_millis(1000));
+    b.write_config(&config(true, "round-robin"));
+    b.proc.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(3), || b.status()
+        ["config_generation"]
+        == 2));
+    std::thread::sleep(Duration::from_millis(500));
+    b.write_config(&config(true, "round-robin").replace("[[route]]", "[[rout]]"));
+    b.proc.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(3), || metric_sum(
+        &b.metrics(),
+        "fulcrum_balancer_config_reloads_total",
+        &["result=\"rejected\""]
+    ) == 1.0));
+    let shots = load.join();
+    assert_all_ok(&shots, "reloads under load");
+
+    let s = b.status();
+    assert_eq!(
+        s["config_generation"], 2,
+        "the invalid config was not swapped in"
+    );
+    assert_eq!(s["target_groups"][0]["policy"], "round-robin");
+    let r = get(&b.url("/cluster2"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-fulcrum-instance"), "i-r2");
+    assert_eq!(
+        metric_sum(
+            &b.metrics(),
+            "fulcrum_balancer_config_reloads_total",
+            &["result=\"ok\""]
+        ),
+        1.0
+    );
+    let stderr = b.proc.stderr_text();
+    assert!(
+        stderr.contains("configuration rejected; keeping the one in force"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown field `rout`"), "{stderr}");
+}
+
+#[test]
+fn discovery_adds_and_drains_workers_while_serving_under_load() {
+    let ws: Vec<Proc> = (0..3)
+        .map(|i| worker(1, &format!("i-dis{i}"), &["--work-us", "2000"]))
+        .collect();
+    let [a, bw, c] = [ws[0].addr, ws[1].addr, ws[2].addr];
+    let list = |addrs: &[SocketAddr]| {
+        format!(
+            "{{\"workers\": [{}]}}",
+            addrs
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let config = r#"
+[[listener]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[[route]]
+prefix = "/"
+target_group = "d"
+[[target_group]]
+name = "d"
+discovery_file = "workers.json"
+"#;
+    let b = Balancer::start_with(config, &[("workers.json", list(&[a, bw]).as_bytes())]);
+    let write_list = |addrs: &[SocketAddr]| {
+        let tmp = b.dir.path("workers.json.new");
+        std::fs::write(&tmp, list(addrs)).unwrap();
+        std::fs::rename(&tmp, b.dir.path("workers.json")).unwrap();
+    };
+    let known = |addr: SocketAddr| b.worker_status(addr).is_some();
+    assert!(eventually(Duration::from_secs(3), || known(a) && known(bw)));
+
+    let load = Load::start(b.url("/cluster1"), 150, Duration::from_secs(6));
+    std::thread::sleep(Duration::from_millis(1000));
+    write_list(&[a, bw, c]);
+    let added_at = load.offset(Instant::now());
+    assert!(eventually(Duration::from_secs(3), || known(c)));
+
+    // A reload keeps what the balancer learnt about discovered workers.
+    std::thread::sleep(Duration::from_millis(700));
+    let served_before = b.worker_status(a).unwrap()["requests"].as_u64().unwrap();
+    b.write_config(config);
+    b.proc.signal(libc::SIGHUP);
+    assert!(eventually(Duration::from_secs(3), || b.status()
+        ["config_generation"]
+        == 2));
+    let served_after = b.worker_status(a).map(|w| w["requests"].as_u64().unwrap());
+    assert!(
+        served_after.is_some_and(|n| n >= served_before),
+        "a reload forgot discovered worker {a}: {served_before} requests before, {served_after:?} after"
+    );
+    let stderr = b.proc.stderr_text();
+    assert!(
+        !stderr.contains("worker removed; draining"),
+        "a reload started draining discovered workers that are still listed: {stderr}"
+    );
+
+    std::thread::sleep(Duration::from_millis(800));
+    write_list(&[a, c]);
+    let removed_at = load.offset(Instant::now());
+    assert!(
+        eventually(Duration::from_secs(5), || !known(bw)),
+        "the removed worker was never dropped: {}",
+        b.status()
+    );
+    let shots = load.join();
+    assert_all_ok(&shots, "discovery changes under load");
+
+    let first_c = shots
+        .iter()
+        .filter(|s| s.instance() == Some("i-dis2"))
+        .map(|s| s.at)
+        .min()
+        .expect("the added worker never took traffic");
+    assert!(
+        first_c.saturating_sub(added_at) <= Duration::from_millis(1500),
+        "added at {added_at:?}, first request at {first_c:?}"
+    );
+    let last_b = shots
+        .iter()
+        .filter(|s| s.instance() == Some("i-dis1"))
+        .map(|s| s.at)
+        .max()
+        .unwrap();
+    assert!(
+        last_b <= removed_at + Duration::from_millis(1500),
+        "removed at {removed_at:?}, still sent requests at {last_b:?}"
+    );
+    eprintln!(
+        "{:?}",
+        by_instance(shots.iter().filter_map(|s| s.result.as_ref().ok()))
+    );
+}
