@@ -884,12 +884,20 @@ fn via(version: Version) -> &'static str {
     }
 }
 
-/// Appends to a list-valued header, or sets it.
+/// Appends to a list-valued header, or sets it. A list may arrive over several field lines,
+/// which together are one comma-separated list (RFC 9110 §5.3): every line's elements stay,
+/// in order, before the new one.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(old) => format!("{old}, {value}"),
-        None => value.to_owned(),
-    };
+    let mut joined = String::new();
+    for old in headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        joined.push_str(old);
+        joined.push_str(", ");
+    }
+    joined.push_str(value);
     if let Ok(v) = HeaderValue::try_from(joined) {
         headers.insert(name, v);
     }
@@ -1039,6 +1047,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarding_lists_keep_every_line_the_client_sent() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("198.51.100.7, 192.0.2.1"),
+        );
+        append(&mut h, X_FORWARDED_FOR, "127.0.0.1");
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["203.0.113.9, 198.51.100.7, 192.0.2.1, 127.0.0.1"]);
+        append(&mut h, header::VIA, "1.1 fulcrum");
+        assert_eq!(h[header::VIA], "1.1 fulcrum");
     }
 
     #[test]
