@@ -890,6 +890,7 @@ workers = ["{w}"]
          Proxy-Connection: keep-alive\r\n\
          TE: trailers\r\n\
          X-Forwarded-For: 203.0.113.9\r\n\
+         X-Forwarded-For: 198.51.100.7\r\n\
          Forwarded: for=203.0.113.9;proto=https\r\n\
          Via: 1.0 edge\r\n\
          X-Request-Id: trace-42\r\n\
@@ -913,7 +914,8 @@ workers = ["{w}"]
     }
     assert_eq!(h["host"], "example.test:8080", "Host is preserved");
     assert_eq!(h["x-keep"], "yes");
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // Both of the client's lines are kept, then this hop.
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(
         h["forwarded"],

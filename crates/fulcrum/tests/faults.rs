@@ -17,7 +17,9 @@
 //!   (below those, the balancer's own JSON 431 answers);
 //! - no answer at all, the connection closed: a request head not complete within
 //!   `timeouts.client_header` (slowloris), and HTTP/2 protocol errors (a GOAWAY or a
-//!   RST_STREAM, as HTTP/2 has no error responses before a request exists).
+//!   RST_STREAM, as HTTP/2 has no error responses before a request exists);
+//! - no answer either: a connection beyond `limits.max_connections`, closed at accept
+//!   (`fulcrum_balancer_connections_rejected_total`).
 //!
 //! Tests that keep CPUs busy on purpose have `under_load` or `busy` in their names (nextest's
 //! one-at-a-time `cpu-heavy` group).
