@@ -12,6 +12,5 @@
 pub mod catalog;
 pub mod cgroup;
 pub mod local;
-pub mod probe;
 pub mod state;
 pub mod topology;

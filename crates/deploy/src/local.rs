@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupHost};
-use crate::probe;
 use crate::state::{EmulationState, InstanceState, ProcessState, State, StateDir, STATE_VERSION};
 use crate::topology::{Topology, WorkerSource};
+use fulcrum_telemetry::probe;
 
 /// How long a worker or the balancer may take to announce itself and answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

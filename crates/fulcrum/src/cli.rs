@@ -419,6 +419,24 @@ fn aws_down(name: &str, d: &DeploymentArgs, by_tag: bool) -> anyhow::Result<()> 
     fulcrum_aws::down(name, &aws_options(d)?, by_tag)
 }
 
+#[cfg(feature = "aws")]
+pub fn aws_experiment(
+    opts: &fulcrum_experiment::Options,
+    d: &DeploymentArgs,
+    say: &mut dyn FnMut(&str),
+) -> anyhow::Result<fulcrum_experiment::Outcome> {
+    fulcrum_aws::experiment(opts, &aws_options(d)?, say)
+}
+
+#[cfg(not(feature = "aws"))]
+pub fn aws_experiment(
+    _: &fulcrum_experiment::Options,
+    _: &DeploymentArgs,
+    _: &mut dyn FnMut(&str),
+) -> anyhow::Result<fulcrum_experiment::Outcome> {
+    anyhow::bail!(NO_AWS)
+}
+
 #[cfg(not(feature = "aws"))]
 const NO_AWS: &str = "this fulcrum was built without the AWS provider; rebuild with \
                       `cargo build --release --features aws`";

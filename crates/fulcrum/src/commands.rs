@@ -154,8 +154,159 @@ pub fn local_down(state_dir: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn bench(_a: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("bench: being built")
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use fulcrum_loadgen::{results, BenchConfig, Model, RunKind, Sampling};
+    let thresholds = match &a.threshold {
+        Some(t) => fulcrum_loadgen::threshold::parse(t)?,
+        None => Vec::new(),
+    };
+    let model = match (a.requests, a.rate, a.duration) {
+        (Some(n), None, None) => Model::Closed {
+            requests: n,
+            concurrency: a.connections,
+        },
+        (None, Some(rate), Some(d)) => Model::Open {
+            rate,
+            duration_s: d.as_secs_f64(),
+        },
+        (None, None, None) => Model::Closed {
+            requests: 1000,
+            concurrency: a.connections,
+        },
+        _ => anyhow::bail!("use either -n N (closed model) or --rate R --duration D (open model)"),
+    };
+    let sampling = match &a.admin {
+        Some(admin) => Sampling::from_balancer(
+            admin
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--admin `{admin}` is not ip:port"))?,
+        ),
+        None => Sampling::default(),
+    };
+    let started_at = fulcrum_loadgen::now_rfc3339();
+    let origin = std::time::Instant::now();
+    let run = fulcrum_loadgen::run(BenchConfig {
+        name: "bench".into(),
+        kind: RunKind::Bench,
+        url: a.url.clone(),
+        model,
+        connections: a.connections,
+        threads: a.threads,
+        warmup: a.warmup,
+        timeout: a.timeout,
+        sampling,
+        progress: !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        policy: None,
+        telemetry: None,
+        clock_origin: Some(origin),
+    })?;
+    if let Some(out) = &a.out {
+        let file = results::Results {
+            schema: results::SCHEMA_VERSION,
+            fulcrum_version: env!("CARGO_PKG_VERSION").into(),
+            command: std::env::args().collect(),
+            started_at,
+            machine: fulcrum_loadgen::machine(),
+            deployment: None,
+            runs: vec![run.clone()],
+            experiment: None,
+        };
+        std::fs::write(out, serde_json::to_vec_pretty(&file)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        print_run(&run);
+        if let Some(out) = &a.out {
+            println!("  results     {}", out.display());
+        }
+    }
+    let failed: Vec<String> = thresholds
+        .iter()
+        .filter(|t| !t.holds(&run))
+        .map(|t| format!("{t} (measured {:.3})", t.measured(&run)))
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("thresholds failed: {}", failed.join("; "));
+        std::process::exit(3);
+    }
+    if !thresholds.is_empty() && !a.json {
+        println!("  thresholds  all {} hold", thresholds.len());
+    }
+    Ok(())
+}
+
+/// A run's summary for a person.
+pub fn print_run(run: &fulcrum_loadgen::Run) {
+    use fulcrum_loadgen::Model;
+    let l = &run.latency;
+    match &run.model {
+        Model::Closed { requests, .. } => println!(
+            "{}: closed model, {requests} requests, {} connections, {} thread(s)",
+            run.url, run.connections, run.threads
+        ),
+        Model::Open { rate, duration_s } => println!(
+            "{}: open model, {rate}/s for {duration_s} s, {} connections, {} thread(s)",
+            run.url, run.connections, run.threads
+        ),
+    }
+    println!(
+        "  responses   {} in {:.2} s = {:.1}/s; errors {} (connect {}, timeout {}, i/o {}, 4xx {}, 5xx {})",
+        run.responses,
+        run.duration_s,
+        run.achieved_rate,
+        run.errors.total(),
+        run.errors.connect,
+        run.errors.timeout,
+        run.errors.io,
+        run.errors.status_4xx,
+        run.errors.status_5xx
+    );
+    println!(
+        "  latency     p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms{}",
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.p999_ms,
+        l.max_ms,
+        if run.service_time.is_some() {
+            "  (from intended send times)"
+        } else {
+            ""
+        }
+    );
+    if let (Some(target), Some(s)) = (run.target_rate, &run.service_time) {
+        println!(
+            "  schedule    target {target:.1}/s, achieved {:.1}/s, late {}, unsent {}; service time p99 {:.2} ms (uncorrected)",
+            run.achieved_rate, run.late_requests, run.unsent_requests, s.p99_ms
+        );
+    }
+    for (c, g) in &run.by_cluster {
+        println!(
+            "  cluster {c:<4} {} responses, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            g.responses, g.latency.p50_ms, g.latency.p99_ms, g.errors
+        );
+    }
+    if !run.by_instance.is_empty() {
+        let per: Vec<String> = run
+            .by_instance
+            .iter()
+            .map(|(i, g)| format!("{i} {}", g.responses))
+            .collect();
+        println!("  instances   {}", per.join(", "));
+    }
+    println!(
+        "  generator   {:.0}% of its cores{}",
+        run.generator.cpu_utilization * 100.0,
+        if run.generator.saturated {
+            " — SATURATED: the generator may have set the pace; treat latency as suspect"
+        } else {
+            ""
+        }
+    );
 }
 
 pub fn report(a: ReportArgs) -> anyhow::Result<()> {
@@ -166,6 +317,37 @@ pub fn report(a: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn experiment(_a: ExperimentArgs) -> anyhow::Result<()> {
-    anyhow::bail!("experiment: being built")
+pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
+    catch_interrupts();
+    let topology = crate::cli::topology(&a.deployment)?;
+    let opts = fulcrum_experiment::Options {
+        topology,
+        binary: std::env::current_exe()?,
+        state_dir: a.deployment.state_dir.clone(),
+        reuse: a.reuse,
+        keep: a.keep,
+        quick: a.quick,
+        out: a.out.clone(),
+        no_emulation: a.no_emulation,
+        command: std::env::args().collect(),
+    };
+    let mut say = |line: &str| println!("{line}");
+    let outcome = match a.deployment.provider {
+        crate::cli::Provider::Local => fulcrum_experiment::run_local(&opts, &INTERRUPTED, &mut say),
+        crate::cli::Provider::Aws => crate::cli::aws_experiment(&opts, &a.deployment, &mut say),
+    };
+    let outcome = match outcome {
+        Err(e) if INTERRUPTED.load(Ordering::Relaxed) => {
+            anyhow::bail!("interrupted ({e}); the deployment this run started was removed")
+        }
+        other => other?,
+    };
+    println!(
+        "done in {:.0} s: {}, {}, {}",
+        outcome.elapsed.as_secs_f64(),
+        outcome.results.display(),
+        outcome.report.display(),
+        outcome.html.display()
+    );
+    Ok(())
 }

@@ -379,6 +379,8 @@ fn experiment_results() -> Results {
             route: route.into(),
             sustained_rate: sustained,
             failed_rate: Some(failed),
+            sustained_fraction: 0.97,
+            p99_bound_ms: 200.0,
             runs: names,
         });
     }

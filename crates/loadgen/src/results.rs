@@ -139,12 +139,16 @@ pub struct Run {
     pub errors: Errors,
     /// Open model: the target rate; achieved is measured either way.
     pub target_rate: Option<f64>,
+    /// Responses that arrived inside the measured window, per second of it.
     pub achieved_rate: f64,
-    /// Open model: requests sent more than 1 ms after their intended time.
+    /// Open model: requests sent more than 1 ms after their intended time because every
+    /// connection was still busy when they were due (the generator fell behind the server).
     pub late_requests: u64,
     /// Open model: requests never sent because the run ended with them still queued.
     pub unsent_requests: u64,
-    /// Latency as clients see it (open model: from the intended send time).
+    /// Latency as clients see it. Open model: from the intended send time whenever the request
+    /// was due while its connection was still busy (coordinated omission corrected), else from
+    /// when it left (the runtime timer's sub-millisecond slop is not the server's).
     pub latency: Hist,
     /// Open model only: from the actual send time (what a closed-loop tool would report).
     pub service_time: Option<Hist>,
@@ -299,8 +303,22 @@ pub struct Capacity {
     pub route: String,
     pub sustained_rate: f64,
     pub failed_rate: Option<f64>,
+    /// A step is sustained when it achieves at least this share of its target rate...
+    #[serde(default = "default_sustained_fraction")]
+    pub sustained_fraction: f64,
+    /// ...with p99 at most this, no errors and nothing left unsent.
+    #[serde(default = "default_p99_bound_ms")]
+    pub p99_bound_ms: f64,
     /// Names of the runs that made up the ramp.
     pub runs: Vec<String>,
+}
+
+fn default_sustained_fraction() -> f64 {
+    0.97
+}
+
+fn default_p99_bound_ms() -> f64 {
+    200.0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

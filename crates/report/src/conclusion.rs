@@ -706,6 +706,8 @@ mod tests {
             route: format!("/cluster{cluster}"),
             sustained_rate: s,
             failed_rate: f,
+            sustained_fraction: 0.97,
+            p99_bound_ms: 200.0,
             runs: vec![],
         }
     }

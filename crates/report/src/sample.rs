@@ -209,6 +209,8 @@ pub fn experiment() -> Results {
             route: format!("/cluster{c}"),
             sustained_rate: sustained,
             failed_rate: Some(failed),
+            sustained_fraction: 0.97,
+            p99_bound_ms: 200.0,
             runs: names,
         });
     }

@@ -192,12 +192,19 @@ fn expectations(r: &Results) -> Section {
                 .into(),
         ));
     } else {
-        blocks.push(Block::Para(
+        let criteria = r
+            .experiment
+            .as_ref()
+            .and_then(|e| e.capacity.first())
+            .map(|c| (c.sustained_fraction, c.p99_bound_ms))
+            .unwrap_or((0.97, 200.0));
+        blocks.push(Block::Para(format!(
             "Tested with an open-loop ramp per cluster: each step offers a constant rate and passes when the cluster \
-             achieves at least 95% of it with p99 within bound and no errors. A ramp brackets a capacity between the \
-             highest step sustained and the first failed:"
-                .into(),
-        ));
+             achieves at least {:.0}% of it with p99 at most {:.0} ms, no errors and nothing left unsent. A ramp \
+             brackets a capacity between the highest step sustained and the first failed:",
+            criteria.0 * 100.0,
+            criteria.1
+        )));
         blocks.push(Block::List(findings));
     }
     blocks.push(chart(

@@ -9,11 +9,15 @@
 //! - [`LoadReport`]: the in-band report in ORCA's `endpoint-load-metrics` TEXT format, written
 //!   by workers and parsed by the balancer.
 //!
-//! It does not own any transport: serving `/load`, polling it, or reading CloudWatch belong to
-//! the worker, the balancer and the AWS provider.
+//! - [`probe`]: a minimal blocking GET with which tools (the deployer, the load generator's
+//!   samplers) read `/health`, `/load` and `/status`.
+//!
+//! It does not own serving `/load`, the balancer's own polling on its async runtime, or reading
+//! CloudWatch: those belong to the worker, the balancer and the AWS provider.
 
 pub mod cgroupfs;
 pub mod cpu;
+pub mod probe;
 mod report;
 mod tracker;
 

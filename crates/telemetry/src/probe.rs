@@ -1,6 +1,7 @@
-//! A tiny blocking HTTP/1.1 GET for the deployer's own checks (`/health`, `/load`, `/status`
-//! on loopback): one connection per call, `Connection: close`, bounded by a timeout. The
-//! deployer runs no async runtime, and these calls are a few per second at most.
+//! A tiny blocking HTTP/1.1 GET for tools that read load reports and health from outside: the
+//! deployer's `/health` and `/load` checks and the load generator's samplers. One connection per
+//! call, `Connection: close`, bounded by a timeout: a few calls per second at most, from code
+//! that runs no async runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +14,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, 
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fulcrum-deploy\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fulcrum\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = Vec::with_capacity(4096);
     s.take(1 << 20).read_to_end(&mut buf)?;

@@ -1,0 +1,462 @@
+//! Recording: each generator thread records into its own histograms (no sharing on the hot
+//! path); they are merged once at the end. The per-second timeline is shipped second by second
+//! to the coordinator, which merges and summarises each second once every thread has moved past
+//! it, so memory stays bounded however long the run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use hdrhistogram::Histogram;
+
+use crate::results::{self, Errors, Group, Hist, InstanceGroup, Second};
+
+/// How a request ended, for error accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    Connect,
+    Timeout,
+    Io,
+}
+
+/// Counters the coordinator reads live (progress display).
+#[derive(Default)]
+pub struct Live {
+    pub responses: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// One second of one thread.
+pub struct Bucket {
+    pub second: u64,
+    pub responses: u64,
+    pub errors: u64,
+    pub latency: Histogram<u64>,
+    pub by_cluster: HashMap<String, u64>,
+}
+
+/// Messages from threads to the coordinator.
+pub enum Report {
+    Bucket(Bucket),
+    /// The thread will send nothing earlier than this second any more.
+    Reached {
+        thread: usize,
+        second: u64,
+    },
+}
+
+fn timeline_histogram() -> Histogram<u64> {
+    // Two significant digits: enough for a per-second p99, a tenth of the memory.
+    Histogram::new_with_bounds(1, results::HIST_MAX_US, 2).expect("valid bounds")
+}
+
+/// What one thread measured.
+pub struct ThreadStats {
+    thread: usize,
+    pub responses: u64,
+    pub errors: Errors,
+    pub latency: Histogram<u64>,
+    pub service: Histogram<u64>,
+    by_cluster: HashMap<String, (u64, u64, Histogram<u64>)>,
+    by_instance: HashMap<String, (String, u64, u64, Histogram<u64>)>,
+    by_status: BTreeMap<String, (u64, u64, Histogram<u64>)>,
+    pub late: u64,
+    /// Responses that arrived inside the measurement window, whenever they were scheduled.
+    pub window_completions: u64,
+    bucket: Option<Bucket>,
+    /// Dropped by `finish`, which is how the coordinator learns the thread is done.
+    to_coordinator: Option<mpsc::Sender<Report>>,
+    live: std::sync::Arc<Live>,
+}
+
+impl ThreadStats {
+    pub fn new(
+        thread: usize,
+        to_coordinator: mpsc::Sender<Report>,
+        live: std::sync::Arc<Live>,
+    ) -> ThreadStats {
+        ThreadStats {
+            thread,
+            responses: 0,
+            errors: Errors::default(),
+            latency: results::new_histogram(),
+            service: results::new_histogram(),
+            by_cluster: HashMap::new(),
+            by_instance: HashMap::new(),
+            by_status: BTreeMap::new(),
+            late: 0,
+            window_completions: 0,
+            bucket: None,
+            to_coordinator: Some(to_coordinator),
+            live,
+        }
+    }
+
+    /// Records one finished request. `latency_us` is what the client saw (from the intended
+    /// send time in the open model); `service_us` from the actual send; `second` is the
+    /// completion time's second since measurement started.
+    pub fn record(
+        &mut self,
+        outcome: Outcome,
+        latency_us: u64,
+        service_us: u64,
+        second: u64,
+        cluster: Option<&str>,
+        instance: Option<&str>,
+    ) {
+        let error = match outcome {
+            Outcome::Status(s) if s >= 500 => {
+                self.errors.status_5xx += 1;
+                true
+            }
+            Outcome::Status(s) if s >= 400 => {
+                self.errors.status_4xx += 1;
+                true
+            }
+            Outcome::Status(_) => false,
+            Outcome::Connect => {
+                self.errors.connect += 1;
+                true
+            }
+            Outcome::Timeout => {
+                self.errors.timeout += 1;
+                true
+            }
+            Outcome::Io => {
+                self.errors.io += 1;
+                true
+            }
+        };
+        self.live.errors.fetch_add(error as u64, Ordering::Relaxed);
+        let responded = matches!(outcome, Outcome::Status(_));
+        if responded {
+            self.responses += 1;
+            self.live.responses.fetch_add(1, Ordering::Relaxed);
+        }
+        results::record(&mut self.latency, latency_us);
+        results::record(&mut self.service, service_us);
+        let class = match outcome {
+            Outcome::Status(s) => format!("{}xx", s / 100),
+            Outcome::Connect => "connect error".into(),
+            Outcome::Timeout => "timeout".into(),
+            Outcome::Io => "i/o error".into(),
+        };
+        let s = self
+            .by_status
+            .entry(class)
+            .or_insert_with(|| (0, 0, results::new_histogram()));
+        s.0 += responded as u64;
+        s.1 += error as u64;
+        results::record(&mut s.2, latency_us);
+        if let Some(c) = cluster {
+            let g = match self.by_cluster.get_mut(c) {
+                Some(g) => g,
+                None => self
+                    .by_cluster
+                    .entry(c.to_owned())
+                    .or_insert_with(|| (0, 0, results::new_histogram())),
+            };
+            g.0 += 1;
+            g.1 += error as u64;
+            results::record(&mut g.2, latency_us);
+        }
+        if let Some(i) = instance {
+            let g = match self.by_instance.get_mut(i) {
+                Some(g) => g,
+                None => self.by_instance.entry(i.to_owned()).or_insert_with(|| {
+                    (
+                        cluster.unwrap_or("?").to_owned(),
+                        0,
+                        0,
+                        results::new_histogram(),
+                    )
+                }),
+            };
+            g.1 += 1;
+            g.2 += error as u64;
+            results::record(&mut g.3, latency_us);
+        }
+        self.tick(second);
+        let b = self.bucket.as_mut().expect("tick opened a bucket");
+        b.responses += responded as u64;
+        b.errors += error as u64;
+        results::record(&mut b.latency, latency_us);
+        if let Some(c) = cluster {
+            match b.by_cluster.get_mut(c) {
+                Some(n) => *n += 1,
+                None => {
+                    b.by_cluster.insert(c.to_owned(), 1);
+                }
+            }
+        }
+    }
+
+    /// Moves the thread's clock to `second`, shipping finished buckets.
+    pub fn tick(&mut self, second: u64) {
+        match &self.bucket {
+            Some(b) if b.second >= second => return,
+            Some(_) => {
+                let done = self.bucket.take().expect("checked");
+                self.send(Report::Bucket(done));
+            }
+            None => {}
+        }
+        self.send(Report::Reached {
+            thread: self.thread,
+            second,
+        });
+        self.bucket = Some(Bucket {
+            second,
+            responses: 0,
+            errors: 0,
+            latency: timeline_histogram(),
+            by_cluster: HashMap::new(),
+        });
+    }
+
+    fn send(&self, r: Report) {
+        if let Some(tx) = &self.to_coordinator {
+            let _ = tx.send(r);
+        }
+    }
+
+    /// Ships the last bucket and hangs up: the thread is done.
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bucket.take() {
+            self.send(Report::Bucket(b));
+        }
+        self.send(Report::Reached {
+            thread: self.thread,
+            second: u64::MAX,
+        });
+        self.to_coordinator = None;
+    }
+}
+
+/// Every thread's results, merged.
+pub struct Merged {
+    pub responses: u64,
+    pub errors: Errors,
+    pub latency: Histogram<u64>,
+    pub service: Histogram<u64>,
+    pub late: u64,
+    pub window_completions: u64,
+    pub by_cluster: BTreeMap<String, Group>,
+    pub by_instance: BTreeMap<String, InstanceGroup>,
+    pub by_status_class: BTreeMap<String, Group>,
+}
+
+pub fn merge(threads: Vec<ThreadStats>) -> Merged {
+    let mut latency = results::new_histogram();
+    let mut service = results::new_histogram();
+    let mut errors = Errors::default();
+    let mut responses = 0;
+    let mut late = 0;
+    let mut window_completions = 0;
+    let mut clusters: BTreeMap<String, (u64, u64, Histogram<u64>)> = BTreeMap::new();
+    let mut instances: BTreeMap<String, (String, u64, u64, Histogram<u64>)> = BTreeMap::new();
+    let mut statuses: BTreeMap<String, (u64, u64, Histogram<u64>)> = BTreeMap::new();
+    for t in threads {
+        latency.add(&t.latency).expect("same bounds");
+        service.add(&t.service).expect("same bounds");
+        responses += t.responses;
+        late += t.late;
+        window_completions += t.window_completions;
+        errors.connect += t.errors.connect;
+        errors.timeout += t.errors.timeout;
+        errors.io += t.errors.io;
+        errors.status_4xx += t.errors.status_4xx;
+        errors.status_5xx += t.errors.status_5xx;
+        for (k, (n, e, h)) in t.by_cluster {
+            let g = clusters
+                .entry(k)
+                .or_insert_with(|| (0, 0, results::new_histogram()));
+            g.0 += n;
+            g.1 += e;
+            g.2.add(&h).expect("same bounds");
+        }
+        for (k, (c, n, e, h)) in t.by_instance {
+            let g = instances
+                .entry(k)
+                .or_insert_with(|| (c, 0, 0, results::new_histogram()));
+            g.1 += n;
+            g.2 += e;
+            g.3.add(&h).expect("same bounds");
+        }
+        for (k, (n, e, h)) in t.by_status {
+            let g = statuses
+                .entry(k)
+                .or_insert_with(|| (0, 0, results::new_histogram()));
+            g.0 += n;
+            g.1 += e;
+            g.2.add(&h).expect("same bounds");
+        }
+    }
+    let group = |(n, e, h): (u64, u64, Histogram<u64>)| Group {
+        responses: n,
+        errors: e,
+        latency: Hist::from_histogram(&h),
+    };
+    Merged {
+        responses,
+        errors,
+        latency,
+        service,
+        late,
+        window_completions,
+        by_cluster: clusters.into_iter().map(|(k, v)| (k, group(v))).collect(),
+        by_instance: instances
+            .into_iter()
+            .map(|(k, (c, n, e, h))| {
+                (
+                    k,
+                    InstanceGroup {
+                        cluster: c,
+                        responses: n,
+                        errors: e,
+                        latency: Hist::from_histogram(&h),
+                    },
+                )
+            })
+            .collect(),
+        by_status_class: statuses.into_iter().map(|(k, v)| (k, group(v))).collect(),
+    }
+}
+
+/// Merges per-second buckets as they arrive and summarises each second once every thread is
+/// past it.
+pub struct Timeline {
+    threads: usize,
+    reached: Vec<u64>,
+    open: BTreeMap<u64, Bucket>,
+    pub done: Vec<Second>,
+}
+
+impl Timeline {
+    pub fn new(threads: usize) -> Timeline {
+        Timeline {
+            threads,
+            reached: vec![0; threads],
+            open: BTreeMap::new(),
+            done: Vec::new(),
+        }
+    }
+
+    pub fn absorb(&mut self, r: Report) {
+        match r {
+            Report::Bucket(b) => match self.open.get_mut(&b.second) {
+                Some(m) => {
+                    m.responses += b.responses;
+                    m.errors += b.errors;
+                    m.latency.add(&b.latency).expect("same bounds");
+                    for (k, v) in b.by_cluster {
+                        *m.by_cluster.entry(k).or_default() += v;
+                    }
+                }
+                None => {
+                    self.open.insert(b.second, b);
+                }
+            },
+            Report::Reached { thread, second } => {
+                if thread < self.threads {
+                    self.reached[thread] = self.reached[thread].max(second);
+                }
+            }
+        }
+        // Every second below the slowest thread's clock is final.
+        let floor = self.reached.iter().copied().min().unwrap_or(0);
+        while let Some((&s, _)) = self.open.first_key_value() {
+            if s >= floor {
+                break;
+            }
+            let b = self.open.remove(&s).expect("present");
+            self.done.push(summarise(b));
+        }
+    }
+
+    /// The most recent finished second, for the progress display.
+    pub fn last(&self) -> Option<&Second> {
+        self.done.last()
+    }
+
+    pub fn finish(mut self) -> Vec<Second> {
+        let rest: Vec<Bucket> = std::mem::take(&mut self.open).into_values().collect();
+        self.done.extend(rest.into_iter().map(summarise));
+        self.done
+    }
+}
+
+fn summarise(b: Bucket) -> Second {
+    let ms = |us: u64| us as f64 / 1000.0;
+    Second {
+        t: b.second as f64,
+        responses: b.responses,
+        errors: b.errors,
+        p50_ms: ms(b.latency.value_at_quantile(0.5)),
+        p99_ms: ms(b.latency.value_at_quantile(0.99)),
+        max_ms: if b.latency.is_empty() {
+            0.0
+        } else {
+            ms(b.latency.max())
+        },
+        responses_by_cluster: b.by_cluster.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn threads_merge_and_the_timeline_closes_seconds_in_order() {
+        let (tx, rx) = mpsc::channel();
+        let live = Arc::new(Live::default());
+        let mut a = ThreadStats::new(0, tx.clone(), live.clone());
+        let mut b = ThreadStats::new(1, tx, live.clone());
+        a.record(Outcome::Status(200), 1_000, 900, 0, Some("1"), Some("i-a"));
+        b.record(
+            Outcome::Status(200),
+            3_000,
+            2_000,
+            0,
+            Some("2"),
+            Some("i-b"),
+        );
+        a.record(
+            Outcome::Status(503),
+            5_000,
+            5_000,
+            1,
+            Some("1"),
+            Some("i-a"),
+        );
+        b.record(Outcome::Connect, 100, 100, 2, None, None);
+        a.finish();
+        b.finish();
+        let mut tl = Timeline::new(2);
+        for r in rx.try_iter() {
+            tl.absorb(r);
+        }
+        let seconds = tl.finish();
+        assert_eq!(
+            seconds.iter().map(|s| s.t).collect::<Vec<_>>(),
+            vec![0.0, 1.0, 2.0]
+        );
+        assert_eq!(seconds[0].responses, 2);
+        assert_eq!(seconds[0].responses_by_cluster.get("1"), Some(&1));
+        assert_eq!(seconds[1].errors, 1);
+        let m = merge(vec![a, b]);
+        assert_eq!(m.responses, 3);
+        assert_eq!(m.errors.status_5xx, 1);
+        assert_eq!(m.errors.connect, 1);
+        assert_eq!(m.errors.total(), 2);
+        assert_eq!(m.by_cluster["1"].responses, 2);
+        assert_eq!(m.by_instance["i-a"].cluster, "1");
+        assert_eq!(m.by_status_class["5xx"].errors, 1);
+        assert_eq!(live.responses.load(Ordering::Relaxed), 3);
+        assert_eq!(m.latency.len(), 4);
+    }
+}
