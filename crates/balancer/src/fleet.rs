@@ -101,6 +101,17 @@ struct Estimates {
     err_at: u64,
 }
 
+impl Estimates {
+    fn fresh() -> Estimates {
+        Estimates {
+            ewma_us: EWMA_DEFAULT_US,
+            ewma_at: 0,
+            err: 0.0,
+            err_at: 0,
+        }
+    }
+}
+
 /// Outlier (passive) ejection state.
 #[derive(Default)]
 struct Ejection {
@@ -178,12 +189,7 @@ impl Worker {
             draining: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
             ejected_until_us: AtomicU64::new(0),
-            estimates: Mutex::new(Estimates {
-                ewma_us: EWMA_DEFAULT_US,
-                ewma_at: 0,
-                err: 0.0,
-                err_at: 0,
-            }),
+            estimates: Mutex::new(Estimates::fresh()),
             slots: Default::default(),
             cores: AtomicU64::new(0),
             identity: Mutex::new(None),
@@ -203,11 +209,13 @@ impl Worker {
     }
 
     /// Sets health from the active checker; returns whether it changed. Turning healthy ends
-    /// any passive ejection: the checker has positively seen the worker serve again.
+    /// any passive ejection and clears the failure and latency history: the checker has
+    /// positively seen the worker serve again.
     pub fn set_health(&self, h: Health) -> bool {
         let old = self.health.swap(h as u8, Ordering::Relaxed);
         let changed = old != h as u8;
         if changed && h == Health::Healthy {
+            *self.estimates.lock().expect("never poisoned") = Estimates::fresh();
             let mut e = self.ejection.lock().expect("never poisoned");
             if e.until_us != 0 {
                 e.until_us = 0;
@@ -288,15 +296,30 @@ impl Worker {
     /// Peak-EWMA latency in microseconds. Between samples it decays towards zero (as in
     /// tower's and Finagle's), so a worker that was slow long ago becomes worth trying again.
     pub fn ewma_us(&self, now: u64) -> f64 {
-        let e = self.estimates.lock().expect("never poisoned");
+        let e = self.estimates(now);
         decay(e.ewma_us, e.ewma_at, now, EWMA_TAU_US)
     }
 
     /// Recent failure share in [0, 1], decayed to `now` so an idle failing worker is
     /// eventually tried again.
     pub fn error_rate(&self, now: u64) -> f64 {
-        let e = self.estimates.lock().expect("never poisoned");
+        let e = self.estimates(now);
         decay(e.err, e.err_at, now, ERR_TAU_US)
+    }
+
+    /// The estimates, started afresh if an ejection has ended since they were last updated.
+    /// The ejection was the penalty for what the worker did before it; it returns on
+    /// probation (one failure ejects it again, for longer). Carrying the old failure share
+    /// over as well would keep a recovered worker out long after: a failure penalty makes it
+    /// lose every comparison with an idle peer, so it gets no request that could lower it,
+    /// and it only fades with time (after a restart, cpu-aware sent it nothing for ~4 s).
+    fn estimates(&self, now: u64) -> std::sync::MutexGuard<'_, Estimates> {
+        let mut e = self.estimates.lock().expect("never poisoned");
+        let ended = self.ejected_until_us.load(Ordering::Relaxed);
+        if ended != 0 && ended <= now && e.err_at.max(e.ewma_at) < ended {
+            *e = Estimates::fresh();
+        }
+        e
     }
 
     /// Records how a forwarded request went: latency (to response headers), failure share,
@@ -314,7 +337,7 @@ impl Worker {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         {
-            let mut e = self.estimates.lock().expect("never poisoned");
+            let mut e = self.estimates(now);
             // A failure costs at least a penalty latency, so a worker that fails fast does
             // not look fast (Linkerd's load biaser does the same).
             let sample = if failed {
@@ -567,6 +590,38 @@ mod tests {
         let no = |_: &Worker| false;
         assert!(!capped.record(Outcome::Refused, Duration::ZERO, 10, &settings(&no)));
         assert!(capped.is_available(10));
+    }
+
+    #[test]
+    fn a_worker_returns_from_ejection_or_ill_health_with_a_clean_record() {
+        let w = Worker::new("127.0.0.1:1".parse().unwrap(), 10, Default::default());
+        let yes = |_: &Worker| true;
+        let s = settings(&yes);
+        let t0 = 1_000_000;
+        for _ in 0..3 {
+            w.record(Outcome::Failure, Duration::from_micros(100), t0, &s);
+        }
+        assert!(w.is_ejected(t0));
+        // A request that was in flight fails after the ejection began: still forgiven.
+        w.record(Outcome::Failure, Duration::ZERO, t0 + 500_000, &s);
+        assert!(w.error_rate(t0 + 500_000) > 0.2);
+        let back = t0 + 1_000_001;
+        assert!(w.is_available(back));
+        assert_eq!(w.error_rate(back), 0.0);
+        assert_eq!(w.ewma_us(back), EWMA_DEFAULT_US);
+        // Still on probation: the next failure ejects again.
+        assert!(w.record(Outcome::Failure, Duration::ZERO, back, &s));
+        assert!(w.error_rate(back) > 0.0);
+
+        let sick = Worker::new("127.0.0.1:2".parse().unwrap(), 10, Default::default());
+        let never = |_: &Worker| false;
+        for i in 0..5 {
+            sick.record(Outcome::Failure, Duration::ZERO, t0 + i, &settings(&never));
+        }
+        sick.set_health(Health::Unhealthy);
+        assert!(sick.error_rate(t0 + 10) > 0.3);
+        sick.set_health(Health::Healthy);
+        assert_eq!(sick.error_rate(t0 + 10), 0.0);
     }
 
     #[test]
