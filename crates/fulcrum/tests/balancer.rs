@@ -416,6 +416,7 @@ workers = [{}]
         counts.get("i-large").copied().unwrap_or(0) as f64,
     );
     let status = b.status();
+    eprintln!("cpu-aware with quotas 0.25 and 0.5 core: {counts:?}");
     assert!(
         l > 1.3 * s,
         "the larger quota should get clearly more: {counts:?}; {status}"
@@ -504,6 +505,7 @@ workers = [{w}]
         b.status()
     );
     let stale = by_instance(&sequential(&b.url("/cluster1?work_us=0"), 40));
+    eprintln!("cpu-aware, fresh reading: {fresh:?}; stale: {stale:?}");
     assert!(
         stale.get("i-a").copied().unwrap_or(0) >= 8 && stale.get("i-b").copied().unwrap_or(0) >= 8,
         "cpu-aware kept following a stale reading: {stale:?}"
