@@ -120,10 +120,13 @@ pub async fn up(t: &Topology, opts: &AwsOptions) -> anyhow::Result<bool> {
     Ok(plan.creates > 0)
 }
 
-/// The binary is x86_64 Linux; ARM types (a1, t4g, m6g ...) would not run it.
+/// The binary is x86_64 Linux; ARM (Graviton) types would not run it: `a1`, and families whose
+/// attribute letters after the generation include `g` (t4g, m6g, c7gn, r8gd). `g4dn` is x86.
 fn check_x86(name: &str) -> Result<()> {
     let family = name.split('.').next().unwrap_or_default();
-    if family.starts_with('a') || family.contains('g') {
+    let attributes = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let attributes = attributes.trim_start_matches(|c: char| c.is_ascii_digit());
+    if family == "a1" || attributes.contains('g') {
         return Err(AwsError::Usage(format!(
             "{name} is an ARM (Graviton) type and the fulcrum binary is x86_64: pick an x86 type"
         )));
@@ -474,7 +477,11 @@ async fn apply(
     .await?;
     st.balancer_group = Some(balancer_group.clone());
     dir.save(st)?;
-    report(created, "security group", &balancer_group);
+    report(
+        created,
+        "security group",
+        &format!("{} ({balancer_group})", tags::balancer_group(name)),
+    );
     let (worker_group, created) = sg::ensure_group(
         ec2,
         name,
@@ -486,7 +493,11 @@ async fn apply(
     .await?;
     st.worker_group = Some(worker_group.clone());
     dir.save(st)?;
-    report(created, "security group", &worker_group);
+    report(
+        created,
+        "security group",
+        &format!("{} ({worker_group})", tags::worker_group(name)),
+    );
     let rules: Vec<(String, Vec<Rule>)> = vec![
         (
             balancer_group.clone(),
@@ -1000,5 +1011,8 @@ mod tests {
         assert!(check_x86("c5.large").is_ok());
         assert!(check_x86("t4g.micro").is_err());
         assert!(check_x86("a1.large").is_err());
+        assert!(check_x86("c7gn.large").is_err());
+        assert!(check_x86("g4dn.xlarge").is_ok());
+        assert!(check_x86("m5.large").is_ok());
     }
 }
