@@ -1065,3 +1065,100 @@ out = i["InstanceId"]
     let after = moto.inventory(r, "disc");
     assert!(empty(&after), "left behind: {after}");
 }
+
+#[test]
+fn nothing_is_created_without_confirmation_and_an_existing_profile_is_left_alone() {
+    let Some(moto) = Moto::start(
+        "nothing_is_created_without_confirmation_and_an_existing_profile_is_left_alone",
+    ) else {
+        return;
+    };
+    let state = Scratch::new("aws-academy");
+    let r = "us-east-1";
+    let topo = write_topology(
+        &state,
+        &small_topology("lab", ("t2.micro", 1), ("t2.large", 1)),
+    );
+    // No --yes and no terminal: the plan is shown, nothing is applied.
+    let (code, out, err) = moto.fulcrum(
+        &state.0,
+        r,
+        &[
+            "up",
+            "--provider",
+            "aws",
+            "-t",
+            &topo,
+            "--binary-url",
+            NO_BINARY,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("Plan for deployment `lab`") && err.contains("--yes"),
+        "{out}\n{err}"
+    );
+    assert!(
+        empty(&moto.inventory(r, "lab")),
+        "created without confirmation"
+    );
+
+    // AWS Academy: roles cannot be created, the lab's own instance profile is used.
+    moto.py(
+        r,
+        r#"
+iam = client("iam")
+iam.create_role(RoleName="LabRole", AssumeRolePolicyDocument="{}")
+iam.create_instance_profile(InstanceProfileName="LabInstanceProfile")
+iam.add_role_to_instance_profile(InstanceProfileName="LabInstanceProfile", RoleName="LabRole")
+out = True
+"#,
+    );
+    let (code, out, err) = moto.fulcrum(
+        &state.0,
+        r,
+        &[
+            "up",
+            "--provider",
+            "aws",
+            "-t",
+            &topo,
+            "--yes",
+            "--wait",
+            "running",
+            "--binary-url",
+            NO_BINARY,
+            "--instance-profile",
+            "LabInstanceProfile",
+        ],
+    );
+    assert_eq!(code, 0, "up failed:\n{out}\n{err}");
+    let profile = moto.py(
+        r,
+        r#"out = [i.get("IamInstanceProfile", {}).get("Arn") for i in instances("lab") if tag(i, "fulcrum:role") == "balancer"]"#,
+    );
+    assert!(
+        profile[0]
+            .as_str()
+            .unwrap()
+            .ends_with("/LabInstanceProfile"),
+        "{profile}"
+    );
+    let inv = moto.inventory(r, "lab");
+    assert!(
+        inv["roles"].as_array().unwrap().is_empty(),
+        "no role created: {inv}"
+    );
+    let (code, out, err) = moto.fulcrum(&state.0, r, &["down", "--provider", "aws", "-t", &topo]);
+    assert_eq!(code, 0, "down failed:\n{out}\n{err}");
+    assert!(empty(&moto.inventory(r, "lab")));
+    let left = moto.py(
+        r,
+        r#"out = [p["InstanceProfileName"] for p in client("iam").list_instance_profiles()["InstanceProfiles"]]"#,
+    );
+    assert_eq!(
+        left,
+        serde_json::json!(["LabInstanceProfile"]),
+        "the lab's profile stays"
+    );
+}
