@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     if rendered.len() <= MAX_REPORT_LEN {
         let again = LoadReport::parse(&rendered)
             .unwrap_or_else(|e| panic!("re-parsing {rendered:?} (from {text:?}): {e}"));
-        assert_eq!(again.cpu_utilization.is_some(), report.cpu_utilization.is_some());
+        assert_eq!(
+            again.cpu_utilization.is_some(),
+            report.cpu_utilization.is_some()
+        );
         assert_eq!(again.cpu_cores.is_some(), report.cpu_cores.is_some());
     }
 });
