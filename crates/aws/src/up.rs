@@ -102,7 +102,20 @@ pub async fn up(t: &Topology, opts: &AwsOptions) -> anyhow::Result<bool> {
         println!("Nothing to create: deployment `{}` is complete.", t.name);
     } else {
         confirm(opts)?;
-        if let Err(e) = apply(t, opts, &session, &dir, &mut st, &inv, &ami, balancer_type).await {
+        let surplus = &plan.terminates;
+        if let Err(e) = apply(
+            t,
+            opts,
+            &session,
+            &dir,
+            &mut st,
+            &inv,
+            &ami,
+            balancer_type,
+            surplus,
+        )
+        .await
+        {
             let e = anyhow::Error::from(e);
             return Err(e.context(format!(
                 "`up` stopped halfway; everything created so far is recorded in {} — rerun `up` \
@@ -428,6 +441,7 @@ async fn apply(
     inv: &Inventory,
     ami: &str,
     balancer_type: &catalog::InstanceType,
+    surplus: &[String],
 ) -> Result<()> {
     let ec2 = &session.ec2;
     let name = t.name.as_str();
@@ -631,31 +645,14 @@ async fn apply(
             )
             .await?;
     }
-    let plan_extra: Vec<String> = {
-        let mut v = Vec::new();
-        for c in &t.clusters {
-            v.extend(
-                inv.live(tags::ROLE_WORKER, Some(c.id))
-                    .iter()
-                    .skip(c.count as usize)
-                    .map(|i| i.id.clone()),
-            );
-        }
-        v.extend(
-            inv.live(tags::ROLE_BALANCER, None)
-                .iter()
-                .skip(1)
-                .map(|i| i.id.clone()),
-        );
-        v
-    };
-    if !plan_extra.is_empty() {
+    // The topology lowered a count: the surplus goes, once the rest is in place.
+    if !surplus.is_empty() {
         ec2.terminate_instances()
-            .set_instance_ids(Some(plan_extra.clone()))
+            .set_instance_ids(Some(surplus.to_vec()))
             .send()
             .await
             .map_err(|e| AwsError::api("TerminateInstances (surplus)", e))?;
-        println!("  terminating {} surplus instance(s)", plan_extra.len());
+        println!("  terminating {} surplus instance(s)", surplus.len());
     }
     Ok(())
 }

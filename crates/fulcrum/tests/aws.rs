@@ -622,6 +622,42 @@ out = sorted([[p.get("FromPort"), c["CidrIp"]] for g in ec2.describe_security_gr
             [80, "198.51.100.0/24"]
         ])
     );
+    // A lower count in the topology: `up` terminates the surplus and creates nothing.
+    let fewer = write_topology(
+        &state,
+        &small_topology("lost", ("t2.micro", 1), ("t2.large", 1)),
+    );
+    let (code, out, err) = moto.fulcrum(
+        &state.0,
+        r,
+        &[
+            "up",
+            "--provider",
+            "aws",
+            "-t",
+            &fewer,
+            "--yes",
+            "--wait",
+            "running",
+            "--ssh-cidr",
+            "203.0.113.7/32",
+            "--allow-cidr",
+            "198.51.100.0/24",
+        ],
+    );
+    assert_eq!(code, 0, "scale-down failed:\n{out}\n{err}");
+    assert!(
+        out.contains("- terminate") && out.contains("All 3 instances are running"),
+        "{out}"
+    );
+    assert_eq!(
+        moto.inventory(r, "lost")["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
     std::fs::remove_dir_all(state.0.join("lost")).unwrap();
 
     let (code, out, err) = moto.fulcrum(&state.0, r, &["down", "--provider", "aws", "-t", &topo]);
