@@ -351,8 +351,7 @@ impl BoundBalancer {
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let tls = l.tls.as_ref().map(tls::acceptor).transpose()?;
-            let listener = TcpListener::bind(l.address)
-                .await
+            let listener = listen(l.address, config.limits.max_connections)
                 .with_context(|| format!("cannot listen on {}", l.address))?;
             listeners.push((listener, tls));
         }
@@ -460,6 +459,22 @@ impl BoundBalancer {
         }
         Ok(())
     }
+}
+
+/// A listening socket whose accept queue holds up to `max_connections` pending connections
+/// (the kernel caps it at `net.core.somaxconn`). `TcpListener::bind` uses 128, like the
+/// standard library: a burst of a few hundred connects on a busy machine overflows it, and
+/// the kernel then drops the handshakes' last ACKs, so clients that believe they are connected
+/// wait for SYN-ACK retransmissions (1 s, 3 s, 7 s...) before the balancer even sees them.
+fn listen(addr: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restart may bind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(max_connections.clamp(128, 65_535) as u32)
 }
 
 /// Runs `fulcrum balance` to completion: binds, announces its addresses on stdout, serves until
