@@ -248,15 +248,18 @@ target_group = "lo"
 [[target_group]]
 name = "slow-only"
 workers = ["{s}"]
+# Slow on purpose, and slower still on a crowded machine: no worker timeout may end it.
+response_timeout = "60s"
 [[target_group]]
 name = "lo"
 policy = "least-outstanding"
 workers = ["{s}", "{i}"]
+response_timeout = "60s"
 "#,
         s = slow.addr,
         i = idle.addr
     ));
-    let slow_url = b.url("/cluster1?work_us=800000");
+    let slow_url = b.url("/cluster1?work_us=500000");
     let holders: Vec<_> = (0..3)
         .map(|_| {
             let url = slow_url.clone();
@@ -435,11 +438,13 @@ workers = [{}]
 /// is older than `stale_after`; `lowest-cpu` follows it however old (the seed's behaviour).
 #[test]
 fn stale_reports_of_a_busy_worker_fall_back_as_documented() {
-    let a = worker(1, "i-a", &["--work-us", "0"]);
-    let bw = worker(1, "i-b", &["--work-us", "0"]);
+    // One core each (the same one), so two clients make A's utilization high even when the
+    // machine is crowded.
+    let a = single_core_worker(1, "i-a", &["--work-us", "0"]);
+    let bw = single_core_worker(1, "i-b", &["--work-us", "0"]);
     let load = busy(a.url("/cluster1?work_us=20000"), 2);
     // Let A's one-second load window fill before the balancer's only poll.
-    assert!(eventually(Duration::from_secs(5), || {
+    assert!(eventually(Duration::from_secs(10), || {
         get(&a.url("/load")).json()["cpu_utilization"]
             .as_f64()
             .unwrap()
