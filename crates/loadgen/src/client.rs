@@ -20,6 +20,13 @@ use tokio::net::TcpStream;
 
 use crate::stats::{Outcome, ThreadStats};
 
+const CLUSTER: http::HeaderName = http::HeaderName::from_static("x-fulcrum-cluster");
+const INSTANCE: http::HeaderName = http::HeaderName::from_static("x-fulcrum-instance");
+
+fn header_text(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
+}
+
 /// Where requests go.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -50,8 +57,10 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Outcome> {
 #[derive(Default)]
 pub struct Answer {
     pub status: u16,
-    pub cluster: Option<String>,
-    pub instance: Option<String>,
+    /// The headers themselves (cheap to keep: they share the response's buffer), read as text
+    /// only when recorded.
+    pub cluster: Option<HeaderValue>,
+    pub instance: Option<HeaderValue>,
 }
 
 /// Sends one request and reads the whole response, driving the connection in place.
@@ -75,16 +84,10 @@ async fn exchange(c: &mut Conn, req: Request<Empty<Bytes>>) -> Result<Answer, Ou
         }
     })
     .await?;
-    let header = |name: &str| -> Option<String> {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let answer = Answer {
         status: resp.status().as_u16(),
-        cluster: header("x-fulcrum-cluster"),
-        instance: header("x-fulcrum-instance"),
+        cluster: resp.headers().get(CLUSTER).cloned(),
+        instance: resp.headers().get(INSTANCE).cloned(),
     };
     let mut body = resp.into_body();
     std::future::poll_fn(|cx| loop {
@@ -220,9 +223,7 @@ pub async fn connection(
         .await
         .unwrap_or(Err(Outcome::Timeout));
         let done = Instant::now();
-        if result.is_ok()
-            && done >= run.measure_from
-            && run.window_end.is_none_or(|end| done < end)
+        if result.is_ok() && done >= run.measure_from && run.window_end.is_none_or(|end| done < end)
         {
             stats.borrow_mut().window_completions += 1;
         }
@@ -246,7 +247,7 @@ pub async fn connection(
                 s.late += 1;
             }
             let (cluster, instance) = match &result {
-                Ok(a) => (a.cluster.as_deref(), a.instance.as_deref()),
+                Ok(a) => (header_text(&a.cluster), header_text(&a.instance)),
                 Err(_) => (None, None),
             };
             s.record(

@@ -61,7 +61,7 @@ pub struct ThreadStats {
     pub service: Histogram<u64>,
     by_cluster: HashMap<String, (u64, u64, Histogram<u64>)>,
     by_instance: HashMap<String, (String, u64, u64, Histogram<u64>)>,
-    by_status: BTreeMap<String, (u64, u64, Histogram<u64>)>,
+    by_status: BTreeMap<&'static str, (u64, u64, Histogram<u64>)>,
     pub late: u64,
     /// Responses that arrived inside the measurement window, whenever they were scheduled.
     pub window_completions: u64,
@@ -137,11 +137,15 @@ impl ThreadStats {
         }
         results::record(&mut self.latency, latency_us);
         results::record(&mut self.service, service_us);
-        let class = match outcome {
-            Outcome::Status(s) => format!("{}xx", s / 100),
-            Outcome::Connect => "connect error".into(),
-            Outcome::Timeout => "timeout".into(),
-            Outcome::Io => "i/o error".into(),
+        let class: &'static str = match outcome {
+            Outcome::Status(100..=199) => "1xx",
+            Outcome::Status(200..=299) => "2xx",
+            Outcome::Status(300..=399) => "3xx",
+            Outcome::Status(400..=499) => "4xx",
+            Outcome::Status(_) => "5xx",
+            Outcome::Connect => "connect error",
+            Outcome::Timeout => "timeout",
+            Outcome::Io => "i/o error",
         };
         let s = self
             .by_status
@@ -287,7 +291,7 @@ pub fn merge(threads: Vec<ThreadStats>) -> Merged {
         }
         for (k, (n, e, h)) in t.by_status {
             let g = statuses
-                .entry(k)
+                .entry(k.to_owned())
                 .or_insert_with(|| (0, 0, results::new_histogram()));
             g.0 += n;
             g.1 += e;
