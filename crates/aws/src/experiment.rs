@@ -15,6 +15,7 @@ use crate::{AwsOptions, Wait};
 pub fn experiment(
     opts: &Options,
     aws: &AwsOptions,
+    interrupted: &AtomicBool,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
@@ -45,11 +46,10 @@ pub fn experiment(
             admin: None,
             workers: Vec::new(),
         };
-        let interrupted = AtomicBool::new(false);
-        fulcrum_experiment::run(&target, opts, &timing, &interrupted, started, say)
+        fulcrum_experiment::run(&target, opts, &timing, interrupted, started, say)
     })();
-    // Only what this run created is removed; --keep leaves it.
-    if brought_up && !opts.keep {
+    // Only what this run created is removed; --keep leaves it, unless the run was interrupted.
+    if brought_up && (!opts.keep || interrupted.load(std::sync::atomic::Ordering::Relaxed)) {
         say("removing the deployment (use --keep to leave it running)");
         crate::down(&name, aws, false)?;
     }

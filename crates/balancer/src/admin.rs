@@ -215,7 +215,10 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
                         let mut v = serde_json::to_value(r).expect("reading serializes");
                         v["stale"] = json!(r.age.as_micros() as u64 > stale_us);
                         if source == TelemetrySource::Cloudwatch {
-                            v["emulated"] = json!(true);
+                            v["emulated"] = json!(
+                                config.telemetry.cloudwatch_source
+                                    == crate::config::CloudwatchSource::Emulated
+                            );
                             v["period_seconds"] =
                                 json!(config.telemetry.cloudwatch_period.as_secs_f64());
                         }

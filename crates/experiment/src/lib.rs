@@ -396,6 +396,24 @@ pub fn run(
         });
     }
 
+    let Some(admin) = target.admin else {
+        // Without the admin API the policy cannot be switched: six rows would all measure the
+        // policy in force under six labels. Say so instead of pretending.
+        say("step 4/5: policy shoot-out skipped: the balancer's admin API is not reachable from here, so its policy cannot be switched");
+        return finish(
+            target,
+            opts,
+            origin,
+            started,
+            started_at,
+            runs,
+            capacity,
+            0.0,
+            0,
+            Vec::new(),
+            say,
+        );
+    };
     let total: f64 = capacity.iter().map(|c| c.sustained_rate).sum();
     let total = if total > 0.0 {
         total
@@ -412,9 +430,7 @@ pub fn run(
     for round in 1..=timing.rounds {
         for (i, (label, policy, telemetry)) in CONTENDERS.iter().enumerate() {
             check()?;
-            if let Some(admin) = target.admin {
-                switch(admin, "all", policy, telemetry)?;
-            }
+            switch(admin, "all", policy, telemetry)?;
             let run = bench(
                 format!("shootout {label} #{round}"),
                 RunKind::Shootout,
@@ -435,13 +451,11 @@ pub fn run(
             ));
             shootout[i].push(run.clone());
             runs.push(run);
-            settle(target.admin, Duration::from_secs(3));
+            settle(Some(admin), Duration::from_secs(3));
         }
     }
-    if let Some(admin) = target.admin {
-        // Leave the deployment as configured.
-        let _ = switch(admin, "all", "cpu-aware", "inband");
-    }
+    // Leave the deployment as configured.
+    let _ = switch(admin, "all", "cpu-aware", "inband");
 
     let policies: Vec<PolicyResult> = CONTENDERS
         .iter()
@@ -451,6 +465,36 @@ pub fn run(
         })
         .collect();
 
+    finish(
+        target,
+        opts,
+        origin,
+        started,
+        started_at,
+        runs,
+        capacity,
+        rate,
+        timing.rounds,
+        policies,
+        say,
+    )
+}
+
+/// Step 5: results.json, REPORT.md, index.html.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    target: &Target,
+    opts: &Options,
+    _origin: Instant,
+    started: Instant,
+    started_at: String,
+    runs: Vec<Run>,
+    capacity: Vec<Capacity>,
+    rate: f64,
+    rounds: u32,
+    policies: Vec<PolicyResult>,
+    say: &mut dyn FnMut(&str),
+) -> anyhow::Result<Outcome> {
     say("step 5/5: results and report");
     let results = Results {
         schema: results::SCHEMA_VERSION,
@@ -465,7 +509,7 @@ pub fn run(
             capacity,
             shootout_rate: rate,
             shootout_fraction: SHOOTOUT_FRACTION,
-            shootout_rounds: timing.rounds,
+            shootout_rounds: rounds,
             policies,
         }),
     };

@@ -425,7 +425,7 @@ pub fn aws_experiment(
     d: &DeploymentArgs,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<fulcrum_experiment::Outcome> {
-    fulcrum_aws::experiment(opts, &aws_options(d)?, say)
+    fulcrum_aws::experiment(opts, &aws_options(d)?, &crate::commands::INTERRUPTED, say)
 }
 
 #[cfg(not(feature = "aws"))]
