@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod cgroup;
+pub mod credits;
 pub mod local;
 pub mod state;
 pub mod topology;

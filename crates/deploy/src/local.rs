@@ -597,6 +597,35 @@ fn apply(
         started.push("balancer".into());
         say(&format!("balancer started on http://{listen}"));
     }
+
+    // The credit keeper, when burstable credits are emulated.
+    let wants_keeper = plan.emulation.as_ref().is_some_and(|e| e.credits);
+    if wants_keeper && !state.credit_keeper.as_ref().is_some_and(|k| k.is_alive()) {
+        let log = dir.logs().join("credit-keeper.log");
+        let mut cmd = Command::new(&opts.binary);
+        cmd.arg("credit-keeper")
+            .arg("--state-dir")
+            .arg(
+                dir.root
+                    .parent()
+                    .expect("a deployment directory has a parent"),
+            )
+            .args(["--name", &t.name]);
+        if let Some(i) = t.local.initial_credits {
+            cmd.args(["--initial-credits", &i.to_string()]);
+        }
+        let child = spawn_detached(cmd, None, &dir.logs().join("credit-keeper.out"), &log)
+            .map_err(|e| DeployError::Start {
+                what: "the credit keeper".into(),
+                why: e.to_string(),
+                log: log.display().to_string(),
+            })?;
+        state.credit_keeper = Some(ProcessState::of(child.id(), log));
+        CHILDREN.lock().expect("never poisoned").push(child);
+        dir.save(state).map_err(io_error("writing the state"))?;
+        started.push("credit keeper".into());
+        say("burstable CPU credits emulated: quotas follow each instance's credit balance");
+    }
     reap();
     Ok((started, stopped))
 }
@@ -915,6 +944,8 @@ pub struct InstanceStatus {
     pub cpu_utilization: Option<f64>,
     pub requests_served: Option<u64>,
     pub in_flight: Option<u64>,
+    /// Burstable-credit balance, when credits are emulated.
+    pub credits: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -938,6 +969,7 @@ pub fn status(state_dir: &Path, name: &str) -> Result<Option<StatusReport>, Depl
     };
     let addrs = balancer_addresses(&state);
     let timeout = Duration::from_millis(500);
+    let credits = crate::credits::read(&dir);
     let instances = state
         .instances
         .iter()
@@ -967,6 +999,10 @@ pub fn status(state_dir: &Path, name: &str) -> Result<Option<StatusReport>, Depl
                 cpu_utilization: load.as_ref().and_then(|l| l["cpu_utilization"].as_f64()),
                 requests_served: load.as_ref().and_then(|l| l["requests_served"].as_u64()),
                 in_flight: load.as_ref().and_then(|l| l["in_flight"].as_u64()),
+                credits: credits
+                    .as_ref()
+                    .and_then(|c| c.get(&i.name))
+                    .map(|a| a.balance),
             }
         })
         .collect();

@@ -118,6 +118,9 @@ pub struct LocalSpec {
     pub memory_limits: bool,
     /// Cores per emulated vCPU; derived from the machine when absent.
     pub scale: Option<f64>,
+    /// Credits each burstable instance starts with (default: AWS's launch credits, 30 per vCPU
+    /// for t2, none for t3 in standard mode).
+    pub initial_credits: Option<f64>,
 }
 
 impl Default for LocalSpec {
@@ -128,6 +131,7 @@ impl Default for LocalSpec {
             credits: false,
             memory_limits: true,
             scale: None,
+            initial_credits: None,
         }
     }
 }

@@ -57,6 +57,19 @@ pub enum Command {
     Report(ReportArgs),
     /// The whole seed experiment and a policy shoot-out, end to end.
     Experiment(ExperimentArgs),
+    /// Emulates burstable CPU credits for a local deployment (started by `up`).
+    #[command(hide = true)]
+    CreditKeeper(CreditKeeperArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreditKeeperArgs {
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub initial_credits: Option<f64>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -329,6 +342,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => crate::commands::bench(a),
         Command::Report(a) => crate::commands::report(a),
         Command::Experiment(a) => crate::commands::experiment(a),
+        Command::CreditKeeper(a) => {
+            fulcrum_deploy::credits::keep(&a.state_dir, &a.name, a.initial_credits)
+        }
     }
 }
 

@@ -139,6 +139,9 @@ pub fn local_status(state_dir: &Path, name: &str, json: bool) -> anyhow::Result<
             i.requests_served.map_or("-".into(), |r| r.to_string()),
             i.address.as_deref().unwrap_or("-"),
         );
+        if let Some(c) = i.credits {
+            println!("{:>7} CPU credits banked: {c:.2}", "");
+        }
     }
     Ok(())
 }

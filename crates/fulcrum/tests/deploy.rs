@@ -383,3 +383,77 @@ fn emulation_fidelity_large_serves_twice_micro() {
         "t2.large served {large:.0}/s, t2.micro {micro:.0}/s: ratio {ratio:.2}, catalog says 2"
     );
 }
+
+/// Burstable credits, emulated: with an empty bank, a t2.micro's quota drops to its baseline
+/// (10% of its vCPU) and a t2.large's to 30%, read back from the kernel.
+#[test]
+fn credit_emulation_holds_empty_instances_at_their_baseline() {
+    let Some(_) =
+        fixture::cgroups_or_skip("credit_emulation_holds_empty_instances_at_their_baseline")
+    else {
+        return;
+    };
+    let scratch = Scratch::new("credits");
+    let name = unique("credits");
+    let topo = scratch.path("topology.toml");
+    let text = small_topology(&name)
+        .replace("count = 2", "count = 1")
+        .replace(
+            "credits = false",
+            "credits = true\ninitial_credits = 0\nscale = 0.2",
+        );
+    std::fs::write(&topo, text).unwrap();
+    let topo_s = topo.to_str().unwrap();
+    let _down = Deployed {
+        dir: &scratch.0,
+        topology: topo_s,
+    };
+    let (code, out, err) = fulcrum_in(&scratch.0, &["up", "-t", topo_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("CPU credits emulated"), "{out}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(scratch.0.join(".fulcrum").join(&name).join("state.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let cpu_dir = |t: &str| -> std::path::PathBuf {
+        let i = state["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance_type"] == t)
+            .unwrap();
+        std::path::PathBuf::from(i["cgroup"]["cpu"].as_str().unwrap())
+    };
+    let cores = |t: &str| {
+        let (q, p) = read_quota(&cpu_dir(t));
+        q as f64 / p as f64
+    };
+    // Full quotas: 0.2 and 0.4 cores; baselines: 0.1 × 0.2 = 0.02 and 0.3 × 2 × 0.2 = 0.12.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            (cores("t2.micro") - 0.02).abs() < 1e-3 && (cores("t2.large") - 0.12).abs() < 1e-3
+        }),
+        "quotas: micro {} large {}",
+        cores("t2.micro"),
+        cores("t2.large")
+    );
+    let (code, out, _) = fulcrum_in(&scratch.0, &["status", "-t", topo_s, "--json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["credits"].as_f64().is_some()));
+    let (code, _, _) = fulcrum_in(&scratch.0, &["down", "-t", topo_s]);
+    assert_eq!(code, 0);
+    assert!(
+        processes_named("credit-keeper").iter().all(|pid| {
+            !std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .contains(&name)
+        }),
+        "the credit keeper survived down"
+    );
+}
