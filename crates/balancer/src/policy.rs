@@ -14,19 +14,25 @@
 //! - `cpu-aware`: fulcrum's default. Power of two choices over
 //!
 //!   ```text
-//!   cost(w) = (in_flight(w) + 1) / cores(w)          outstanding work per core of capacity
-//!           × 1 / max(1 − u(w), 0.05)                 CPU headroom, from a fresh report only
-//!           × (1 + 20 · err(w))                       failures count as load (no sinkholes)
+//!   cost(w) = (in_flight(w) + 1) / cores(w)      expected delay: outstanding work per core
+//!           × (1 + 40 · max(0, u(w) − 0.9))      saturation guard, from a fresh report only
+//!           × (1 + 20 · err(w))                  failures count as load (no sinkholes)
 //!   ```
 //!
-//!   where `cores(w)` is the CPU the worker reports it may use (its quota: a t2.large-like
-//!   worker has twice a micro's, so it is handed about twice the work), or the mean of the
-//!   candidates that reported, or 1; `u(w)` is its reported CPU utilization if the reading is
-//!   younger than `stale_after`, else 0 — a stale or missing report falls back to the local
-//!   in-flight count alone; `err(w)` is the larger of the balancer's own decaying failure share
-//!   for the worker and the worker's reported `eps / (rps + eps)`. Two random candidates, not a
-//!   global argmin, so stale data cannot herd traffic (Mitzenmacher); the comparison is
-//!   deterministic given the two, so the worse of any pair never wins.
+//!   `cores(w)` is the CPU the worker reports it may use (its quota: a t2.large-like worker has
+//!   twice a micro's, so at equal queues it is the cheaper, and it is handed about twice the
+//!   work), or the mean of the candidates that reported, or 1. The first factor is "shortest
+//!   expected delay", the right rule for servers of different speeds, computed from the
+//!   balancer's own in-flight count, which is never stale. `u(w)` is the worker's reported CPU
+//!   utilization when the reading is younger than `stale_after`, else 0: a stale or missing
+//!   report falls back to the in-flight count alone. The guard only acts on a worker at or near
+//!   its quota (×5 at 100%), which catches load this balancer does not see (other balancers,
+//!   other work) without letting a utilization figure that lags by a sampling window steer
+//!   ordinary traffic: an earlier form, `1 / (1 − u)` at every utilization, turned that lag into
+//!   2× swings between workers at 85% load and lost to least-outstanding on p99. `err(w)` is the
+//!   larger of the balancer's own decaying failure share for the worker and the worker's
+//!   reported `eps / (rps + eps)`. Two random candidates, not a global argmin, so no figure can
+//!   herd traffic onto one worker (Mitzenmacher); given the two, the cheaper always wins.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -68,6 +74,10 @@ pub fn pick(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
     }
 }
 
+/// Above this reported utilization a worker is treated as saturated by load it may be carrying
+/// for someone else.
+const SATURATION: f64 = 0.9;
+
 /// The `cpu-aware` cost of sending one more request to `w` (see the module docs).
 pub fn cpu_aware_cost(w: &Worker, ctx: &PickContext, fallback_cores: f64) -> f64 {
     let cores = w.cores().unwrap_or(fallback_cores);
@@ -76,6 +86,7 @@ pub fn cpu_aware_cost(w: &Worker, ctx: &PickContext, fallback_cores: f64) -> f64
         .read(ctx.now)
         .filter(|r| (r.age.as_micros() as u64) <= ctx.stale_after_us);
     let u = fresh.map_or(0.0, |r| r.cpu_utilization.clamp(0.0, 1.0));
+    let guard = 1.0 + 40.0 * (u - SATURATION).max(0.0);
     let reported_err = fresh.map_or(0.0, |r| {
         let total = r.rps + r.eps;
         if total > 0.0 {
@@ -85,7 +96,7 @@ pub fn cpu_aware_cost(w: &Worker, ctx: &PickContext, fallback_cores: f64) -> f64
         }
     });
     let err = w.error_rate(ctx.now).max(reported_err);
-    (w.in_flight() as f64 + 1.0) / cores / (1.0 - u).max(0.05) * (1.0 + 20.0 * err)
+    (w.in_flight() as f64 + 1.0) / cores * guard * (1.0 + 20.0 * err)
 }
 
 fn mean_cores(candidates: &[&Arc<Worker>]) -> f64 {
@@ -259,6 +270,20 @@ mod tests {
             c[0] > 150 && c[1] > 150,
             "stale reports must not steer: {c:?}"
         );
+    }
+
+    #[test]
+    fn cpu_aware_lets_moderate_utilization_be() {
+        // 40% vs 85% busy, equal queues and cores: a lagging utilization figure must not steer
+        // ordinary traffic, so both get their share.
+        let ws = workers(2);
+        report(&ws[0], 0.40, 1.0);
+        report(&ws[1], 0.85, 1.0);
+        let c = counts(&ws, Policy::CpuAware, 1000);
+        assert!(c[0] > 350 && c[1] > 350, "{c:?}");
+        // Saturated, it is avoided.
+        report(&ws[1], 1.0, 1.0);
+        assert_eq!(counts(&ws, Policy::CpuAware, 500)[1], 0);
     }
 
     #[test]
