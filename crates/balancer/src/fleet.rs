@@ -139,6 +139,8 @@ pub struct Worker {
     picks: AtomicU64,
     health: AtomicU8,
     draining: AtomicBool,
+    /// A check whether the worker's address still accepts connections is running.
+    listen_check: AtomicBool,
     ejection: Mutex<Ejection>,
     ejected_until_us: AtomicU64,
     estimates: Mutex<Estimates>,
@@ -187,6 +189,7 @@ impl Worker {
             picks: AtomicU64::new(0),
             health: AtomicU8::new(Health::Unknown as u8),
             draining: AtomicBool::new(false),
+            listen_check: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
             ejected_until_us: AtomicU64::new(0),
             estimates: Mutex::new(Estimates::fresh()),
@@ -369,10 +372,36 @@ impl Worker {
             }
             return false;
         }
+        self.eject_after_failure(&mut ej, outcome == Outcome::Refused, now, outlier)
+    }
+
+    /// Notes that the worker's address refused a connection made outside any request (the
+    /// check after a broken connection, in `proxy.rs`): it ejects as a refused request would,
+    /// without counting a request. Returns `true` if this ejected the worker.
+    pub fn refused_check(&self, now: u64, outlier: &OutlierSettings) -> bool {
+        let mut ej = self.ejection.lock().expect("never poisoned");
+        self.eject_after_failure(&mut ej, true, now, outlier)
+    }
+
+    /// Claims the one "is anything still listening?" check a worker may have in flight.
+    pub fn claim_listen_check(&self) -> bool {
+        !self.listen_check.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn release_listen_check(&self) {
+        self.listen_check.store(false, Ordering::Relaxed);
+    }
+
+    fn eject_after_failure(
+        &self,
+        ej: &mut Ejection,
+        refused: bool,
+        now: u64,
+        outlier: &OutlierSettings,
+    ) -> bool {
         ej.consecutive_failures += 1;
-        let trip = ej.probation
-            || outcome == Outcome::Refused
-            || ej.consecutive_failures >= outlier.consecutive_failures;
+        let trip =
+            ej.probation || refused || ej.consecutive_failures >= outlier.consecutive_failures;
         if !trip || ej.until_us > now || !(outlier.may_eject)(self) {
             return false;
         }
@@ -586,6 +615,17 @@ mod tests {
         assert!(w.record(Outcome::Refused, Duration::ZERO, 10, &settings(&yes)));
         assert!(!w.is_available(10));
         assert_eq!(w.failures(), 1);
+        let checked = Worker::new("127.0.0.1:3".parse().unwrap(), 10, Default::default());
+        assert!(checked.claim_listen_check() && !checked.claim_listen_check());
+        assert!(checked.refused_check(10, &settings(&yes)));
+        assert!(!checked.is_available(10));
+        assert_eq!(
+            (checked.requests(), checked.failures()),
+            (0, 0),
+            "a check is no request"
+        );
+        checked.release_listen_check();
+        assert!(checked.claim_listen_check());
         let capped = Worker::new("127.0.0.1:2".parse().unwrap(), 10, Default::default());
         let no = |_: &Worker| false;
         assert!(!capped.record(Outcome::Refused, Duration::ZERO, 10, &settings(&no)));

@@ -1,6 +1,9 @@
 //! Active health checks: each worker is asked `GET <path>` every interval (±10 % jitter, so
 //! checks of many workers do not line up); `unhealthy_threshold` failures in a row mark it
-//! unhealthy, `healthy_threshold` successes in a row healthy again.
+//! unhealthy, `healthy_threshold` successes in a row healthy again. A check whose connection
+//! is refused also calls `on_refused`, which ejects the worker at once as a refused request
+//! would: a worker that dies while no request happens to be sent to it is taken out at the
+//! next check rather than `unhealthy_threshold` checks later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,11 @@ use crate::config::HealthCheck;
 use crate::fleet::{Health, Worker};
 use crate::pool::Probe;
 
-pub fn spawn(worker: Arc<Worker>, check: HealthCheck) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    worker: Arc<Worker>,
+    check: HealthCheck,
+    on_refused: impl Fn() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut probe = Probe::new(worker.addr);
         let mut successes = 0u32;
@@ -23,6 +30,9 @@ pub fn spawn(worker: Arc<Worker>, check: HealthCheck) -> tokio::task::JoinHandle
                 }
                 Err(e) => {
                     tracing::debug!(worker = %worker.addr, error = %e, "health check failed");
+                    if e.refused {
+                        on_refused();
+                    }
                     false
                 }
             };

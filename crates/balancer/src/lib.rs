@@ -239,13 +239,24 @@ impl Balancer {
                 continue;
             }
             w.stop_tasks();
-            let health = router
+            let group = router
                 .groups
                 .iter()
                 .find(|g| g.workers().iter().any(|x| x.addr == w.addr))
+                .cloned();
+            let health = group
+                .as_ref()
                 .map(|g| g.settings.health.clone())
                 .unwrap_or_default();
-            w.add_task(health::spawn(w.clone(), health));
+            let on_refused = {
+                let (shared, worker) = (self.shared.clone(), w.clone());
+                move || {
+                    if let Some(group) = &group {
+                        proxy::eject_refused(&shared, group, &worker);
+                    }
+                }
+            };
+            w.add_task(health::spawn(w.clone(), health, on_refused));
             for source in config.sources_in_use() {
                 match source {
                     Source::Inband => {}

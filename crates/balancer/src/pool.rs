@@ -193,6 +193,29 @@ impl Pool {
     }
 }
 
+/// Why a probe got no answer.
+#[derive(Debug)]
+pub struct ProbeError {
+    pub message: String,
+    /// The worker's address refused the connection: nothing listens there.
+    pub refused: bool,
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for ProbeError {
+    fn from(message: String) -> ProbeError {
+        ProbeError {
+            message,
+            refused: false,
+        }
+    }
+}
+
 /// A small client for the balancer's own requests to a worker (health checks, `/load` polls):
 /// one keep-alive connection, reopened after any failure, every call bounded by a timeout.
 pub struct Probe {
@@ -210,7 +233,7 @@ impl Probe {
         &mut self,
         path: &str,
         timeout: Duration,
-    ) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    ) -> Result<(http::StatusCode, bytes::Bytes), ProbeError> {
         let result = tokio::time::timeout(timeout, self.get_inner(path)).await;
         match result {
             Ok(Ok(r)) => Ok(r),
@@ -220,17 +243,23 @@ impl Probe {
             }
             Err(_) => {
                 self.tx = None;
-                Err(format!("no answer within {timeout:?}"))
+                Err(format!("no answer within {timeout:?}").into())
             }
         }
     }
 
-    async fn get_inner(&mut self, path: &str) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    async fn get_inner(
+        &mut self,
+        path: &str,
+    ) -> Result<(http::StatusCode, bytes::Bytes), ProbeError> {
         use http_body_util::BodyExt as _;
         if self.tx.as_ref().is_none_or(|t| t.is_closed()) {
             let stream = tokio::net::TcpStream::connect(self.addr)
                 .await
-                .map_err(|e| format!("connect: {e}"))?;
+                .map_err(|e| ProbeError {
+                    message: format!("connect: {e}"),
+                    refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                })?;
             let _ = stream.set_nodelay(true);
             let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await

@@ -507,7 +507,7 @@ enum AttemptFailure {
 }
 
 async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     router: &Router,
     route: &RouteEntry,
     conn: &ConnInfo,
@@ -624,6 +624,9 @@ async fn forward(
             }
             Err(AttemptFailure::NotSent(e, returned)) => {
                 record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                if e.code == "worker_error" {
+                    check_still_listening(shared, group, &worker);
+                }
                 tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed before sending");
                 last_error = Some(e);
                 body = returned;
@@ -642,6 +645,9 @@ async fn forward(
                     return Err(e);
                 }
                 record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                if e.code == "worker_error" {
+                    check_still_listening(shared, group, &worker);
+                }
                 tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed after sending");
                 last_error = Some(e);
                 if replayable {
@@ -912,6 +918,49 @@ fn record_outcome(
     outcome: Outcome,
     latency: Duration,
 ) {
+    passive_ejection(shared, group, worker, |now, outlier| {
+        worker.record(outcome, latency, now, outlier)
+    });
+}
+
+/// After a connection to `worker` broke before any answer, checks at once whether anything
+/// still listens at its address. A worker that died refuses connections and is ejected now,
+/// not when a policy next happens to pick it (cpu-aware, already counting the broken request
+/// as a failure, may not for seconds) nor when health checks catch up. One check per worker at
+/// a time; a worker that still listens (a keep-alive race, a restart) is left alone.
+fn check_still_listening(shared: &Arc<Shared>, group: &Arc<Group>, worker: &Arc<Worker>) {
+    if !worker.claim_listen_check() {
+        return;
+    }
+    let (shared, group, worker) = (shared.clone(), group.clone(), worker.clone());
+    tokio::spawn(async move {
+        let connect = tokio::net::TcpStream::connect(worker.addr);
+        let refused = matches!(
+            tokio::time::timeout(group.settings.connect_timeout, connect).await,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        );
+        if refused {
+            eject_refused(&shared, &group, &worker);
+        }
+        worker.release_listen_check();
+    });
+}
+
+/// `worker`'s address refused a connection made outside any request (a health check, the
+/// check above): ejected at once, within the group's cap, as a refused request would be.
+pub fn eject_refused(shared: &Shared, group: &Group, worker: &Worker) {
+    passive_ejection(shared, group, worker, |now, outlier| {
+        worker.refused_check(now, outlier)
+    });
+}
+
+/// Runs `observe` with the group's outlier settings; logs and counts an ejection it causes.
+fn passive_ejection(
+    shared: &Shared,
+    group: &Group,
+    worker: &Worker,
+    observe: impl FnOnce(u64, &OutlierSettings) -> bool,
+) {
     let now = now_us();
     let may_eject = |_: &Worker| group.may_eject(now);
     let outlier = OutlierSettings {
@@ -919,12 +968,12 @@ fn record_outcome(
         base_ejection: group.settings.outlier.base_ejection,
         may_eject: &may_eject,
     };
-    if worker.record(outcome, latency, now, &outlier) {
+    if observe(now, &outlier) {
         tracing::warn!(
             worker = %worker.addr,
             target_group = %group.name,
             for_ = ?worker.ejected_for(now),
-            "worker ejected after consecutive failures"
+            "worker ejected"
         );
         shared
             .metrics
