@@ -341,6 +341,8 @@ impl Balancer {
 /// A balancer whose sockets are bound, ready to serve.
 pub struct BoundBalancer {
     balancer: Arc<Balancer>,
+    /// Runtime threads serving client connections (this one included).
+    threads: usize,
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     admin: Option<TcpListener>,
 }
@@ -390,6 +392,7 @@ impl BoundBalancer {
         });
         Ok(BoundBalancer {
             balancer,
+            threads: 1,
             listeners,
             admin,
         })
@@ -416,6 +419,7 @@ impl BoundBalancer {
         let started = Instant::now();
         let BoundBalancer {
             balancer,
+            threads,
             listeners,
             admin,
         } = self;
@@ -426,6 +430,57 @@ impl BoundBalancer {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        // Thread-per-core, as nginx's worker processes: every extra thread runs its own
+        // single-threaded runtime accepting on a duplicate of each listening socket, so a client
+        // connection and the worker connections it uses stay on one thread and one reactor.
+        let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+        let mut extra = Vec::new();
+        for index in 1..threads {
+            let mut dups = Vec::new();
+            for (listener, tls) in &listeners {
+                dups.push((duplicate(listener)?, tls.clone()));
+            }
+            let (shared, graceful, stop_rx, drained_rx) = (
+                balancer.shared.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+                drained_rx.clone(),
+            );
+            let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("fulcrum-proxy-{index}"))
+                .spawn(move || {
+                    pool::set_runtime_index(index);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a proxy runtime");
+                    rt.block_on(async move {
+                        let mut loops = Vec::new();
+                        for (l, tls) in dups {
+                            let l =
+                                TcpListener::from_std(l).expect("a duplicated listener registers");
+                            loops.push(tokio::spawn(proxy::accept_loop(
+                                shared.clone(),
+                                l,
+                                tls,
+                                graceful.clone(),
+                                stopped(stop_rx.clone()),
+                            )));
+                        }
+                        for l in loops {
+                            let _ = l.await;
+                        }
+                        drop(graceful);
+                        let _ = accepting_tx.send(());
+                        // Keep driving this thread's connections until they have drained.
+                        let mut drained_rx = drained_rx;
+                        let _ = drained_rx.wait_for(|d| *d).await;
+                    });
+                })
+                .context("cannot start a proxy thread")?;
+            extra.push((thread, accepting_rx));
+        }
         let mut accepts = Vec::new();
         for (listener, tls) in listeners {
             accepts.push(tokio::spawn(proxy::accept_loop(
@@ -460,6 +515,11 @@ impl BoundBalancer {
         for a in accepts {
             let _ = a.await;
         }
+        let mut threads = Vec::new();
+        for (thread, accepting) in extra {
+            let _ = accepting.await;
+            threads.push(thread);
+        }
         let limit = balancer.shared.router.load().config.shutdown_timeout;
         // The accept loops are done, so this is the last handle.
         let graceful =
@@ -468,8 +528,28 @@ impl BoundBalancer {
             _ = graceful.shutdown() => tracing::info!("drained; exiting"),
             _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
         }
+        let _ = drained_tx.send(true);
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await
+        .ok();
         Ok(())
     }
+}
+
+/// Another handle on the same listening socket, for another thread's runtime to accept on.
+fn duplicate(listener: &TcpListener) -> anyhow::Result<std::net::TcpListener> {
+    use std::os::fd::AsFd as _;
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate a listening socket")?;
+    let l = std::net::TcpListener::from(fd);
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
 /// A listening socket whose accept queue holds up to `max_connections` pending connections
@@ -500,19 +580,15 @@ pub fn run(
         .or(config.threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    let runtime = builder
+    // The main thread's runtime also runs the admin listener and every background task; the
+    // other threads only serve client connections.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
-        let bound = BoundBalancer::bind(source, extensions).await?;
+        let mut bound = BoundBalancer::bind(source, extensions).await?;
+        bound.threads = threads;
         for (addr, tls) in bound.addresses() {
             println!(
                 "fulcrum balance listening on {}://{addr}",

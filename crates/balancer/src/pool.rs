@@ -105,6 +105,18 @@ impl Upstream {
     }
 }
 
+/// Runtime threads get their own idle lists up to this many; more threads share.
+const SHARDS: usize = 16;
+
+thread_local! {
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the calling thread's runtime, for the pools' per-runtime idle lists.
+pub fn set_runtime_index(i: usize) {
+    SHARD.with(|s| s.set(i % SHARDS));
+}
+
 struct Idle {
     upstream: Upstream,
     since_us: u64,
@@ -112,7 +124,9 @@ struct Idle {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    /// One idle list per runtime thread: a connection is registered with the reactor of the
+    /// runtime that opened it, and only that runtime drives it well.
+    idle: [Mutex<Vec<Idle>>; SHARDS],
     open: Arc<AtomicUsize>,
 }
 
@@ -128,12 +142,16 @@ pub enum ConnectError {
 }
 
 impl Pool {
+    fn shard(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[SHARD.with(|s| s.get())]
+    }
+
     /// The most recently used idle connection that is still open and not older than
     /// `idle_timeout`. Most-recent-first keeps a few connections warm instead of many lukewarm.
     pub async fn checkout(&self, idle_timeout: Duration) -> Option<Upstream> {
         let max_age = idle_timeout.as_micros() as u64;
         loop {
-            let idle = self.idle.lock().expect("never poisoned").pop()?;
+            let idle = self.shard().lock().expect("never poisoned").pop()?;
             if now_us().saturating_sub(idle.since_us) > max_age {
                 continue; // dropping it closes the connection
             }
@@ -149,7 +167,7 @@ impl Pool {
         if upstream.tx.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().expect("never poisoned");
+        let mut idle = self.shard().lock().expect("never poisoned");
         if idle.len() < cap {
             idle.push(Idle {
                 upstream,
@@ -185,11 +203,16 @@ impl Pool {
     }
 
     pub fn idle(&self) -> usize {
-        self.idle.lock().expect("never poisoned").len()
+        self.idle
+            .iter()
+            .map(|s| s.lock().expect("never poisoned").len())
+            .sum::<usize>()
     }
 
     pub fn close_idle(&self) {
-        self.idle.lock().expect("never poisoned").clear();
+        for s in &self.idle {
+            s.lock().expect("never poisoned").clear();
+        }
     }
 }
 
