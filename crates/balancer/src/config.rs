@@ -22,6 +22,18 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// Reads a configuration file, or says which one could not be read and why.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })
+    }
+}
+
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.line == 0 {
@@ -532,12 +544,7 @@ impl<'a> Locator<'a> {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = ConfigError::read(path)?;
         Config::parse(&text, &path.display().to_string(), path.parent())
     }
 

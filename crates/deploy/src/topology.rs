@@ -233,12 +233,7 @@ impl Topology {
     }
 
     pub fn load(path: &Path) -> Result<Topology, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = ConfigError::read(path)?;
         Topology::parse(&text, &path.display().to_string())
     }
 

@@ -400,19 +400,15 @@ pub fn run(
         // Without the admin API the policy cannot be switched: six rows would all measure the
         // policy in force under six labels. Say so instead of pretending.
         say("step 4/5: policy shoot-out skipped: the balancer's admin API is not reachable from here, so its policy cannot be switched");
-        return finish(
-            target,
-            opts,
-            origin,
-            started,
+        let m = Measured {
             started_at,
             runs,
             capacity,
-            0.0,
-            0,
-            Vec::new(),
-            say,
-        );
+            rate: 0.0,
+            rounds: 0,
+            policies: Vec::new(),
+        };
+        return finish(target, opts, started, m, say);
     };
     let total: f64 = capacity.iter().map(|c| c.sustained_rate).sum();
     let total = if total > 0.0 {
@@ -465,34 +461,34 @@ pub fn run(
         })
         .collect();
 
-    finish(
-        target,
-        opts,
-        origin,
-        started,
+    let m = Measured {
         started_at,
         runs,
         capacity,
         rate,
-        timing.rounds,
+        rounds: timing.rounds,
         policies,
-        say,
-    )
+    };
+    finish(target, opts, started, m, say)
 }
 
-/// Step 5: results.json, REPORT.md, index.html.
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    target: &Target,
-    opts: &Options,
-    _origin: Instant,
-    started: Instant,
+/// What steps 2 to 4 measured.
+struct Measured {
     started_at: String,
     runs: Vec<Run>,
     capacity: Vec<Capacity>,
+    /// The shoot-out's rate and rounds (0 when it was skipped).
     rate: f64,
     rounds: u32,
     policies: Vec<PolicyResult>,
+}
+
+/// Step 5: results.json, REPORT.md, index.html.
+fn finish(
+    target: &Target,
+    opts: &Options,
+    started: Instant,
+    m: Measured,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
     say("step 5/5: results and report");
@@ -500,17 +496,17 @@ fn finish(
         schema: results::SCHEMA_VERSION,
         fulcrum_version: env!("CARGO_PKG_VERSION").into(),
         command: opts.command.clone(),
-        started_at,
+        started_at: m.started_at,
         machine: fulcrum_loadgen::machine(),
         deployment: Some(target.deployment.clone()),
-        runs,
+        runs: m.runs,
         experiment: Some(Experiment {
             quick: opts.quick,
-            capacity,
-            shootout_rate: rate,
+            capacity: m.capacity,
+            shootout_rate: m.rate,
             shootout_fraction: SHOOTOUT_FRACTION,
-            shootout_rounds: rounds,
-            policies,
+            shootout_rounds: m.rounds,
+            policies: m.policies,
         }),
     };
     std::fs::create_dir_all(&opts.out)

@@ -648,65 +648,6 @@ fn charts(page: &str) -> Vec<usize> {
         .collect()
 }
 
-/// The DOM after `budget` of virtual time, and the console messages, like
-/// `browser::run_page`. That helper reads Chromium's pipes only after it exits, so a DOM larger
-/// than the pipe buffer (64 KiB; a full report is ~140 KiB) blocks Chromium for good; this one
-/// reads while it waits.
-fn dump_dom(bin: &str, url: &str, budget: Duration) -> browser::PageRun {
-    use std::io::Read as _;
-    use std::process::{Command, Stdio};
-    let profile = Scratch::new("chromium-dom");
-    let mut child = Command::new(bin)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.0.display()))
-        .arg(format!("--virtual-time-budget={}", budget.as_millis()))
-        .arg("--dump-dom")
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chromium");
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = std::time::Instant::now() + budget + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish rendering {url}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let stderr = err.join().unwrap();
-    browser::PageRun {
-        dom: out.join().unwrap(),
-        console: stderr
-            .lines()
-            .filter(|l| l.contains(":CONSOLE"))
-            .map(str::to_owned)
-            .collect(),
-    }
-}
-
 fn render_in_chromium(test: &str, html: &Path, expect_charts: usize, shot: &str) {
     let Some(bin) = browser::chromium_or_skip(test) else {
         return;
@@ -716,7 +657,7 @@ fn render_in_chromium(test: &str, html: &Path, expect_charts: usize, shot: &str)
     std::fs::copy(html, &kept).unwrap();
     std::fs::copy(html.with_file_name("REPORT.md"), kept.with_extension("md")).unwrap();
     let url = format!("file://{}", html.display());
-    let page = dump_dom(bin, &url, Duration::from_secs(2));
+    let page = browser::run_page(bin, &url, Duration::from_secs(2));
     assert!(
         page.dom.contains("<main>"),
         "page did not render: {}",
