@@ -64,6 +64,11 @@ pub struct Timing {
     pub warmup: Duration,
     /// The emulated CloudWatch period (60 s, as CloudWatch's; shorter only for `--quick`).
     pub cloudwatch_period: Duration,
+    /// A request slower than this counts as a timeout. Overloaded contenders (the seed's
+    /// lowest-cpu reaches seconds) would otherwise hold each of their runs open this long.
+    pub request_timeout: Duration,
+    /// Longest wait, between runs, for the previous run's backlog to drain.
+    pub settle: Duration,
 }
 
 impl Timing {
@@ -75,17 +80,21 @@ impl Timing {
             shootout_step: Duration::from_secs(8),
             warmup: Duration::from_millis(500),
             cloudwatch_period: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            settle: Duration::from_secs(3),
         }
     }
 
     pub fn quick() -> Timing {
         Timing {
             ramp_steps: &[0.7, 0.95, 1.2],
-            ramp_step: Duration::from_secs(2),
+            ramp_step: Duration::from_millis(1500),
             rounds: 1,
-            shootout_step: Duration::from_secs(3),
+            shootout_step: Duration::from_millis(2500),
             warmup: Duration::from_millis(300),
             cloudwatch_period: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(3),
+            settle: Duration::from_millis(1500),
         }
     }
 }
@@ -305,7 +314,7 @@ pub fn run(
             } else {
                 timing.warmup
             },
-            timeout: Duration::from_secs(10),
+            timeout: timing.request_timeout,
             sampling: sampling.clone(),
             progress: false,
             policy: policy.map(|p| p.0.to_owned()),
@@ -377,7 +386,7 @@ pub fn run(
             ));
             names.push(name);
             runs.push(run);
-            settle(target.admin, Duration::from_secs(3));
+            settle(target.admin, timing.settle);
             if ok {
                 sustained = rate;
             } else {
@@ -447,7 +456,7 @@ pub fn run(
             ));
             shootout[i].push(run.clone());
             runs.push(run);
-            settle(Some(admin), Duration::from_secs(3));
+            settle(Some(admin), timing.settle);
         }
     }
     // Leave the deployment as configured.
