@@ -307,6 +307,8 @@ pub fn up(
         cgroup_roots: Vec::new(),
         instances: Vec::new(),
         balancer: None,
+        balancer_listen: None,
+        balancer_admin: None,
         credit_keeper: None,
     });
     let emulation_changed = state.emulation != plan.emulation;
@@ -589,11 +591,9 @@ fn apply(
             why,
             log: proc_.log.display().to_string(),
         })?;
-        fs::write(
-            dir.root.join("balancer.addr"),
-            format!("{listen}\n{admin}\n"),
-        )
-        .map_err(io_error("balancer.addr"))?;
+        state.balancer_listen = Some(listen.to_string());
+        state.balancer_admin = Some(admin.to_string());
+        dir.save(state).map_err(io_error("writing the state"))?;
         started.push("balancer".into());
         say(&format!("balancer started on http://{listen}"));
     }
@@ -753,15 +753,20 @@ fn outcome(
     stopped: Vec<String>,
     t0: Instant,
 ) -> UpOutcome {
-    let dir_addr = |i: usize| -> String { state_addr(state, i) };
     UpOutcome {
         plan,
         changed,
         started,
         stopped,
         elapsed_s: t0.elapsed().as_secs_f64(),
-        balancer_url: format!("http://{}", dir_addr(0)),
-        admin_url: format!("http://{}", dir_addr(1)),
+        balancer_url: format!(
+            "http://{}",
+            state.balancer_listen.as_deref().unwrap_or_default()
+        ),
+        admin_url: format!(
+            "http://{}",
+            state.balancer_admin.as_deref().unwrap_or_default()
+        ),
         workers: state
             .instances
             .iter()
@@ -777,30 +782,11 @@ fn outcome(
     }
 }
 
-/// The balancer's listen (0) or admin (1) address, as it announced them.
-fn state_addr(state: &State, which: usize) -> String {
-    state
-        .balancer
-        .as_ref()
-        .and_then(|b| b.log.parent().map(|logs| logs.join("balancer.out")))
-        .and_then(|out| fs::read_to_string(out).ok())
-        .and_then(|text| {
-            let needle = if which == 0 {
-                "listening on http://"
-            } else {
-                "admin on http://"
-            };
-            text.lines()
-                .find_map(|l| l.split(needle).nth(1).map(|a| a.trim().to_owned()))
-        })
-        .unwrap_or_default()
-}
-
-/// Addresses of a live deployment's balancer: `(listen, admin)`.
+/// Addresses of a deployment's balancer, as it announced them: `(listen, admin)`.
 pub fn balancer_addresses(state: &State) -> Option<(SocketAddr, SocketAddr)> {
     Some((
-        state_addr(state, 0).parse().ok()?,
-        state_addr(state, 1).parse().ok()?,
+        state.balancer_listen.as_deref()?.parse().ok()?,
+        state.balancer_admin.as_deref()?.parse().ok()?,
     ))
 }
 

@@ -25,6 +25,11 @@ pub struct State {
     pub cgroup_roots: Vec<PathBuf>,
     pub instances: Vec<InstanceState>,
     pub balancer: Option<ProcessState>,
+    /// Where the balancer listens and serves its admin API, once it has said.
+    #[serde(default)]
+    pub balancer_listen: Option<String>,
+    #[serde(default)]
+    pub balancer_admin: Option<String>,
     /// The credit keeper (burstable-credit emulation), when enabled.
     pub credit_keeper: Option<ProcessState>,
 }

@@ -589,22 +589,17 @@ fn policy_result(
 
 /// Switches the balancer's `group` to `policy` on `telemetry` through its admin API.
 fn switch(admin: SocketAddr, group: &str, policy: &str, telemetry: &str) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let body = serde_json::json!({ "policy": policy, "telemetry": telemetry }).to_string();
-    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "PUT /target-groups/{group} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let (status, answer) = probe::request(
+        admin,
+        "PUT",
+        &format!("/target-groups/{group}"),
+        Some(&body),
+        Duration::from_secs(2),
     )?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
     anyhow::ensure!(
-        answer.starts_with("HTTP/1.1 200"),
-        "the balancer refused to switch `{group}` to {policy}/{telemetry}: {}",
-        answer.lines().last().unwrap_or_default()
+        status == 200,
+        "the balancer refused to switch `{group}` to {policy}/{telemetry}: {status} {answer}"
     );
     Ok(())
 }

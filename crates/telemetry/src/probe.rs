@@ -1,7 +1,7 @@
-//! A tiny blocking HTTP/1.1 GET for tools that read load reports and health from outside: the
-//! deployer's `/health` and `/load` checks and the load generator's samplers. One connection per
-//! call, `Connection: close`, bounded by a timeout: a few calls per second at most, from code
-//! that runs no async runtime.
+//! A tiny blocking HTTP/1.1 client for tools that talk to workers and balancers from outside:
+//! the deployer's `/health` and `/load` checks, the load generator's samplers, the experiment's
+//! policy switches. One connection per call, `Connection: close`, bounded by a timeout: a few
+//! calls per second at most, from code that runs no async runtime.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,12 +9,31 @@ use std::time::Duration;
 
 /// `GET path` on `addr`: the status code and the body.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
+    request(addr, "GET", path, None, timeout)
+}
+
+/// `METHOD path` on `addr`, with an optional JSON body: the status code and the body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let body = json.unwrap_or_default();
+    let content = match json {
+        Some(b) => format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ),
+        None => String::new(),
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fulcrum\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: fulcrum\r\n{content}Connection: close\r\n\r\n{body}"
     )?;
     let mut buf = Vec::with_capacity(4096);
     s.take(1 << 20).read_to_end(&mut buf)?;
