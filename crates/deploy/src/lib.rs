@@ -4,7 +4,8 @@
 //! instance [`catalog`], and the [`local`] provider, which runs every instance as a `fulcrum
 //! worker` process in its own kernel control group ([`cgroup`]) whose CPU quota and memory limit
 //! emulate its instance type, behind a `fulcrum balance` process, recording every step in a
-//! [`state`] file so `down` can always undo `up`.
+//! [`state`] file so `down` can always undo `up`; with `[local] credits = true`, a keeper
+//! process ([`credits`]) replays AWS's burstable CPU credits by moving quotas over time.
 //!
 //! It does not own what runs inside an instance (`fulcrum-worker`, `fulcrum-balancer`) or how
 //! CPU use is turned into a load figure (`fulcrum-telemetry`).

@@ -7,10 +7,10 @@
 //! - [`LoadTracker`]: request counters on the request path plus a sampler thread that turns
 //!   them into windowed CPU utilization, requests/s and errors/s off the request path;
 //! - [`LoadReport`]: the in-band report in ORCA's `endpoint-load-metrics` TEXT format, written
-//!   by workers and parsed by the balancer.
-//!
-//! - [`probe`]: a minimal blocking GET with which tools (the deployer, the load generator's
-//!   samplers) read `/health`, `/load` and `/status`.
+//!   by workers and parsed by the balancer;
+//! - [`cgroupfs`]: where the cgroup hierarchies are (shared with the local provider);
+//! - [`probe`]: a minimal blocking HTTP client with which tools (the deployer, the load
+//!   generator's samplers, the experiment) read `/health`, `/load`, `/status` and switch policies.
 //!
 //! It does not own serving `/load`, the balancer's own polling on its async runtime, or reading
 //! CloudWatch: those belong to the worker, the balancer and the AWS provider.

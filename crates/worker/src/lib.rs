@@ -1,8 +1,9 @@
 //! # fulcrum-worker
 //!
 //! Owns the demo service that runs on every instance of every cluster (the seed's FastAPI app,
-//! done properly): its routes (`/`, `/clusterN`, `/health`, `/load`, `/metrics`), the real,
-//! calibrated CPU work per request, the instance's identity, and its graceful drain.
+//! done properly): its routes (`/`, `/clusterN`, `/health`, `/load`, `/metrics`), the real CPU
+//! work per request (measured against the thread CPU clock), the instance's identity, and its
+//! graceful drain.
 //!
 //! It does not own how CPU is measured or how load is reported (that vocabulary is
 //! `fulcrum-telemetry`'s), nor where workers run or with what quota (`fulcrum-deploy`).
