@@ -26,19 +26,47 @@ start_pinned "$SERVER_CPU" "$WORK/worker.log" \
 wait_http "http://127.0.0.1:$PORT/health"
 URL="http://127.0.0.1:$PORT/cluster1"
 
-fulcrum_rps() {
+# cpu_run CMD...: runs CMD pinned to the client CPU; its stdout, then "cpu SECONDS" (user +
+# system time of everything it ran) on the last line.
+cpu_run() {
+  python3 - "$CLIENT_CPU" "$@" <<'PY'
+import resource, subprocess, sys
+out = subprocess.run(["taskset", "-c", sys.argv[1], *sys.argv[2:]], capture_output=True, text=True).stdout
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(out, end="")
+print(f"cpu {u.ru_utime + u.ru_stime:.4f}")
+PY
+}
+
+# Each prints "req/s requests cpu_seconds".
+wrk_round() {
+  cpu_run wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" "$URL" | awk '
+    / requests in / {n=$1} /^Requests\/sec:/ {rps=int($2)} /^cpu / {cpu=$2}
+    END {print rps, n, cpu}'
+}
+fulcrum_round() {
   # The closed model with enough requests to run about as long as wrk does.
-  taskset -c "$CLIENT_CPU" target/release/fulcrum bench "$URL" -n "$1" -c "$CONNS" -t "$THREADS" --json -q |
-    python3 -c 'import json,sys; print(int(json.load(sys.stdin)["achieved_rate"]))'
+  cpu_run target/release/fulcrum bench "$URL" -n "$1" -c "$CONNS" -t "$THREADS" --json -q |
+    python3 -c '
+import json, sys
+lines = sys.stdin.read().splitlines()
+run, cpu = json.loads("\n".join(lines[:-1])), lines[-1].split()[1]
+print(int(run["achieved_rate"]), run["responses"], cpu)'
 }
 
 echo "fulcrum bench vs wrk: $ROUNDS rounds x ~${SECS}s, $CONNS connections, $THREADS thread(s)"
-: >"$WORK/f"; : >"$WORK/w"
+echo "(req/s, and the generator's own CPU per response: the machine is shared, and CPU per response"
+echo " compares the generators even in rounds where the target, not the generator, set the pace)"
+: >"$WORK/f"; : >"$WORK/w"; : >"$WORK/fc"; : >"$WORK/wc"
 for r in $(seq 1 "$ROUNDS"); do
-  w=$(wrk_rps "$URL" "$CONNS" "$SECS" "$THREADS")
-  f=$(fulcrum_rps $((w * SECS)))
-  echo "round $r: fulcrum $f req/s   wrk $w req/s"
-  echo "$f" >>"$WORK/f"
-  echo "$w" >>"$WORK/w"
+  read -r w wn wcpu < <(wrk_round)
+  read -r f fn fcpu < <(fulcrum_round $((w * SECS)))
+  wus=$(python3 -c "print(f'{$wcpu / $wn * 1e6:.2f}')")
+  fus=$(python3 -c "print(f'{$fcpu / $fn * 1e6:.2f}')")
+  echo "round $r: fulcrum $f req/s ($fus us CPU/response)   wrk $w req/s ($wus us CPU/response)"
+  echo "$f" >>"$WORK/f"; echo "$w" >>"$WORK/w"
+  echo "$fus" >>"$WORK/fc"; echo "$wus" >>"$WORK/wc"
 done
 report_ratio "fulcrum bench" "$WORK/f" "wrk" "$WORK/w"
+fc=$(median "$WORK/fc"); wc=$(median "$WORK/wc")
+python3 -c "print('median CPU per response: fulcrum bench $fc us, wrk $wc us; efficiency fulcrum / wrk = %.2f' % ($wc / $fc))"

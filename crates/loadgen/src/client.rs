@@ -1,43 +1,62 @@
-//! One generator connection: a keep-alive HTTP/1.1 connection driven inside its own task (no
-//! separate connection task, so a request costs no cross-task wake-ups), sending requests in
-//! the closed or the open model and recording each outcome.
+//! One generator connection: a keep-alive HTTP/1.1 connection that sends one pre-serialized
+//! request at a time and reads the response in place, in the closed or the open model, and
+//! records each outcome.
+//!
+//! The generator speaks the little HTTP/1.1 a benchmark needs itself, on `httparse` (hyper's own
+//! parser): it always sends the same GET, and reads back only the status, two headers and the
+//! body's framing. hyper's client built a header map and ran its dispatcher for every response,
+//! which held fulcrum bench to about three quarters of wrk's requests/s against the same target
+//! (bench/loadgen.sh); wrk works this way too. Bodies are read and discarded: Content-Length,
+//! chunked (trailers included) and close-delimited; `Connection: close` and HTTP/1.0 are honoured
+//! by reconnecting. Anything malformed is an I/O error and the connection is not reused.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::ops::Range;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Uri};
-use http_body::Body as _;
-use http_body_util::Empty;
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::stats::{Outcome, ThreadStats};
 
-const CLUSTER: http::HeaderName = http::HeaderName::from_static("x-fulcrum-cluster");
-const INSTANCE: http::HeaderName = http::HeaderName::from_static("x-fulcrum-instance");
-
-fn header_text(v: &Option<HeaderValue>) -> Option<&str> {
-    v.as_ref().and_then(|v| v.to_str().ok())
-}
-
-/// Where requests go.
+/// Where requests go, and the request itself, serialized once.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
-    pub host: HeaderValue,
-    pub path: Uri,
+    pub request: Bytes,
 }
 
+impl Target {
+    pub fn new(addr: SocketAddr, authority: &str, path: &str) -> Target {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: fulcrum-bench\r\n\r\n"
+        );
+        Target {
+            addr,
+            request: Bytes::from(request),
+        }
+    }
+}
+
+/// A response head larger than this is not a response a benchmark target sends.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers parsed per response; more is an error (the workers and the balancer send a dozen).
+const MAX_HEADERS: usize = 100;
+/// How much room each read gets.
+const READ_CHUNK: usize = 16 * 1024;
+
 struct Conn {
-    tx: SendRequest<Empty<Bytes>>,
-    conn: Connection<TokioIo<TcpStream>, Empty<Bytes>>,
+    stream: TcpStream,
+    /// `buf[..head]` holds the last response's head (the answer's header ranges point into it);
+    /// body bytes are read after it and discarded as they are framed.
+    buf: Vec<u8>,
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Outcome> {
@@ -47,60 +66,283 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Outcome> {
         Err(_) => return Err(Outcome::Timeout),
     };
     let _ = stream.set_nodelay(true);
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| Outcome::Io)?;
-    Ok(Conn { tx, conn })
+    Ok(Conn {
+        stream,
+        buf: Vec::with_capacity(READ_CHUNK),
+    })
 }
 
 /// What a response said about who answered.
-#[derive(Default)]
 pub struct Answer {
     pub status: u16,
-    /// The headers themselves (cheap to keep: they share the response's buffer), read as text
-    /// only when recorded.
-    pub cluster: Option<HeaderValue>,
-    pub instance: Option<HeaderValue>,
+    /// Where `x-fulcrum-cluster` and `x-fulcrum-instance` are in the connection's buffer: read as
+    /// text only when recorded, so a response costs no allocation.
+    cluster: Option<Range<usize>>,
+    instance: Option<Range<usize>>,
+    /// The connection may carry another request.
+    keep_alive: bool,
 }
 
-/// Sends one request and reads the whole response, driving the connection in place.
-async fn exchange(c: &mut Conn, req: Request<Empty<Bytes>>) -> Result<Answer, Outcome> {
-    let Conn { tx, conn } = c;
-    // Ready: the previous exchange left the connection idle (or closed).
-    std::future::poll_fn(|cx| {
-        if conn.poll_without_shutdown(cx).is_ready() {
-            return Poll::Ready(Err(Outcome::Io));
+impl Conn {
+    fn text(&self, range: &Option<Range<usize>>) -> Option<&str> {
+        range
+            .as_ref()
+            .and_then(|r| std::str::from_utf8(&self.buf[r.clone()]).ok())
+    }
+
+    /// Reads more input after what is buffered; `Ok(0)` is the peer's end of stream.
+    async fn read_more(&mut self) -> Result<usize, Outcome> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
         }
-        tx.poll_ready(cx).map_err(|_| Outcome::Io)
-    })
-    .await?;
-    let mut response = pin!(tx.send_request(req));
-    let resp = std::future::poll_fn(|cx| {
-        let alive = conn.poll_without_shutdown(cx).is_pending();
-        match response.as_mut().poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r.map_err(|_| Outcome::Io)),
-            Poll::Pending if alive => Poll::Pending,
-            Poll::Pending => Poll::Ready(Err(Outcome::Io)),
+        self.stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|_| Outcome::Io)
+    }
+
+    /// Reads more input; the stream ending here is an error (a response was cut short).
+    async fn fill(&mut self) -> Result<(), Outcome> {
+        match self.read_more().await? {
+            0 => Err(Outcome::Io),
+            _ => Ok(()),
         }
-    })
-    .await?;
-    let answer = Answer {
-        status: resp.status().as_u16(),
-        cluster: resp.headers().get(CLUSTER).cloned(),
-        instance: resp.headers().get(INSTANCE).cloned(),
+    }
+
+    /// Discards `n` body bytes starting at `at`, reading as needed; what follows them stays
+    /// at `at`.
+    async fn skip(&mut self, at: usize, mut n: u64) -> Result<(), Outcome> {
+        loop {
+            let buffered = (self.buf.len() - at) as u64;
+            if buffered >= n {
+                self.buf.drain(at..at + n as usize);
+                return Ok(());
+            }
+            n -= buffered;
+            self.buf.truncate(at);
+            self.fill().await?;
+        }
+    }
+
+    /// Makes sure a whole CRLF-terminated line is buffered at `at`; returns its length
+    /// including the CRLF.
+    async fn line(&mut self, at: usize) -> Result<usize, Outcome> {
+        loop {
+            if let Some(i) = self.buf[at..].windows(2).position(|w| w == b"\r\n") {
+                return Ok(i + 2);
+            }
+            if self.buf.len() - at > MAX_HEAD {
+                return Err(Outcome::Io);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads a chunked body after the head at `at`, trailers included.
+    async fn skip_chunked(&mut self, at: usize) -> Result<(), Outcome> {
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(&self.buf[at..]) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.drain(at..at + used);
+                        break size;
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() - at <= MAX_HEAD => {
+                        self.fill().await?
+                    }
+                    _ => return Err(Outcome::Io),
+                }
+            };
+            if size == 0 {
+                // Trailer fields, then the empty line that ends the message.
+                loop {
+                    let n = self.line(at).await?;
+                    self.buf.drain(at..at + n);
+                    if n == 2 {
+                        return Ok(());
+                    }
+                }
+            }
+            self.skip(at, size).await?;
+            if self.line(at).await? != 2 {
+                return Err(Outcome::Io);
+            }
+            self.buf.drain(at..at + 2);
+        }
+    }
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// The parts of a response head the generator acts on.
+struct Head {
+    len: usize,
+    status: u16,
+    cluster: Option<Range<usize>>,
+    instance: Option<Range<usize>>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` when more input is needed.
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, Outcome> {
+    // Uninitialised slots: zeroing a hundred headers for every response costs more than parsing.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        _ => return Err(Outcome::Io),
     };
-    let mut body = resp.into_body();
-    std::future::poll_fn(|cx| loop {
-        let _ = conn.poll_without_shutdown(cx);
-        match std::pin::Pin::new(&mut body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(_))) => continue,
-            Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(Outcome::Io)),
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
-            Poll::Pending => return Poll::Pending,
+    let status = resp.code.ok_or(Outcome::Io)?;
+    let http10 = resp.version == Some(0);
+    let offset = |v: &[u8]| {
+        let start = v.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + v.len()
+    };
+    let (mut cluster, mut instance, mut length, mut chunked) = (None, None, None, false);
+    let mut keep_alive = !http10;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("x-fulcrum-cluster") {
+            cluster = Some(offset(h.value));
+        } else if name.eq_ignore_ascii_case("x-fulcrum-instance") {
+            instance = Some(offset(h.value));
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n: u64 = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or(Outcome::Io)?;
+            // Differing lengths make the framing ambiguous (RFC 9112 §6.3).
+            if length.is_some_and(|l| l != n) {
+                return Err(Outcome::Io);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only counts as the final coding; anything else is delimited by close.
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            if !chunked {
+                length = None;
+                keep_alive = false;
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            if has_token(h.value, "close") {
+                keep_alive = false;
+            } else if http10 && has_token(h.value, "keep-alive") {
+                keep_alive = true;
+            }
         }
+    }
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    Ok(Some(Head {
+        len,
+        status,
+        cluster,
+        instance,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Sends one request and reads the whole response.
+async fn exchange(c: &mut Conn, request: &[u8]) -> Result<Answer, Outcome> {
+    // Requests are not pipelined, so nothing read before this request belongs to it.
+    c.buf.clear();
+    c.stream.write_all(request).await.map_err(|_| Outcome::Io)?;
+    let head = loop {
+        match parse_head(&c.buf)? {
+            // Interim responses (100 Continue and the like) precede the real one.
+            Some(h) if (100..200).contains(&h.status) && h.status != 101 => {
+                c.buf.drain(..h.len);
+            }
+            Some(h) if h.status == 101 => return Err(Outcome::Io),
+            Some(h) => break h,
+            None => c.fill().await?,
+        }
+    };
+    let at = head.len;
+    let mut keep_alive = head.keep_alive;
+    match head.framing {
+        Framing::Empty => {}
+        Framing::Length(n) => c.skip(at, n).await?,
+        Framing::Chunked => c.skip_chunked(at).await?,
+        Framing::UntilClose => loop {
+            c.buf.truncate(at);
+            if c.read_more().await? == 0 {
+                break;
+            }
+        },
+    }
+    // More than one response's worth: the peer is out of step; do not reuse the connection.
+    if c.buf.len() > at {
+        keep_alive = false;
+    }
+    Ok(Answer {
+        status: head.status,
+        cluster: head.cluster,
+        instance: head.instance,
+        keep_alive,
     })
-    .await?;
-    Ok(answer)
+}
+
+/// Runs `work` until `deadline`, on the connection's one timer.
+///
+/// The timer is re-armed lazily: it stays set to an earlier request's deadline (the sooner one,
+/// with a fixed timeout), and when it fires before this one's, it moves there. A timer per request (`tokio::time::timeout`) added and removed a timer-wheel entry
+/// for every response, a few percent of the generator's CPU; this moves it about once per
+/// timeout period.
+async fn within<T>(
+    mut timer: Pin<&mut Sleep>,
+    deadline: Instant,
+    work: impl Future<Output = Result<T, Outcome>>,
+) -> Result<T, Outcome> {
+    if timer.deadline() > deadline.into() {
+        timer.as_mut().reset(deadline.into());
+    }
+    let mut work = pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = work.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(Outcome::Timeout));
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The request schedule a connection draws from.
@@ -147,17 +389,7 @@ pub async fn connection(
     stats: Rc<std::cell::RefCell<ThreadStats>>,
 ) -> u64 {
     let mut conn: Option<Conn> = None;
-    let template = {
-        let mut r = Request::new(Empty::<Bytes>::new());
-        *r.uri_mut() = run.target.path.clone();
-        r.headers_mut()
-            .insert(http::header::HOST, run.target.host.clone());
-        r.headers_mut().insert(
-            http::header::USER_AGENT,
-            HeaderValue::from_static("fulcrum-bench"),
-        );
-        r
-    };
+    let mut timer = pin!(tokio::time::sleep_until(run.start.into()));
     let mut unsent = 0u64;
     // Nobody sends before the run's start, so warm-up and measurement begin on time.
     tokio::time::sleep_until(run.start.into()).await;
@@ -211,17 +443,13 @@ pub async fn connection(
             continue;
         }
         let sent = Instant::now();
-        let mut req = Request::new(Empty::new());
-        *req.uri_mut() = template.uri().clone();
-        *req.headers_mut() = template.headers().clone();
-        let result = tokio::time::timeout(run.timeout, async {
+        let result = within(timer.as_mut(), sent + run.timeout, async {
             if conn.is_none() {
                 conn = Some(connect(run.target.addr, run.timeout).await?);
             }
-            exchange(conn.as_mut().expect("connected"), req).await
+            exchange(conn.as_mut().expect("connected"), &run.target.request).await
         })
-        .await
-        .unwrap_or(Err(Outcome::Timeout));
+        .await;
         let done = Instant::now();
         if result.is_ok() && done >= run.measure_from && run.window_end.is_none_or(|end| done < end)
         {
@@ -229,11 +457,7 @@ pub async fn connection(
         }
         let outcome = match &result {
             Ok(a) => Outcome::Status(a.status),
-            Err(o) => {
-                // A failed connection is not reused.
-                conn = None;
-                *o
-            }
+            Err(o) => *o,
         };
         let origin = match intended {
             Some((at, true)) => at,
@@ -246,9 +470,9 @@ pub async fn connection(
             if intended.is_some_and(|(at, behind)| behind && sent.duration_since(at) > LATE) {
                 s.late += 1;
             }
-            let (cluster, instance) = match &result {
-                Ok(a) => (header_text(&a.cluster), header_text(&a.instance)),
-                Err(_) => (None, None),
+            let (cluster, instance) = match (&result, &conn) {
+                (Ok(a), Some(c)) => (c.text(&a.cluster), c.text(&a.instance)),
+                _ => (None, None),
             };
             s.record(
                 outcome,
@@ -259,10 +483,173 @@ pub async fn connection(
                 instance,
             );
         }
+        // A failed connection, or one the server is closing, is not reused.
+        if !result.as_ref().is_ok_and(|a| a.keep_alive) {
+            conn = None;
+        }
         if matches!(outcome, Outcome::Connect) {
             // Do not spin on a refused port: the schedule, not the error rate, sets the pace.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     unsent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A loopback server that answers each request on one connection with the next canned
+    /// response, written `step` bytes at a time, then closes.
+    async fn server(responses: Vec<&'static [u8]>, step: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            for r in responses {
+                // One whole request head before each answer.
+                while !req.ends_with(b"\r\n\r\n") {
+                    let mut b = [0u8; 1];
+                    if s.read(&mut b).await.unwrap() == 0 {
+                        return;
+                    }
+                    req.push(b[0]);
+                }
+                req.clear();
+                for chunk in r.chunks(step) {
+                    s.write_all(chunk).await.unwrap();
+                    s.flush().await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        addr
+    }
+
+    async fn ask(c: &mut Conn) -> Result<(u16, Option<String>, Option<String>, bool), Outcome> {
+        let a = exchange(c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        let text = |r: &Option<Range<usize>>| c.text(r).map(str::to_owned);
+        Ok((a.status, text(&a.cluster), text(&a.instance), a.keep_alive))
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn keep_alive_exchanges_with_every_framing() {
+        rt().block_on(async {
+            for step in [usize::MAX, 1] {
+                let addr = server(
+                    vec![
+                        b"HTTP/1.1 200 OK\r\nx-fulcrum-cluster: 2\r\nx-fulcrum-instance: c2-i1\r\ncontent-length: 5\r\n\r\nhello",
+                        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\nX-Fulcrum-Cluster: 1\r\n\r\n3;ext=1\r\nabc\r\n0\r\nx-trailer: t\r\n\r\n",
+                        b"HTTP/1.1 204 No Content\r\n\r\n",
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+                    ],
+                    step,
+                )
+                .await;
+                let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+                assert_eq!(
+                    ask(&mut c).await.unwrap(),
+                    (200, Some("2".into()), Some("c2-i1".into()), true)
+                );
+                assert_eq!(ask(&mut c).await.unwrap(), (503, Some("1".into()), None, true));
+                assert_eq!(ask(&mut c).await.unwrap(), (204, None, None, true));
+                assert_eq!(ask(&mut c).await.unwrap(), (200, None, None, false));
+            }
+        });
+    }
+
+    #[test]
+    fn http10_closes_unless_kept_alive() {
+        rt().block_on(async {
+            let addr = server(
+                vec![
+                    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                ],
+                usize::MAX,
+            )
+            .await;
+            let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+            assert!(ask(&mut c).await.unwrap().3);
+            assert!(!ask(&mut c).await.unwrap().3);
+        });
+    }
+
+    #[test]
+    fn malformed_or_cut_short_responses_are_io_errors() {
+        let bad: [&'static [u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n",
+            b"not http at all\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ];
+        rt().block_on(async {
+            for r in bad {
+                let addr = server(vec![r], usize::MAX).await;
+                let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+                assert!(
+                    matches!(ask(&mut c).await, Err(Outcome::Io)),
+                    "{}",
+                    String::from_utf8_lossy(r)
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn extra_bytes_after_a_response_retire_the_connection() {
+        rt().block_on(async {
+            let addr = server(
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n"],
+                usize::MAX,
+            )
+            .await;
+            let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(ask(&mut c).await.unwrap(), (200, None, None, false));
+        });
+    }
+
+    #[test]
+    fn the_timer_fires_at_the_deadline_not_before() {
+        rt().block_on(async {
+            let mut timer = pin!(tokio::time::sleep_until(Instant::now().into()));
+            let start = Instant::now();
+            // Work that finishes in time, re-arming nothing it does not need.
+            let ok = within(timer.as_mut(), start + Duration::from_secs(5), async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, Outcome>(1)
+            })
+            .await;
+            assert!(matches!(ok, Ok(1)));
+            // The timer is still armed at the first deadline: a sooner one must move it, and a
+            // later one must not fire early.
+            let late = within(
+                timer.as_mut(),
+                Instant::now() + Duration::from_millis(150),
+                async { std::future::pending::<Result<(), Outcome>>().await },
+            )
+            .await;
+            let waited = start.elapsed();
+            assert!(matches!(late, Err(Outcome::Timeout)));
+            assert!(waited >= Duration::from_millis(150), "{waited:?}");
+            assert!(waited < Duration::from_secs(2), "{waited:?}");
+            let start = Instant::now();
+            let late = within(timer.as_mut(), start + Duration::from_millis(300), async {
+                std::future::pending::<Result<(), Outcome>>().await
+            })
+            .await;
+            assert!(matches!(late, Err(Outcome::Timeout)));
+            assert!(start.elapsed() >= Duration::from_millis(300));
+        });
+    }
 }

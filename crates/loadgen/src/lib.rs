@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Uri};
+use http::Uri;
 
 pub use results::{Model, Run, RunKind};
 pub use sampler::{CpuProbe, Sampling, WorkerProbe};
@@ -77,17 +77,8 @@ fn target(url: &str) -> Result<client::Target, BenchError> {
         .map_err(|_| BenchError::Resolve(authority.to_string()))?
         .next()
         .ok_or_else(|| BenchError::Resolve(authority.to_string()))?;
-    let path: Uri = uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-        .expect("a path of a valid URI is valid");
-    Ok(client::Target {
-        addr,
-        host: HeaderValue::from_str(authority.as_str())
-            .map_err(|_| BenchError::BadUrl(url.into()))?,
-        path,
-    })
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(client::Target::new(addr, authority.as_str(), path))
 }
 
 /// Runs one benchmark to completion (blocking) and returns what it measured.
@@ -370,11 +361,16 @@ mod tests {
     fn urls_become_targets() {
         let t = target("http://127.0.0.1:8080/cluster1?work_us=0").unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(t.path, "/cluster1?work_us=0");
-        assert_eq!(t.host, "127.0.0.1:8080");
+        assert_eq!(
+            t.request,
+            "GET /cluster1?work_us=0 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n"
+        );
         assert!(target("https://x/").is_err());
         assert!(target("nonsense").is_err());
-        assert_eq!(target("http://127.0.0.1:9").unwrap().path, "/");
+        assert!(target("http://127.0.0.1:9")
+            .unwrap()
+            .request
+            .starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
     #[test]
