@@ -25,16 +25,20 @@ fn main() {
     }
 }
 
-/// mimalloc commits whole arenas eagerly by default; with transparent huge pages that makes
-/// every touched 2 MiB region resident, which doubled the balancer's RSS with many idle
-/// connections. Commit on demand instead, and return freed memory promptly.
+/// mimalloc commits whole arenas eagerly by default and asks for transparent huge pages on them;
+/// with THP every touched 2 MiB region becomes resident, which more than doubled the balancer's
+/// RSS with many idle connections (bench/proxy.sh). It is built not to ask (`no_thp`); here it
+/// commits on demand and returns freed memory promptly, and the kernel is told not to back this
+/// process with huge pages on its own either (machines with THP `always`).
 fn tune_allocator() {
     // mimalloc v3's `mi_option_e`: arena_eager_commit = 4, purge_delay = 15.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: plain option setters of the linked allocator, called before any thread starts.
+    // SAFETY: plain option setters of the linked allocator, and a prctl on this process, called
+    // before any thread starts. Children (workers started by `up`) inherit the THP setting.
     unsafe {
         libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
         libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
