@@ -54,8 +54,8 @@ const READ_CHUNK: usize = 16 * 1024;
 
 struct Conn {
     stream: TcpStream,
-    /// `buf[..head]` holds the last response's head (the answer's header ranges point into it);
-    /// body bytes are read after it and discarded as they are framed.
+    /// Starts with the last response's head (the answer's header ranges point into it); body
+    /// bytes are read after it and discarded as they are framed.
     buf: Vec<u8>,
 }
 
@@ -84,6 +84,18 @@ pub struct Answer {
 }
 
 impl Conn {
+    /// Whether the server closed (or wrote to) this connection while it idled between
+    /// requests: a keep-alive connection closed by the server's idle timeout is not an error of
+    /// the next request, which goes on a new connection instead. Costs a syscall only when the
+    /// runtime has already seen the socket become readable.
+    fn closed_while_idle(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return false;
+        }
+        !matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     fn text(&self, range: &Option<Range<usize>>) -> Option<&str> {
         range
             .as_ref()
@@ -318,9 +330,9 @@ async fn exchange(c: &mut Conn, request: &[u8]) -> Result<Answer, Outcome> {
 /// Runs `work` until `deadline`, on the connection's one timer.
 ///
 /// The timer is re-armed lazily: it stays set to an earlier request's deadline (the sooner one,
-/// with a fixed timeout), and when it fires before this one's, it moves there. A timer per request (`tokio::time::timeout`) added and removed a timer-wheel entry
-/// for every response, a few percent of the generator's CPU; this moves it about once per
-/// timeout period.
+/// with a fixed timeout), and when it fires before this one's, it moves there. A timer per
+/// request (`tokio::time::timeout`) added and removed a timer-wheel entry for every response, a
+/// few percent of the generator's CPU; this moves it about once per timeout period.
 async fn within<T>(
     mut timer: Pin<&mut Sleep>,
     deadline: Instant,
@@ -444,7 +456,7 @@ pub async fn connection(
         }
         let sent = Instant::now();
         let result = within(timer.as_mut(), sent + run.timeout, async {
-            if conn.is_none() {
+            if conn.as_ref().is_none_or(Conn::closed_while_idle) {
                 conn = Some(connect(run.target.addr, run.timeout).await?);
             }
             exchange(conn.as_mut().expect("connected"), &run.target.request).await
@@ -602,6 +614,29 @@ mod tests {
                     "{}",
                     String::from_utf8_lossy(r)
                 );
+            }
+        });
+    }
+
+    #[test]
+    fn a_connection_the_server_closed_while_idle_is_noticed_before_sending() {
+        rt().block_on(async {
+            // One response, then the server closes (the end of its `server` task).
+            let addr = server(
+                vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+                usize::MAX,
+            )
+            .await;
+            let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+            assert!(!c.closed_while_idle());
+            assert!(ask(&mut c).await.unwrap().3);
+            let t0 = Instant::now();
+            while !c.closed_while_idle() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "the close was never seen"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
     }
