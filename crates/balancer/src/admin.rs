@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -40,9 +40,14 @@ pub async fn serve(
             }
         };
         let shared = shared.clone();
+        let header_timeout = shared.router.load().config.timeouts.client_header;
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(shared.clone(), started, req));
+            // Bounded like client connections (`timeouts.client_header`), so a silent or
+            // trickling peer cannot hold an admin connection, and its task, forever.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

@@ -154,7 +154,12 @@ pub async fn accept_loop(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let http = connection_builder(&shared.router.load().config);
+    // Rebuilt when the configuration changes (SIGHUP), so new connections get the new parser
+    // limits and header timeout; connections already open keep theirs.
+    let (mut generation, mut http) = {
+        let router = shared.router.load();
+        (router.generation, connection_builder(&router.config))
+    };
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -169,7 +174,14 @@ pub async fn accept_loop(
                 }
             },
         };
-        let max = shared.router.load().config.limits.max_connections;
+        let router = shared.router.load();
+        if router.generation != generation {
+            generation = router.generation;
+            http = connection_builder(&router.config);
+        }
+        let max = router.config.limits.max_connections;
+        let header_timeout = router.config.timeouts.client_header;
+        drop(router);
         if shared.connections.load(Ordering::Relaxed) >= max {
             shared.metrics.connections_rejected.inc();
             drop(stream);
@@ -185,7 +197,6 @@ pub async fn accept_loop(
             tls.clone(),
         );
         let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
-        let header_timeout = shared.router.load().config.timeouts.client_header;
         // The first request head must arrive within the header timeout of the accept, TLS
         // handshake included (see `serve_client`).
         let deadline = tokio::time::Instant::now() + header_timeout;

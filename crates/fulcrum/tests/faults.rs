@@ -417,13 +417,17 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
         "",
     ));
     let addr = b.proc.addr;
+    let admin = b.admin;
     let url = b.url("/cluster1");
     let (closed, normal) = block_on(async move {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        // 400 trickle an HTTP/1.1 head, 50 the HTTP/2 preface, 50 send nothing at all.
+        // 400 trickle an HTTP/1.1 head, 50 the HTTP/2 preface, 50 send nothing at all; and
+        // two more hold the admin listener the same ways.
         let mut slow = Vec::new();
-        for i in 0..500 {
+        for i in 0..502 {
             let (kind, head): (&str, &'static [u8]) = match i % 10 {
+                _ if i == 500 => ("admin silent", b""),
+                _ if i == 501 => ("admin h1 head", b"GET /status HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaa"),
                 0 => ("h2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
                 1 => ("silent", b""),
                 _ => (
@@ -431,8 +435,9 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
                     b"GET /cluster1 HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
                 ),
             };
+            let to = if i >= 500 { admin } else { addr };
             slow.push(tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let stream = tokio::net::TcpStream::connect(to).await.unwrap();
                 // Timed from the connection's establishment: the balancer's clock starts at
                 // its accept, and a crowded machine may take a while to complete connects.
                 let t0 = Instant::now();
@@ -486,7 +491,7 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
         .collect();
     assert!(
         open.is_empty(),
-        "{} of 500 slow connections were never closed: {open:?}",
+        "{} of 502 slow connections were never closed: {open:?}",
         open.len()
     );
     let times: Vec<Duration> = closed.into_iter().filter_map(|(_, c)| c).collect();
@@ -901,8 +906,14 @@ fn sighup_reload_swaps_the_config_without_losing_requests_and_keeps_it_when_inva
         .collect();
     let c2 = worker(2, "i-r2", &["--work-us", "0"]);
     let c1_addrs: Vec<SocketAddr> = c1.iter().map(|w| w.addr).collect();
+    // The reload also shortens the header timeout, which bounds idle keep-alive connections.
     let config = |extra_route: bool, policy: &str| {
-        let mut text = one_group(&c1_addrs, "", &format!("policy = \"{policy}\""))
+        let top = if extra_route {
+            "[timeouts]\nclient_header = \"1s\""
+        } else {
+            ""
+        };
+        let mut text = one_group(&c1_addrs, top, &format!("policy = \"{policy}\""))
             .replace("prefix = \"/\"", "prefix = \"/cluster1\"");
         if extra_route {
             text.push_str(&format!(
@@ -956,6 +967,44 @@ fn sighup_reload_swaps_the_config_without_losing_requests_and_keeps_it_when_inva
         "{stderr}"
     );
     assert!(stderr.contains("unknown field `rout`"), "{stderr}");
+
+    // Connections accepted after the reload are served under the new header timeout: one
+    // request, then idle, and the balancer closes it after about 1 s instead of 30 s.
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(b.listeners[0].0).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /cluster2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let idle_from = loop {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                break Instant::now();
+            }
+        }
+    };
+    let closed = conn.read(&mut buf);
+    let idle = idle_from.elapsed();
+    assert!(matches!(closed, Ok(0)), "{closed:?} after {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(5),
+        "an idle keep-alive connection was closed after {idle:?}, not ~1 s"
+    );
 }
 
 #[test]
