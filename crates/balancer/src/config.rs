@@ -83,6 +83,10 @@ pub struct Timeouts {
     /// Reading a request's headers (slowloris); on HTTP/1 it also bounds keep-alive idle time.
     #[serde(with = "humantime_serde")]
     pub client_header: Duration,
+    /// How long a client connection may stay open with no request in flight, HTTP/2 included
+    /// (zero: no limit).
+    #[serde(with = "humantime_serde")]
+    pub client_idle: Duration,
     /// Longest time a whole request may take, from its headers to the end of the response head.
     #[serde(with = "humantime_serde")]
     pub request: Duration,
@@ -92,6 +96,8 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             client_header: Duration::from_secs(30),
+            // ALB's default idle timeout.
+            client_idle: Duration::from_secs(60),
             request: Duration::from_secs(60),
         }
     }
@@ -1045,12 +1051,13 @@ workers = ["@all"]
     #[test]
     fn a_table_that_sets_one_field_keeps_the_defaults_of_the_others() {
         let c = Config::parse(
-            &format!("{GOOD}\n[timeouts]\nclient_header = \"1s\"\n"),
+            &format!("{GOOD}\n[timeouts]\nclient_header = \"1s\"\nclient_idle = \"0s\"\n"),
             "b.toml",
             None,
         )
         .unwrap();
         assert_eq!(c.timeouts.client_header, Duration::from_secs(1));
+        assert_eq!(c.timeouts.client_idle, Duration::ZERO);
         assert_eq!(c.timeouts.request, Timeouts::default().request);
     }
 

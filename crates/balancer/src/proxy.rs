@@ -181,6 +181,7 @@ pub async fn accept_loop(
         }
         let max = router.config.limits.max_connections;
         let header_timeout = router.config.timeouts.client_header;
+        let idle_timeout = router.config.timeouts.client_idle;
         drop(router);
         if shared.connections.load(Ordering::Relaxed) >= max {
             shared.metrics.connections_rejected.inc();
@@ -200,17 +201,21 @@ pub async fn accept_loop(
         // The first request head must arrive within the header timeout of the accept, TLS
         // handshake included (see `serve_client`).
         let deadline = tokio::time::Instant::now() + header_timeout;
-        let first_request = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Activity::new());
         let svc = {
-            let (shared, first_request) = (shared.clone(), first_request.clone());
+            let (shared, activity) = (shared.clone(), activity.clone());
             // Boxed: hyper keeps a slot for the service future on every connection for as long
             // as it lives, so an unboxed ~5 KB request future would cost that much per idle
             // connection instead of once per request in flight.
             hyper::service::service_fn(move |req| {
-                first_request.store(true, Ordering::Relaxed);
-                Box::pin(handle(shared.clone(), info.clone(), req))
+                let open = OpenRequest::new(&activity);
+                let answer = handle(shared.clone(), info.clone(), req);
+                Box::pin(async move {
+                    let Ok(response) = answer.await;
+                    Ok(response.map(|body| TrackedBody { body, _open: open }))
+                })
                     as Pin<
-                        Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>,
+                        Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>,
                     >
             })
         };
@@ -219,7 +224,7 @@ pub async fn accept_loop(
                 tokio::spawn(async move {
                     let _guard = guard;
                     let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
-                    serve_client(&shared, peer, conn, &first_request, deadline).await;
+                    serve_client(&shared, peer, conn, &activity, deadline, idle_timeout).await;
                 });
             }
             Some(acceptor) => {
@@ -242,7 +247,7 @@ pub async fn accept_loop(
                             }
                         };
                     let conn = watcher.watch(http.serve_connection(TokioIo::new(tls_stream), svc));
-                    serve_client(&shared, peer, conn, &first_request, deadline).await;
+                    serve_client(&shared, peer, conn, &activity, deadline, idle_timeout).await;
                 }));
             }
         }
@@ -258,25 +263,53 @@ pub async fn accept_loop(
 /// first bytes to tell HTTP/1 from the HTTP/2 preface, nothing bounds a client that sends
 /// nothing, or trickles the preface or its first HTTP/2 header block — each such connection
 /// would be held forever, and enough of them exhaust `max_connections`.
+///
+/// After that, a connection with no request open for `idle_timeout` is closed (zero: never).
+/// hyper bounds idle HTTP/1 connections by its header timeout, but has no idle timeout for
+/// HTTP/2, where one request would otherwise buy a connection forever.
 async fn serve_client<C>(
     shared: &Shared,
     peer: SocketAddr,
     conn: C,
-    first_request: &AtomicBool,
+    activity: &Activity,
     deadline: tokio::time::Instant,
+    idle_timeout: Duration,
 ) where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = &mut conn => ended,
-        _ = tokio::time::sleep_until(deadline) => {
-            if !first_request.load(Ordering::Relaxed) {
-                shared.metrics.client_protocol_error("header_timeout");
-                tracing::debug!(%peer, "no request head within the header timeout; closing");
-                return;
+    // The next look at the connection: the first-request deadline, and every time it could
+    // have been idle for `idle_timeout`.
+    let next_check = |now: tokio::time::Instant, idle_in: Duration| {
+        let idle_at = (!idle_timeout.is_zero()).then(|| now + idle_in);
+        match (activity.any_request(), idle_at) {
+            (false, Some(at)) => at.min(deadline),
+            (false, None) => deadline,
+            (true, Some(at)) => at,
+            (true, None) => now + Duration::from_secs(24 * 3600),
+        }
+    };
+    let mut check_at = next_check(tokio::time::Instant::now(), idle_timeout);
+    let ended = loop {
+        tokio::select! {
+            ended = &mut conn => break ended,
+            _ = tokio::time::sleep_until(check_at) => {
+                let now = tokio::time::Instant::now();
+                if !activity.any_request() && now >= deadline {
+                    shared.metrics.client_protocol_error("header_timeout");
+                    tracing::debug!(%peer, "no request head within the header timeout; closing");
+                    return;
+                }
+                let idle_in = match activity.idle_for() {
+                    Some(idle) if !idle_timeout.is_zero() && idle >= idle_timeout => {
+                        tracing::debug!(%peer, ?idle, "connection idle; closing");
+                        return;
+                    }
+                    Some(idle) => idle_timeout.saturating_sub(idle),
+                    None => idle_timeout,
+                };
+                check_at = next_check(now, idle_in);
             }
-            conn.await
         }
     };
     let Err(e) = ended else { return };
@@ -284,11 +317,91 @@ async fn serve_client<C>(
     match code {
         // After requests were served, hyper's header timeout is a keep-alive connection going
         // idle: its normal end, not an error.
-        Some("header_timeout") if first_request.load(Ordering::Relaxed) => {}
+        Some("header_timeout") if activity.any_request() => {}
         Some(code) => shared.metrics.client_protocol_error(code),
         None => {}
     }
     tracing::debug!(%peer, error = %e, "client connection ended with an error");
+}
+
+/// What one client connection is doing: requests open now, and since when none has been.
+struct Activity {
+    origin: Instant,
+    open: AtomicUsize,
+    any: AtomicBool,
+    /// Milliseconds from `origin` to the end of the last request.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            origin: Instant::now(),
+            open: AtomicUsize::new(0),
+            any: AtomicBool::new(false),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn any_request(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    /// How long the connection has had no request open; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some(self.origin.elapsed().saturating_sub(end))
+    }
+}
+
+/// One request of a connection, open from its head until its response body is done or
+/// dropped (or its handling is abandoned).
+struct OpenRequest(Arc<Activity>);
+
+impl OpenRequest {
+    fn new(activity: &Arc<Activity>) -> OpenRequest {
+        activity.any.store(true, Ordering::Relaxed);
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(activity.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_end_ms
+            .store(a.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as open until hyper is done with it.
+pub struct TrackedBody {
+    body: ClientBody,
+    _open: OpenRequest,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The error code for a connection hyper ended itself: the parse errors it answered with a

@@ -519,6 +519,48 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
     );
 }
 
+#[test]
+fn idle_http2_connections_are_closed_and_busy_ones_are_kept() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let w = worker(1, "i-idle", &["--work-us", "0", "--max-work-us", "2000000"]);
+    let b = Balancer::start(&one_group(
+        &[w.addr],
+        "[timeouts]\nclient_idle = \"1s\"",
+        "",
+    ));
+    let addr = b.proc.addr;
+    let (busy_status, idle) = block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        // Resolves when the balancer closes the connection.
+        let conn = tokio::spawn(conn);
+        // One request busy for longer than the idle timeout: the connection is not idle.
+        let req = http::Request::get(format!("http://{addr}/cluster1?work_us=1300000"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tx
+            .send_request(req)
+            .await
+            .expect("the busy request is answered");
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        // Then nothing: closed about a second after the last request ended.
+        let idle_from = Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        assert!(closed.is_ok(), "an idle HTTP/2 connection was never closed");
+        (status, idle_from.elapsed())
+    });
+    assert_eq!(busy_status, 200);
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(4),
+        "closed {idle:?} after going idle, not ~1 s"
+    );
+}
+
 /// A raw exchange's status code, content type and body.
 fn raw_answer(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     let out = fixture::raw_exchange(addr, request, Duration::from_secs(3));
