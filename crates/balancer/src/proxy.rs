@@ -664,12 +664,9 @@ async fn forward(
     for attempt in 0..settings.retry.max_attempts {
         // No body to send means the last failure may not be repeated.
         let Some(this_body) = body.take() else { break };
-        if attempt > 0 {
-            if !retry_paid && !group.budget.try_retry() {
-                count_retry_denied(shared, group);
-                break;
-            }
-            count_retry(shared, group, retry_reason);
+        if attempt > 0 && !retry_paid && !group.budget.try_retry() {
+            count_retry_denied(shared, group);
+            break;
         }
         retry_paid = false;
         let flight = match group.acquire(&tried, &shared.fleet.signal, deadline).await {
@@ -692,6 +689,10 @@ async fn forward(
                 return Err(last_error.unwrap_or_else(|| no_healthy_workers(group)));
             }
         };
+        // Counted once it has a worker to go to: with none left untried it is no retry.
+        if attempt > 0 {
+            count_retry(shared, group, retry_reason);
+        }
         let worker = flight.worker().clone();
         tried.push(worker.addr);
         let t0 = Instant::now();
@@ -703,11 +704,13 @@ async fn forward(
                 let status = resp.status();
                 let worker_error = status.is_server_error();
                 // A 502/503/504 from an idempotent request is worth another worker while
-                // attempts and budget remain; the answer is then dropped unread.
+                // attempts, budget and untried workers remain; the answer is then dropped
+                // unread. With no other worker, the client gets this one's answer.
                 let retry_wanted = matches!(status.as_u16(), 502..=504)
                     && replayable
                     && settings.retry.retry_idempotent_on_status
-                    && attempt + 1 < settings.retry.max_attempts;
+                    && attempt + 1 < settings.retry.max_attempts
+                    && group.has_untried(&tried);
                 if retry_wanted && !group.budget.try_retry() {
                     // Counted like any other refused retry: a spent budget must show.
                     count_retry_denied(shared, group);

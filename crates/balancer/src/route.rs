@@ -227,6 +227,14 @@ impl Group {
         self.workers().iter().any(|w| w.is_available(now))
     }
 
+    /// Whether a worker outside `tried` is available to take a retry.
+    pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
+        let now = now_us();
+        self.workers()
+            .iter()
+            .any(|w| !tried.contains(&w.addr) && !w.is_draining() && w.is_available(now))
+    }
+
     /// Claims an in-flight slot on a worker chosen by the group's policy, excluding `tried`.
     /// When every eligible worker is at its cap the request waits (bounded by the queue size and
     /// `queue_timeout`, and by the request's own deadline) for a slot to free.

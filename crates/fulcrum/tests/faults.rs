@@ -861,6 +861,21 @@ fn retry_budget_holds_when_every_worker_fails() {
         requests + retries,
         "each retry is one more attempt"
     );
+
+    // With no other worker to go to there is no retry to count, and the client gets the
+    // worker's own answer rather than a 502 in its place.
+    let only = Stub::start(stub_status(503));
+    let b = Balancer::start(&one_group(
+        &[only.addr],
+        "",
+        "[target_group.retry]\nmax_attempts = 3",
+    ));
+    for _ in 0..10 {
+        assert_eq!(get(&b.url("/cluster1")).status, 503);
+    }
+    let m = b.metrics();
+    assert_eq!(only.hits(), 10);
+    assert_eq!(metric_sum(&m, "fulcrum_balancer_retries_total", &[]), 0.0);
 }
 
 // ───────────────────────────── shutdown, reload, discovery ─────────────────────────────
