@@ -8,7 +8,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use fulcrum_experiment::{Options, Outcome, Target, Timing};
+use fulcrum_experiment::{Options, Outcome, Target};
 
 use crate::{AwsOptions, Wait};
 
@@ -19,11 +19,7 @@ pub fn experiment(
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let mut timing = if opts.quick {
-        Timing::quick()
-    } else {
-        Timing::default_run()
-    };
+    let mut timing = opts.timing();
     // Real CloudWatch publishes EC2 metrics every 60 s at best; nothing to shorten here.
     timing.cloudwatch_period = Duration::from_secs(60);
     let name = opts.topology.name.clone();

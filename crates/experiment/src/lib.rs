@@ -115,10 +115,27 @@ pub struct Options {
     pub reuse: bool,
     pub keep: bool,
     pub quick: bool,
+    /// Shoot-out rounds per policy, instead of the default (2; 1 with `quick`).
+    pub rounds: Option<u32>,
     pub out: PathBuf,
     pub no_emulation: bool,
     /// The exact command line, for the results.
     pub command: Vec<String>,
+}
+
+impl Options {
+    /// How long each phase runs: the default or `quick`, with `rounds` applied.
+    pub fn timing(&self) -> Timing {
+        let mut timing = if self.quick {
+            Timing::quick()
+        } else {
+            Timing::default_run()
+        };
+        if let Some(rounds) = self.rounds {
+            timing.rounds = rounds;
+        }
+        timing
+    }
 }
 
 /// Where the files went.
@@ -135,11 +152,7 @@ pub fn run_local(
     interrupted: &AtomicBool,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
-    let timing = if opts.quick {
-        Timing::quick()
-    } else {
-        Timing::default_run()
-    };
+    let timing = opts.timing();
     let mut topology = opts.topology.clone();
     topology.balancer.cloudwatch_period = timing.cloudwatch_period;
     // Every contender's telemetry must be collected from the start, so each has data when its

@@ -239,6 +239,11 @@ pub struct ExperimentArgs {
     /// A short version for smoke tests (about 45 s).
     #[arg(long)]
     pub quick: bool,
+    /// Shoot-out rounds per policy (default 2, or 1 with --quick; each round adds about a
+    /// minute, or about 20 s with --quick). More rounds tell close policies apart with more
+    /// confidence.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: Option<u32>,
     /// Where results.json, REPORT.md and index.html go.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,

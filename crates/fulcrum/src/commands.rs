@@ -330,6 +330,7 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
         reuse: a.reuse,
         keep: a.keep,
         quick: a.quick,
+        rounds: a.rounds,
         out: a.out.clone(),
         no_emulation: a.no_emulation,
         command: std::env::args().collect(),

@@ -27,6 +27,8 @@ fn quick_experiment_end_to_end() {
         .args([
             "experiment",
             "--quick",
+            "--rounds",
+            "2",
             "-t",
             topo.to_str().unwrap(),
             "--out",
@@ -143,8 +145,14 @@ fn quick_experiment_end_to_end() {
     assert_eq!(e["capacity"].as_array().unwrap().len(), 2);
     let policies = e["policies"].as_array().unwrap();
     assert_eq!(policies.len(), 6);
+    assert_eq!(e["shootout_rounds"], 2, "--rounds 2 was not applied");
     for p in policies {
         let label = p["label"].as_str().unwrap();
+        assert_eq!(
+            p["p99_by_round_ms"].as_array().unwrap().len(),
+            2,
+            "{label}: one p99 per round"
+        );
         assert!(p["responses"].as_u64().unwrap() > 0, "{label}");
         let shares: f64 = p["shares"]
             .as_array()

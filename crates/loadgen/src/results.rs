@@ -287,8 +287,8 @@ pub struct Generator {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Experiment {
     pub quick: bool,
-    /// Per cluster: the highest rate it sustained in the ramp (achieved ≥ 95% of target, p99
-    /// within bound, no errors), and the first rate at which it did not.
+    /// Per cluster: the highest rate it sustained in the ramp (see `Capacity` for the
+    /// criteria), and the first rate at which it did not.
     pub capacity: Vec<Capacity>,
     /// Rate the shoot-out ran at, and what fraction of the measured total capacity that is.
     pub shootout_rate: f64,
