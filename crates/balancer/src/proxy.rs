@@ -279,21 +279,21 @@ async fn serve_client<C>(
 {
     tokio::pin!(conn);
     // The next look at the connection: the first-request deadline, and every time it could
-    // have been idle for `idle_timeout`.
+    // have been idle for `idle_timeout`; none once a request came and there is no idle limit.
     let next_check = |now: tokio::time::Instant, idle_in: Duration| {
         let idle_at = (!idle_timeout.is_zero()).then(|| now + idle_in);
-        match (activity.any_request(), idle_at) {
-            (false, Some(at)) => at.min(deadline),
-            (false, None) => deadline,
-            (true, Some(at)) => at,
-            (true, None) => now + Duration::from_secs(24 * 3600),
+        if activity.any_request() {
+            idle_at
+        } else {
+            Some(idle_at.map_or(deadline, |at| at.min(deadline)))
         }
     };
     let mut check_at = next_check(tokio::time::Instant::now(), idle_timeout);
     let ended = loop {
+        let Some(at) = check_at else { break conn.await };
         tokio::select! {
             ended = &mut conn => break ended,
-            _ = tokio::time::sleep_until(check_at) => {
+            _ = tokio::time::sleep_until(at) => {
                 let now = tokio::time::Instant::now();
                 if !activity.any_request() && now >= deadline {
                     shared.metrics.client_protocol_error("header_timeout");

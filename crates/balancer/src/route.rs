@@ -232,7 +232,7 @@ impl Group {
         let now = now_us();
         self.workers()
             .iter()
-            .any(|w| !tried.contains(&w.addr) && !w.is_draining() && w.is_available(now))
+            .any(|w| untried(w, tried) && w.is_available(now))
     }
 
     /// Claims an in-flight slot on a worker chosen by the group's policy, excluding `tried`.
@@ -286,7 +286,7 @@ impl Group {
         let mut untried_available = false;
         let mut any_untried = false;
         for w in workers.iter() {
-            if tried.contains(&w.addr) || w.is_draining() {
+            if !untried(w, tried) {
                 continue;
             }
             any_untried = true;
@@ -412,6 +412,11 @@ impl RetryBudget {
         self.bucket(now_s).retries.fetch_add(1, Ordering::Relaxed);
         true
     }
+}
+
+/// A worker a request may still go to: not tried by it yet, and not being drained.
+fn untried(w: &Worker, tried: &[SocketAddr]) -> bool {
+    !tried.contains(&w.addr) && !w.is_draining()
 }
 
 #[cfg(test)]
