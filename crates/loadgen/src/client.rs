@@ -59,12 +59,11 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Outcome> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) => return Err(Outcome::Connect),
-        Err(_) => return Err(Outcome::Timeout),
-    };
+/// Connects; bounded by the request's own deadline (`within`), like the exchange that follows.
+async fn connect(addr: SocketAddr) -> Result<Conn, Outcome> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|_| Outcome::Connect)?;
     let _ = stream.set_nodelay(true);
     Ok(Conn {
         stream,
@@ -401,10 +400,11 @@ pub async fn connection(
     stats: Rc<std::cell::RefCell<ThreadStats>>,
 ) -> u64 {
     let mut conn: Option<Conn> = None;
+    // The connection's one timer: first the run's start (nobody sends before it, so warm-up
+    // and measurement begin on time), then each request's deadline.
     let mut timer = pin!(tokio::time::sleep_until(run.start.into()));
+    timer.as_mut().await;
     let mut unsent = 0u64;
-    // Nobody sends before the run's start, so warm-up and measurement begin on time.
-    tokio::time::sleep_until(run.start.into()).await;
     loop {
         // When should this request have gone out?
         let intended = match &*schedule {
@@ -457,7 +457,7 @@ pub async fn connection(
         let sent = Instant::now();
         let result = within(timer.as_mut(), sent + run.timeout, async {
             if conn.as_ref().is_none_or(Conn::closed_while_idle) {
-                conn = Some(connect(run.target.addr, run.timeout).await?);
+                conn = Some(connect(run.target.addr).await?);
             }
             exchange(conn.as_mut().expect("connected"), &run.target.request).await
         })
@@ -567,7 +567,7 @@ mod tests {
                     step,
                 )
                 .await;
-                let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let mut c = connect(addr).await.unwrap();
                 assert_eq!(
                     ask(&mut c).await.unwrap(),
                     (200, Some("2".into()), Some("c2-i1".into()), true)
@@ -590,7 +590,7 @@ mod tests {
                 usize::MAX,
             )
             .await;
-            let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+            let mut c = connect(addr).await.unwrap();
             assert!(ask(&mut c).await.unwrap().3);
             assert!(!ask(&mut c).await.unwrap().3);
         });
@@ -608,7 +608,7 @@ mod tests {
         rt().block_on(async {
             for r in bad {
                 let addr = server(vec![r], usize::MAX).await;
-                let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+                let mut c = connect(addr).await.unwrap();
                 assert!(
                     matches!(ask(&mut c).await, Err(Outcome::Io)),
                     "{}",
@@ -627,7 +627,7 @@ mod tests {
                 usize::MAX,
             )
             .await;
-            let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+            let mut c = connect(addr).await.unwrap();
             assert!(!c.closed_while_idle());
             assert!(ask(&mut c).await.unwrap().3);
             let t0 = Instant::now();
@@ -649,7 +649,7 @@ mod tests {
                 usize::MAX,
             )
             .await;
-            let mut c = connect(addr, Duration::from_secs(5)).await.unwrap();
+            let mut c = connect(addr).await.unwrap();
             assert_eq!(ask(&mut c).await.unwrap(), (200, None, None, false));
         });
     }
