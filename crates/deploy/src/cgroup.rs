@@ -66,6 +66,40 @@ pub struct Cgroup {
     pub memory: Option<PathBuf>,
 }
 
+/// CFS bandwidth counters of a group's `cpu.stat`, cumulative since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    /// Enforcement periods in which the group was runnable.
+    pub periods: u64,
+    /// Periods in which it ran out of quota.
+    pub throttled_periods: u64,
+    /// Time its runnable tasks spent throttled (summed over CPUs).
+    pub throttled: Duration,
+}
+
+impl CpuStat {
+    /// Parses `cpu.stat`: v1 says `throttled_time` in ns, v2 `throttled_usec`. Missing keys
+    /// read as zero (a group that has never been limited may not count at all).
+    pub fn parse(version: Version, text: &str) -> CpuStat {
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let throttled = match version {
+            Version::V1 => Duration::from_nanos(field("throttled_time")),
+            Version::V2 => Duration::from_micros(field("throttled_usec")),
+        };
+        CpuStat {
+            periods: field("nr_periods"),
+            throttled_periods: field("nr_throttled"),
+            throttled,
+        }
+    }
+}
+
 impl CgroupHost {
     /// Finds a CPU controller this process can create groups under.
     pub fn detect() -> Result<CgroupHost, CgroupError> {
@@ -331,6 +365,13 @@ impl Cgroup {
         }
     }
 
+    /// The CFS bandwidth counters: periods run, periods throttled, time throttled.
+    pub fn cpu_stat(&self) -> Result<CpuStat, CgroupError> {
+        let f = self.cpu.join("cpu.stat");
+        let text = fs::read_to_string(&f).map_err(io_err(&f))?;
+        Ok(CpuStat::parse(self.version, &text))
+    }
+
     /// Processes in the group (from the CPU hierarchy).
     pub fn procs(&self) -> Vec<u32> {
         fs::read_to_string(self.cpu.join("cgroup.procs"))
@@ -385,5 +426,38 @@ impl Cgroup {
             rmdir_retrying(d)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_stat_parses_v1_nanoseconds() {
+        let text = "nr_periods 1200\nnr_throttled 340\nthrottled_time 2500000000\n\
+                    nr_bursts 0\nburst_time 0\nwait_sum 17\n";
+        let s = CpuStat::parse(Version::V1, text);
+        assert_eq!(s.periods, 1200);
+        assert_eq!(s.throttled_periods, 340);
+        assert_eq!(s.throttled, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn cpu_stat_parses_v2_microseconds() {
+        let text = "usage_usec 9000000\nuser_usec 8000000\nsystem_usec 1000000\n\
+                    nr_periods 77\nnr_throttled 5\nthrottled_usec 125000\n\
+                    nr_bursts 0\nburst_usec 0\n";
+        let s = CpuStat::parse(Version::V2, text);
+        assert_eq!(s.periods, 77);
+        assert_eq!(s.throttled_periods, 5);
+        assert_eq!(s.throttled, Duration::from_millis(125));
+    }
+
+    #[test]
+    fn cpu_stat_of_an_unlimited_group_is_zero() {
+        // A v2 group without a quota has only the usage lines.
+        let text = "usage_usec 10\nuser_usec 5\nsystem_usec 5\n";
+        assert_eq!(CpuStat::parse(Version::V2, text), CpuStat::default());
     }
 }

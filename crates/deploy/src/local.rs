@@ -15,24 +15,23 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cgroup::{Cgroup, CgroupError, CgroupHost};
+use crate::cgroup::{CgroupError, CgroupHost};
+use crate::process::{
+    reap, spawn_detached, stop_instance, stop_processes, wait_for_address, wait_healthy, CHILDREN,
+};
 use crate::state::{EmulationState, InstanceState, ProcessState, State, StateDir, STATE_VERSION};
 use crate::topology::{Topology, WorkerSource};
 use fulcrum_telemetry::probe;
 
 /// How long a worker or the balancer may take to announce itself and answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// SIGTERM first; SIGKILL whatever is still running after this.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 const MIN_QUOTA_US: f64 = 1000.0;
 const DEFAULT_PERIOD_US: f64 = 10_000.0;
 const MIN_MEMORY: u64 = 64 << 20;
@@ -245,17 +244,6 @@ pub struct WorkerEndpoint {
     pub cores: f64,
 }
 
-/// Children this process started, so their exit can be collected (no zombies while an
-/// experiment runs in the same process).
-static CHILDREN: Mutex<Vec<Child>> = Mutex::new(Vec::new());
-
-fn reap() {
-    CHILDREN
-        .lock()
-        .expect("never poisoned")
-        .retain_mut(|c| c.try_wait().ok().flatten().is_none());
-}
-
 /// Brings the topology up, or changes a running deployment to match it. `say` receives progress
 /// lines; `interrupted` is polled, and when it turns true everything started is removed.
 pub fn up(
@@ -310,6 +298,7 @@ pub fn up(
         balancer_listen: None,
         balancer_admin: None,
         credit_keeper: None,
+        companions: Vec::new(),
     });
     let emulation_changed = state.emulation != plan.emulation;
     state.emulation = plan.emulation.clone();
@@ -348,7 +337,7 @@ pub fn up(
 }
 
 /// The deployment's cgroup path, or an instance's within it.
-fn cgroup_rel(deployment: &str, instance: Option<&str>) -> PathBuf {
+pub(crate) fn cgroup_rel(deployment: &str, instance: Option<&str>) -> PathBuf {
     let base = PathBuf::from("fulcrum").join(deployment);
     match instance {
         Some(i) => base.join(i),
@@ -638,61 +627,6 @@ fn write_targets(path: &Path, members: &[String]) -> Result<(), DeployError> {
     fs::rename(&tmp, path).map_err(io_error(path.display()))
 }
 
-/// Starts `cmd` in its own session (so a Ctrl-C in the terminal that ran `up` does not reach
-/// it once `up` is done), inside `group` if given, with stdout and stderr to files.
-fn spawn_detached(
-    mut cmd: Command,
-    group: Option<&Cgroup>,
-    out: &Path,
-    log: &Path,
-) -> std::io::Result<Child> {
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(out)?)
-        .stderr(fs::OpenOptions::new().create(true).append(true).open(log)?);
-    if let Some(g) = group {
-        g.join_on_exec(&mut cmd);
-    }
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-/// Reads `listening on http://ADDR` from a process's stdout file.
-fn wait_for_address(
-    out: &Path,
-    p: &ProcessState,
-    deadline: Instant,
-    interrupted: &AtomicBool,
-) -> Result<SocketAddr, String> {
-    loop {
-        if let Ok(text) = fs::read_to_string(out) {
-            if let Some(addr) = text
-                .lines()
-                .find_map(|l| l.split("listening on http://").nth(1))
-            {
-                return addr
-                    .trim()
-                    .parse()
-                    .map_err(|e| format!("bad address `{addr}`: {e}"));
-            }
-        }
-        if !p.is_alive() {
-            return Err(format!("exited before listening: {}", log_tail(&p.log)));
-        }
-        if Instant::now() > deadline || interrupted.load(Ordering::Relaxed) {
-            return Err("did not announce its address in time".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn wait_for_balancer(
     out: &Path,
     p: &ProcessState,
@@ -719,30 +653,6 @@ fn wait_for_balancer(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn wait_healthy(
-    addr: SocketAddr,
-    deadline: Instant,
-    interrupted: &AtomicBool,
-) -> Result<(), String> {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        if probe::healthy(addr, Duration::from_millis(500)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline || interrupted.load(Ordering::Relaxed) {
-            return Err(format!("http://{addr}/health did not answer 200 in time"));
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(100));
-    }
-}
-
-fn log_tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(3).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
 fn outcome(
@@ -790,60 +700,6 @@ pub fn balancer_addresses(state: &State) -> Option<(SocketAddr, SocketAddr)> {
     ))
 }
 
-fn signal(p: &ProcessState, sig: i32) {
-    if p.is_alive() {
-        // SAFETY: kill(2) on a PID whose start time proves it is the process we started.
-        unsafe { libc::kill(p.pid as i32, sig) };
-    }
-}
-
-fn stop_instance(inst: &InstanceState) {
-    if let Some(p) = &inst.process {
-        stop_processes(std::slice::from_ref(p));
-    }
-    if let Some(g) = &inst.cgroup {
-        kill_group(g);
-        let _ = g.remove();
-    }
-}
-
-/// SIGTERM, a grace period, SIGKILL.
-fn stop_processes(ps: &[ProcessState]) {
-    for p in ps {
-        signal(p, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    while ps.iter().any(|p| p.is_alive()) && Instant::now() < deadline {
-        reap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for p in ps {
-        signal(p, libc::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while ps.iter().any(|p| p.is_alive()) && Instant::now() < deadline {
-        reap();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Kills whatever is left inside one of our groups: processes started but never recorded
-/// (an `up` killed between fork and writing the state) are found here.
-fn kill_group(g: &Cgroup) {
-    for _ in 0..50 {
-        let procs = g.procs();
-        if procs.is_empty() {
-            return;
-        }
-        for pid in procs {
-            // SAFETY: plain kill(2) of a process inside a group only fulcrum creates.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        reap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// What `down` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct DownReport {
@@ -875,6 +731,7 @@ pub fn down(
     }
     let mut procs: Vec<ProcessState> = Vec::new();
     procs.extend(state.credit_keeper.clone());
+    procs.extend(state.companions.iter().filter_map(|c| c.process.clone()));
     procs.extend(state.balancer.clone());
     procs.extend(state.instances.iter().filter_map(|i| i.process.clone()));
     let alive = procs.iter().filter(|p| p.is_alive()).count();

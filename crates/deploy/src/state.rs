@@ -32,6 +32,25 @@ pub struct State {
     pub balancer_admin: Option<String>,
     /// The credit keeper (burstable-credit emulation), when enabled.
     pub credit_keeper: Option<ProcessState>,
+    /// Processes run beside the deployment for a while (peer balancers, replicas,
+    /// antagonists), recorded before they start so `down` removes them too.
+    #[serde(default)]
+    pub companions: Vec<CompanionState>,
+}
+
+/// One companion process (see [`crate::companion`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompanionState {
+    /// Unique within the deployment, e.g. `nginx`, `replica-2`, `antagonist-c2-0`.
+    pub name: String,
+    pub role: crate::companion::Role,
+    pub process: Option<ProcessState>,
+    /// The companion's own cgroup (removed with it), if it has one.
+    pub own_cgroup: Option<Cgroup>,
+    /// The instance whose cgroup it runs in, if any (an antagonist).
+    pub instance: Option<String>,
+    /// Its standard output, where it may announce addresses.
+    pub stdout: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
