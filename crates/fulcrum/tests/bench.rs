@@ -211,3 +211,134 @@ fn open_model_corrects_coordinated_omission() {
     assert_eq!(r["unsent_requests"], 0);
     assert_eq!(r["errors"]["timeout"], 0);
 }
+
+/// Two workers as two targets, open model: each gets half the schedule, and results.json
+/// attributes every response to the target that answered it.
+#[test]
+fn several_targets_share_the_load_evenly() {
+    let scratch = Scratch::new("bench-targets");
+    let w1 = worker("1", "i-bench-t1");
+    let w2 = worker("1", "i-bench-t2");
+    let (u1, u2) = (w1.url("/"), w2.url("/"));
+    let out = scratch.path("results.json");
+    let r = bench_json(&[
+        &u1,
+        &u2,
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "-c",
+        "4",
+        "-t",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let total = r["responses"].as_u64().unwrap();
+    assert!(
+        (380..=420).contains(&total),
+        "{total} responses for 400 due"
+    );
+    assert_eq!(r["errors"]["connect"], 0);
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let run = &file["runs"][0];
+    assert_eq!(run["url"], u1.as_str());
+    assert_eq!(run["targets"], serde_json::json!([u1, u2]));
+    let by_target = run["by_target"].as_object().unwrap();
+    assert_eq!(by_target.len(), 2);
+    let mut sum = 0;
+    for (url, id) in [(&u1, "i-bench-t1"), (&u2, "i-bench-t2")] {
+        let n = by_target[url.as_str()]["responses"].as_u64().unwrap();
+        let share = n as f64 / total as f64;
+        assert!(
+            (0.45..=0.55).contains(&share),
+            "{url}: {n} of {total} responses"
+        );
+        // The target is who answered: its worker's own count agrees.
+        assert_eq!(run["by_instance"][id]["responses"], n);
+        sum += n;
+    }
+    assert_eq!(sum, total);
+}
+
+/// A mix against one worker: the URL's own path is ignored (`/cluster2` would be a 404 on a
+/// cluster-1 worker), each send picks an entry by weight, and what was sent is counted.
+#[test]
+fn a_request_mix_sends_paths_by_weight() {
+    let scratch = Scratch::new("bench-mix");
+    let w = worker("1", "i-bench-mix");
+    let mix = scratch.path("mix.toml");
+    std::fs::write(
+        &mix,
+        "[[request]]\npath = \"/?work_us=0\"\nweight = 3\n\n[[request]]\npath = \"/cluster1?work_us=0\"\n",
+    )
+    .unwrap();
+    let mix = mix.to_str().unwrap();
+    let r = bench_json(&[&w.url("/cluster2"), "--mix", mix, "-n", "20000", "-c", "2"]);
+    assert_eq!(r["responses"], 20000);
+    assert_eq!(r["errors"]["status_4xx"], 0, "the URL's path was sent");
+    let usage = &r["mix"];
+    assert_eq!(usage["file"], mix);
+    let entries = usage["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["path"], "/?work_us=0");
+    assert_eq!(entries[0]["weight"], 3.0);
+    assert_eq!(entries[1]["path"], "/cluster1?work_us=0");
+    assert_eq!(entries[1]["weight"], 1.0);
+    let sent: Vec<u64> = entries
+        .iter()
+        .map(|e| e["sent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sent.iter().sum::<u64>(), 20000);
+    let ratio = sent[0] as f64 / sent[1] as f64;
+    assert!(
+        (2.85..=3.15).contains(&ratio),
+        "sent {sent:?}: ratio {ratio}"
+    );
+    // The summary for a person says the same.
+    let (code, out, err) = run(&[
+        "bench",
+        &w.url("/"),
+        "--mix",
+        mix,
+        "-n",
+        "40",
+        "-c",
+        "2",
+        "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("  mix         {mix}: /?work_us=0 (weight 3) ")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_mix_or_too_few_connections_is_refused_in_one_line() {
+    let scratch = Scratch::new("bench-bad-mix");
+    let mix = scratch.path("mix.toml");
+    std::fs::write(&mix, "[[request]]\npath = \"/\"\nweight = -1\n").unwrap();
+    let mix = mix.to_str().unwrap();
+    // Nothing needs to listen: the mix is refused before anything is sent.
+    let (code, _, err) = run(&["bench", "http://127.0.0.1:9/", "--mix", mix, "-n", "10"]);
+    assert_ne!(code, 0);
+    assert_eq!(
+        err,
+        format!("error: {mix}:3:10: expected a weight that is a finite number above 0, found -1\n")
+    );
+    let (code, _, err) = run(&[
+        "bench",
+        "http://127.0.0.1:9/a",
+        "http://127.0.0.1:9/b",
+        "-c",
+        "1",
+        "-n",
+        "10",
+    ]);
+    assert_ne!(code, 0);
+    assert_eq!(
+        err,
+        "error: 2 targets need at least as many connections (-c), not 1\n"
+    );
+}

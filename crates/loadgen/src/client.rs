@@ -3,10 +3,10 @@
 //! records each outcome.
 //!
 //! The generator speaks the little HTTP/1.1 a benchmark needs itself, on `httparse` (hyper's own
-//! parser): it always sends the same GET, and reads back only the status, two headers and the
-//! body's framing. hyper's client built a header map and ran its dispatcher for every response,
-//! which held fulcrum bench to about three quarters of wrk's requests/s against the same target
-//! (bench/loadgen.sh); wrk works this way too. Bodies are read and discarded: Content-Length,
+//! parser): it sends GETs serialized once per target and mix entry, and reads back only the
+//! status, two headers and the body's framing. hyper's client built a header map and ran its
+//! dispatcher for every response, which held fulcrum bench to about three quarters of wrk's
+//! requests/s against the same target (bench/loadgen.sh); wrk works this way too. Bodies are read and discarded: Content-Length,
 //! chunked (trailers included) and close-delimited; `Connection: close` and HTTP/1.0 are honoured
 //! by reconnecting. Anything malformed is an I/O error and the connection is not reused.
 
@@ -24,23 +24,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::stats::{Outcome, ThreadStats};
+use crate::mix::Weights;
+use crate::stats::{Completion, Outcome, ThreadStats};
 
-/// Where requests go, and the request itself, serialized once.
+/// Where requests go, and every request it gets (one per mix entry), serialized once.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
-    pub request: Bytes,
+    pub requests: Box<[Bytes]>,
 }
 
 impl Target {
-    pub fn new(addr: SocketAddr, authority: &str, path: &str) -> Target {
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: fulcrum-bench\r\n\r\n"
-        );
+    pub fn new<'a>(
+        addr: SocketAddr,
+        authority: &str,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) -> Target {
+        let request = |path| {
+            Bytes::from(format!(
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: fulcrum-bench\r\n\r\n"
+            ))
+        };
         Target {
             addr,
-            request: Bytes::from(request),
+            requests: paths.into_iter().map(request).collect(),
         }
     }
 }
@@ -364,8 +371,9 @@ pub enum Schedule {
         next: std::sync::Arc<std::sync::atomic::AtomicU64>,
         total: u64,
     },
-    /// Open model: this thread's constant schedule, `interval` apart from `start`, until `end`;
-    /// `next` is shared by the thread's connections.
+    /// Open model: this thread's constant schedule for one target (its lane, see `spread`),
+    /// `interval` apart from `start`, until `end`; `next` is shared by the thread's connections
+    /// to that target.
     Open {
         next: Rc<Cell<u64>>,
         start: Instant,
@@ -375,8 +383,11 @@ pub enum Schedule {
 }
 
 /// Shared settings of one thread's connections.
+#[derive(Clone)]
 pub struct Run {
-    pub target: Target,
+    pub targets: Vec<Target>,
+    /// Which of a target's requests each send is.
+    pub weights: Weights,
     pub timeout: Duration,
     /// When the first request may go (warm-up, if any, starts here).
     pub start: Instant,
@@ -393,12 +404,18 @@ pub struct Run {
 /// still busy when they were due.
 const LATE: Duration = Duration::from_millis(1);
 
-/// One connection's loop, until the schedule is exhausted.
+/// One connection's loop, until the schedule is exhausted: connection number `index` of the
+/// run, loading target `target` on that target's `schedule`.
 pub async fn connection(
     run: Rc<Run>,
     schedule: Rc<Schedule>,
     stats: Rc<std::cell::RefCell<ThreadStats>>,
+    index: usize,
+    target: usize,
 ) -> u64 {
+    let to = &run.targets[target];
+    // Seeded by the connection's number, so its picks are the same from run to run.
+    let mut rng = fastrand::Rng::with_seed(index as u64);
     let mut conn: Option<Conn> = None;
     // The connection's one timer: first the run's start (nobody sends before it, so warm-up
     // and measurement begin on time), then each request's deadline.
@@ -454,12 +471,13 @@ pub async fn connection(
             }
             continue;
         }
+        let entry = run.weights.pick(&mut rng);
         let sent = Instant::now();
         let result = within(timer.as_mut(), sent + run.timeout, async {
             if conn.as_ref().is_none_or(Conn::closed_while_idle) {
-                conn = Some(connect(run.target.addr).await?);
+                conn = Some(connect(to.addr).await?);
             }
-            exchange(conn.as_mut().expect("connected"), &run.target.request).await
+            exchange(conn.as_mut().expect("connected"), &to.requests[entry]).await
         })
         .await;
         let done = Instant::now();
@@ -486,14 +504,16 @@ pub async fn connection(
                 (Ok(a), Some(c)) => (c.text(&a.cluster), c.text(&a.instance)),
                 _ => (None, None),
             };
-            s.record(
+            s.record(&Completion {
                 outcome,
-                done.duration_since(origin).as_micros() as u64,
-                done.duration_since(sent).as_micros() as u64,
+                latency_us: done.duration_since(origin).as_micros() as u64,
+                service_us: done.duration_since(sent).as_micros() as u64,
                 second,
                 cluster,
                 instance,
-            );
+                target,
+                entry,
+            });
         }
         // A failed connection, or one the server is closing, is not reused.
         if !result.as_ref().is_ok_and(|a| a.keep_alive) {

@@ -9,7 +9,9 @@
 //! wrk2 does); the service time from the actual send is kept beside it, with late and unsent
 //! requests counted. Exactly the configured connections are used, spread over generator threads
 //! that each run their own single-threaded runtime and record into their own HDR histograms,
-//! merged at the end (percentiles are never averaged). Worker CPU and the balancer's view are
+//! merged at the end (percentiles are never averaged). Several targets share the load evenly
+//! (`spread`), and a request mix (`mix`) replaces the one GET with weighted ones, each still
+//! serialized once. Worker CPU and the balancer's view are
 //! sampled at 4 Hz into the same timeline, and the generator measures its own CPU so a saturated
 //! generator is flagged rather than trusted.
 //!
@@ -17,12 +19,15 @@
 //! (`fulcrum-report`).
 
 mod client;
+pub mod mix;
 pub mod results;
 mod sampler;
+mod spread;
 mod stats;
 pub mod threshold;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -30,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 
+pub use mix::{MixEntry, MixError, RequestMix};
 pub use results::{Model, Run, RunKind};
 pub use sampler::{CpuProbe, Sampling, WorkerProbe};
 
@@ -37,7 +43,11 @@ pub use sampler::{CpuProbe, Sampling, WorkerProbe};
 pub struct BenchConfig {
     pub name: String,
     pub kind: RunKind,
-    pub url: String,
+    /// The URLs to load, at least one. The load is spread evenly over them: connection k loads
+    /// target k mod N; in the open model each target gets its own schedule at rate / N.
+    pub targets: Vec<String>,
+    /// Weighted requests sent to every target instead of each URL's own path (then ignored).
+    pub mix: Option<RequestMix>,
     pub model: Model,
     pub connections: usize,
     pub threads: usize,
@@ -63,7 +73,9 @@ pub enum BenchError {
     Invalid(String),
 }
 
-fn target(url: &str) -> Result<client::Target, BenchError> {
+/// A URL as a target: its address, and its requests serialized once — the URL's own path, or
+/// with a mix every entry's path instead.
+fn target(url: &str, mix: Option<&RequestMix>) -> Result<client::Target, BenchError> {
     let uri: Uri = url.parse().map_err(|_| BenchError::BadUrl(url.into()))?;
     if uri.scheme_str() != Some("http") {
         return Err(BenchError::BadUrl(url.into()));
@@ -77,31 +89,192 @@ fn target(url: &str) -> Result<client::Target, BenchError> {
         .map_err(|_| BenchError::Resolve(authority.to_string()))?
         .next()
         .ok_or_else(|| BenchError::Resolve(authority.to_string()))?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    Ok(client::Target::new(addr, authority.as_str(), path))
+    let paths: Vec<&str> = match mix {
+        Some(mix) => mix.entries.iter().map(|e| e.path.as_str()).collect(),
+        None => vec![uri.path_and_query().map_or("/", |p| p.as_str())],
+    };
+    Ok(client::Target::new(addr, authority.as_str(), paths))
+}
+
+/// Settings that cannot make a run, caught before anything starts.
+fn check(cfg: &BenchConfig) -> Result<(), BenchError> {
+    let invalid = |m: String| Err(BenchError::Invalid(m));
+    if cfg.targets.is_empty() {
+        return invalid("at least one target URL is needed".into());
+    }
+    // Results are kept per target URL: the same URL twice would be one target counted as two.
+    let mut seen = cfg.targets.iter().enumerate();
+    if let Some((_, url)) = seen.find(|(i, url)| cfg.targets[..*i].contains(url)) {
+        return invalid(format!("target `{url}` is listed twice"));
+    }
+    if cfg.connections == 0 || cfg.threads == 0 {
+        return invalid("connections and threads must be at least 1".into());
+    }
+    if cfg.connections < cfg.targets.len() {
+        return invalid(format!(
+            "{} targets need at least as many connections (-c), not {}",
+            cfg.targets.len(),
+            cfg.connections
+        ));
+    }
+    if let Some(mix) = &cfg.mix {
+        mix.check()
+            .map_err(|e| BenchError::Invalid(e.to_string()))?;
+    }
+    match cfg.model {
+        Model::Open { rate, duration_s } if rate <= 0.0 || duration_s <= 0.0 => {
+            invalid("--rate and --duration must be positive".into())
+        }
+        Model::Closed { requests: 0, .. } => invalid("-n must be at least 1".into()),
+        _ => Ok(()),
+    }
+}
+
+/// How one generator thread's connections draw their requests: sendable, turned into the
+/// thread's own schedules once it runs.
+enum Pace {
+    /// One request counter for every connection of every thread.
+    Closed { next: Arc<AtomicU64>, total: u64 },
+    /// This thread's lane of each target's schedule (`None` for targets it does not load).
+    Open {
+        lanes: Vec<Option<spread::Lane>>,
+        start: Instant,
+        end: Instant,
+    },
+}
+
+impl Pace {
+    /// The schedule each target's connections on this thread share.
+    fn schedules(self, targets: usize) -> Vec<Option<Rc<client::Schedule>>> {
+        match self {
+            Pace::Closed { next, total } => {
+                vec![Some(Rc::new(client::Schedule::Closed { next, total })); targets]
+            }
+            Pace::Open { lanes, start, end } => lanes
+                .into_iter()
+                .map(|lane| {
+                    lane.map(|l| {
+                        Rc::new(client::Schedule::Open {
+                            next: Rc::new(std::cell::Cell::new(0)),
+                            start: start + l.first,
+                            interval: l.interval,
+                            end,
+                        })
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One generator thread: its connections on a single-threaded runtime, recording into its own
+/// stats; returns them with the number of requests left unsent.
+fn generate(
+    connections: Range<usize>,
+    run: client::Run,
+    pace: Pace,
+    stats: stats::ThreadStats,
+) -> (stats::ThreadStats, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a generator runtime");
+    let targets = run.targets.len();
+    let schedules = pace.schedules(targets);
+    let run = Rc::new(run);
+    let stats = Rc::new(std::cell::RefCell::new(stats));
+    let local = tokio::task::LocalSet::new();
+    let unsent = local.block_on(&rt, async {
+        let tasks: Vec<_> = connections
+            .map(|k| {
+                let target = spread::target_of(k, targets);
+                let schedule = schedules[target]
+                    .clone()
+                    .expect("a lane for every target the thread loads");
+                tokio::task::spawn_local(client::connection(
+                    run.clone(),
+                    schedule,
+                    stats.clone(),
+                    k,
+                    target,
+                ))
+            })
+            .collect();
+        let mut unsent = 0;
+        for t in tasks {
+            unsent += t.await.unwrap_or(0);
+        }
+        unsent
+    });
+    drop(run);
+    drop(schedules);
+    let mut s = Rc::try_unwrap(stats)
+        .ok()
+        .expect("connections are done")
+        .into_inner();
+    s.finish();
+    (s, unsent)
+}
+
+/// Merges the timeline as threads report it and shows progress, until every thread is done.
+fn follow(
+    rx: mpsc::Receiver<stats::Report>,
+    threads: usize,
+    bar: Option<&indicatif::ProgressBar>,
+    live: &stats::Live,
+    measure_from: Instant,
+) -> stats::Timeline {
+    let mut timeline = stats::Timeline::new(threads);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => timeline.absorb(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return timeline,
+        }
+        if let Some(bar) = bar {
+            let elapsed = Instant::now()
+                .saturating_duration_since(measure_from)
+                .as_secs_f64();
+            let last = timeline.last();
+            bar.set_message(format!(
+                "{elapsed:5.1}s  {} responses  {} rps  p99 {}  {} errors",
+                live.responses.load(Ordering::Relaxed),
+                last.map_or("-".into(), |s| s.responses.to_string()),
+                last.map_or("-".into(), |s| format!("{:.1}ms", s.p99_ms)),
+                live.errors.load(Ordering::Relaxed),
+            ));
+        }
+    }
+}
+
+/// The mix as used: each entry beside what was sent of it.
+fn mix_usage(mix: Option<RequestMix>, sent_by_entry: &[u64]) -> Option<results::MixUsage> {
+    let mix = mix?;
+    Some(results::MixUsage {
+        file: mix.file.unwrap_or_default(),
+        entries: mix
+            .entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| results::MixEntryUsage {
+                path: e.path,
+                weight: e.weight,
+                sent: sent_by_entry.get(i).copied().unwrap_or(0),
+            })
+            .collect(),
+    })
 }
 
 /// Runs one benchmark to completion (blocking) and returns what it measured.
 pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
-    let target = target(&cfg.url)?;
-    if cfg.connections == 0 || cfg.threads == 0 {
-        return Err(BenchError::Invalid(
-            "connections and threads must be at least 1".into(),
-        ));
-    }
+    check(&cfg)?;
+    let targets = cfg
+        .targets
+        .iter()
+        .map(|url| target(url, cfg.mix.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let threads = cfg.threads.min(cfg.connections);
-    if let Model::Open { rate, duration_s } = cfg.model {
-        if rate <= 0.0 || duration_s <= 0.0 {
-            return Err(BenchError::Invalid(
-                "--rate and --duration must be positive".into(),
-            ));
-        }
-    }
-    if let Model::Closed { requests, .. } = cfg.model {
-        if requests == 0 {
-            return Err(BenchError::Invalid("-n must be at least 1".into()));
-        }
-    }
+    let entries = targets[0].requests.len();
 
     let live = Arc::new(stats::Live::default());
     let (tx, rx) = mpsc::channel();
@@ -117,101 +290,44 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
         Model::Closed { .. } => (None, start + Duration::from_secs(24 * 3600)),
     };
     let sampler = sampler::start(cfg.sampling.clone(), measure_from);
+    let shared = client::Run {
+        targets,
+        weights: cfg
+            .mix
+            .as_ref()
+            .map_or_else(mix::Weights::single, RequestMix::weights),
+        timeout: cfg.timeout,
+        start,
+        measure_from,
+        window_end: end,
+        stop_at,
+    };
 
     let mut handles = Vec::new();
     for t in 0..threads {
-        let conns = cfg.connections / threads + usize::from(t < cfg.connections % threads);
-        let (tx, live, closed_next, target) = (
-            tx.clone(),
-            live.clone(),
-            closed_next.clone(),
-            target.clone(),
-        );
-        let model = cfg.model.clone();
-        let timeout = cfg.timeout;
-        handles.push(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a generator runtime");
-            let stats = Rc::new(std::cell::RefCell::new(stats::ThreadStats::new(
-                t, tx, live,
-            )));
-            let schedule = Rc::new(match model {
-                Model::Closed { requests, .. } => client::Schedule::Closed {
-                    next: closed_next,
-                    total: requests,
-                },
-                Model::Open { rate, .. } => {
-                    // Each thread runs its share of the rate, offset so threads interleave.
-                    let interval = Duration::from_secs_f64(threads as f64 / rate);
-                    client::Schedule::Open {
-                        next: Rc::new(std::cell::Cell::new(0)),
-                        start: start + interval.mul_f64(t as f64 / threads as f64),
-                        interval,
-                        end: end.expect("open model has an end"),
-                    }
-                }
-            });
-            let run = Rc::new(client::Run {
-                target,
-                timeout,
+        let pace = match cfg.model {
+            Model::Closed { requests, .. } => Pace::Closed {
+                next: closed_next.clone(),
+                total: requests,
+            },
+            Model::Open { rate, .. } => Pace::Open {
+                lanes: spread::open_lanes(rate, threads, cfg.connections, cfg.targets.len(), t),
                 start,
-                measure_from,
-                window_end: end,
-                stop_at,
-            });
-            let local = tokio::task::LocalSet::new();
-            let unsent = local.block_on(&rt, async {
-                let mut tasks = Vec::new();
-                for _ in 0..conns {
-                    tasks.push(tokio::task::spawn_local(client::connection(
-                        run.clone(),
-                        schedule.clone(),
-                        stats.clone(),
-                    )));
-                }
-                let mut unsent = 0;
-                for t in tasks {
-                    unsent += t.await.unwrap_or(0);
-                }
-                unsent
-            });
-            drop(run);
-            drop(schedule);
-            let mut s = Rc::try_unwrap(stats)
-                .ok()
-                .expect("connections are done")
-                .into_inner();
-            s.finish();
-            (s, unsent)
+                end: end.expect("open model has an end"),
+            },
+        };
+        let stats =
+            stats::ThreadStats::new(t, cfg.targets.len(), entries, tx.clone(), live.clone());
+        let connections = spread::connections_of(t, threads, cfg.connections);
+        let run = shared.clone();
+        handles.push(std::thread::spawn(move || {
+            generate(connections, run, pace, stats)
         }));
     }
     drop(tx);
 
-    // Coordinate: merge the timeline as it comes, show progress, wait for the threads.
     let bar = cfg.progress.then(|| progress_bar(&cfg));
-    let mut timeline = stats::Timeline::new(threads);
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(r) => timeline.absorb(r),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if let Some(bar) = &bar {
-            let elapsed = Instant::now()
-                .saturating_duration_since(measure_from)
-                .as_secs_f64();
-            let last = timeline.last();
-            bar.set_message(format!(
-                "{elapsed:5.1}s  {} responses  {} rps  p99 {}  {} errors",
-                live.responses.load(Ordering::Relaxed),
-                last.map_or("-".into(), |s| s.responses.to_string()),
-                last.map_or("-".into(), |s| format!("{:.1}ms", s.p99_ms)),
-                live.errors.load(Ordering::Relaxed),
-            ));
-        }
-    }
+    let timeline = follow(rx, threads, bar.as_ref(), &live, measure_from);
     let mut per_thread = Vec::new();
     let mut unsent = 0;
     for h in handles {
@@ -238,7 +354,7 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     let usable = threads.min(std::thread::available_parallelism().map_or(1, |n| n.get())) as f64;
     let gen_util = cpu_seconds / (wall * usable);
 
-    let merged = stats::merge(per_thread);
+    let merged = stats::merge(per_thread, &cfg.targets);
     // Throughput is what arrived inside the window: under overload an open-model backlog keeps
     // draining after the schedule ends, and counting that would overstate what was served.
     let achieved = merged.window_completions as f64 / measured.max(1e-9);
@@ -246,7 +362,8 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     Ok(Run {
         name: cfg.name,
         kind: cfg.kind,
-        url: cfg.url,
+        url: cfg.targets[0].clone(),
+        targets: cfg.targets,
         policy: cfg.policy,
         telemetry: cfg.telemetry,
         target_rate: match cfg.model {
@@ -271,6 +388,8 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
         by_cluster: merged.by_cluster,
         by_instance: merged.by_instance,
         by_status_class: merged.by_status_class,
+        by_target: merged.by_target,
+        mix: mix_usage(cfg.mix, &merged.sent_by_entry),
         timeline: timeline.finish(),
         cpu,
         balancer,
@@ -359,18 +478,74 @@ mod tests {
 
     #[test]
     fn urls_become_targets() {
-        let t = target("http://127.0.0.1:8080/cluster1?work_us=0").unwrap();
+        let t = target("http://127.0.0.1:8080/cluster1?work_us=0", None).unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
-            t.request,
+            &t.requests[..],
+            [
             "GET /cluster1?work_us=0 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n"
+            ]
         );
-        assert!(target("https://x/").is_err());
-        assert!(target("nonsense").is_err());
-        assert!(target("http://127.0.0.1:9")
-            .unwrap()
-            .request
+        assert!(target("https://x/", None).is_err());
+        assert!(target("nonsense", None).is_err());
+        assert!(target("http://127.0.0.1:9", None).unwrap().requests[0]
             .starts_with(b"GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn a_mix_replaces_the_urls_path_with_each_entry() {
+        let mix = RequestMix::new(vec![
+            MixEntry::new("/?work_us=500", 3.0),
+            MixEntry::new("/cluster1", 1.0),
+        ])
+        .unwrap();
+        let t = target("http://127.0.0.1:8080/ignored", Some(&mix)).unwrap();
+        assert_eq!(
+            &t.requests[..],
+            [
+                "GET /?work_us=500 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n",
+                "GET /cluster1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn settings_that_cannot_make_a_run_are_refused() {
+        let cfg = |targets: &[&str], connections| BenchConfig {
+            name: "t".into(),
+            kind: RunKind::Bench,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            mix: None,
+            model: Model::Closed {
+                requests: 10,
+                concurrency: connections,
+            },
+            connections,
+            threads: 1,
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            sampling: Sampling::default(),
+            progress: false,
+            policy: None,
+            telemetry: None,
+            clock_origin: None,
+        };
+        let refusal = |c: BenchConfig| check(&c).unwrap_err().to_string();
+        assert_eq!(
+            refusal(cfg(&["http://a/", "http://b/", "http://c/"], 2)),
+            "3 targets need at least as many connections (-c), not 2"
+        );
+        assert_eq!(
+            refusal(cfg(&["http://a/", "http://b/", "http://a/"], 3)),
+            "target `http://a/` is listed twice"
+        );
+        assert_eq!(refusal(cfg(&[], 3)), "at least one target URL is needed");
+        let mut emptied = cfg(&["http://a/"], 1);
+        let mut mix = RequestMix::new(vec![MixEntry::new("/", 1.0)]).unwrap();
+        mix.entries.clear();
+        emptied.mix = Some(mix);
+        assert_eq!(refusal(emptied), "request mix: expected at least one entry");
+        assert!(check(&cfg(&["http://a/", "http://b/"], 2)).is_ok());
     }
 
     #[test]

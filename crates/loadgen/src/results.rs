@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change a reader must know about.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Histograms record microseconds from 1 µs to 1 hour with 3 significant digits.
 pub const HIST_MAX_US: u64 = 3_600_000_000;
@@ -122,7 +122,12 @@ pub enum Model {
 pub struct Run {
     pub name: String,
     pub kind: RunKind,
+    /// The first target (what a single-target run loaded; kept for readers of older files).
     pub url: String,
+    /// Every target, in the order given; the load was spread evenly over them. Empty in files
+    /// written before runs had several targets.
+    #[serde(default)]
+    pub targets: Vec<String>,
     /// The policy and telemetry in force at the balancer, when known.
     pub policy: Option<String>,
     pub telemetry: Option<String>,
@@ -155,10 +160,33 @@ pub struct Run {
     pub by_cluster: BTreeMap<String, Group>,
     pub by_instance: BTreeMap<String, InstanceGroup>,
     pub by_status_class: BTreeMap<String, Group>,
+    /// Per target URL: every outcome of the requests sent to it.
+    #[serde(default)]
+    pub by_target: BTreeMap<String, Group>,
+    /// The request mix, when one was used, with what was sent of each entry.
+    #[serde(default)]
+    pub mix: Option<MixUsage>,
     pub timeline: Vec<Second>,
     pub cpu: Vec<CpuSample>,
     pub balancer: Vec<BalancerSample>,
     pub generator: Generator,
+}
+
+/// A request mix as used in a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MixUsage {
+    /// The mix file as given; empty for a mix built in code.
+    pub file: String,
+    pub entries: Vec<MixEntryUsage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MixEntryUsage {
+    pub path: String,
+    pub weight: f64,
+    /// Requests of this entry sent in the measured part (warm-up excluded): every outcome but a
+    /// refused connection, so with no connect errors they add up to the run's latency count.
+    pub sent: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -290,11 +318,164 @@ pub struct Experiment {
     /// Per cluster: the highest rate it sustained in the ramp (see `Capacity` for the
     /// criteria), and the first rate at which it did not.
     pub capacity: Vec<Capacity>,
-    /// Rate the shoot-out ran at, and what fraction of the measured total capacity that is.
-    pub shootout_rate: f64,
-    pub shootout_fraction: f64,
-    pub shootout_rounds: u32,
-    pub policies: Vec<PolicyResult>,
+    /// Rounds per contender in every scenario.
+    pub rounds: u32,
+    /// The peer balancers the shoot-out looked for, and whether they ran.
+    pub peers: Vec<PeerInfo>,
+    /// The shoot-out, one scenario after the other.
+    pub scenarios: Vec<ScenarioResult>,
+}
+
+/// A peer balancer (nginx, HAProxy) as the experiment found it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerInfo {
+    /// `nginx` or `haproxy`.
+    pub name: String,
+    /// Its balancing rule, e.g. `least_conn`.
+    pub policy: String,
+    pub version: Option<String>,
+    /// Why it did not run, if it did not (not installed, failed to start).
+    pub missing: Option<String>,
+}
+
+/// One scenario of the shoot-out: the same offered load to every contender, rounds
+/// interleaved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScenarioResult {
+    /// `steady`, `antagonist`, `replicas` or `heavy-tail`.
+    pub name: String,
+    /// One sentence: what the scenario stands for.
+    pub description: String,
+    /// Offered load, and what fraction of the measured total capacity it is.
+    pub rate: f64,
+    pub fraction: f64,
+    pub round_s: f64,
+    pub params: ScenarioParams,
+    pub contenders: Vec<ContenderResult>,
+    /// `antagonist`: what the co-tenants actually took, read back from the cgroups.
+    #[serde(default)]
+    pub antagonists: Vec<AntagonistEffect>,
+    /// `heavy-tail`: the per-request cost asked for, and what was sent.
+    #[serde(default)]
+    pub cost: Option<CostDistribution>,
+}
+
+/// A scenario's settings, as run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "scenario", rename_all = "kebab-case")]
+pub enum ScenarioParams {
+    Steady,
+    Antagonist {
+        /// Instances that host a co-tenant.
+        instances: Vec<String>,
+        /// Share of each host's CPU quota a co-tenant takes while on.
+        share: f64,
+        on_s: f64,
+        off_s: f64,
+    },
+    Replicas {
+        /// Balancer instances of each contender, the load spread evenly over them.
+        replicas: usize,
+        threads_each: usize,
+    },
+    HeavyTail {
+        /// `lognormal`.
+        distribution: String,
+        mean_us: f64,
+        sigma: f64,
+        /// The request mix the generator used (written beside the results).
+        mix_file: String,
+    },
+}
+
+/// One co-tenant's measured effect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AntagonistEffect {
+    pub instance: String,
+    pub instance_id: String,
+    /// CPU the co-tenant used over the scenario, in seconds, and as a share of the host's
+    /// quota over the time it was on.
+    pub cpu_s: f64,
+    pub on_s: f64,
+    pub share_while_on: f64,
+    /// The host cgroup's CPU over the scenario and the periods it was throttled in.
+    pub group_cpu_s: f64,
+    pub throttled_periods: u64,
+    pub periods: u64,
+}
+
+/// Per-request CPU cost: configured, and what the sent requests asked for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CostDistribution {
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Over every request sent in the scenario.
+    pub sent_mean_us: f64,
+    pub sent_p50_us: f64,
+    pub sent_p99_us: f64,
+}
+
+/// One contender of a scenario: a fulcrum policy or a peer balancer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContenderResult {
+    /// e.g. `fulcrum adaptive`, `nginx least_conn`.
+    pub label: String,
+    /// `fulcrum`, `nginx` or `haproxy`.
+    pub balancer: String,
+    pub policy: String,
+    /// fulcrum's telemetry source for the policy, if it reads one.
+    pub telemetry: Option<String>,
+    /// Proxy threads (worker processes for nginx) of each instance.
+    pub threads: usize,
+    pub instances: usize,
+    /// Every round's run, merged.
+    pub latency: Hist,
+    pub responses: u64,
+    pub errors: u64,
+    /// Mean over rounds of the responses per second inside each round's window.
+    pub achieved_rate: f64,
+    pub rounds: Vec<RoundResult>,
+    /// Each worker's share of responses beside its share of capacity.
+    pub shares: Vec<Share>,
+}
+
+impl ContenderResult {
+    pub fn p99_by_round_ms(&self) -> Vec<f64> {
+        self.rounds.iter().map(|r| r.p99_ms).collect()
+    }
+
+    /// Median of the per-round p99s: the figure contenders are compared by.
+    pub fn median_p99_ms(&self) -> f64 {
+        median(self.p99_by_round_ms())
+    }
+}
+
+/// One round of one contender.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoundResult {
+    /// The run's name in `runs`.
+    pub run: String,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Responses per second inside the round's window (goodput: 2xx/3xx only).
+    pub goodput: f64,
+    pub errors: u64,
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -319,23 +500,6 @@ fn default_sustained_fraction() -> f64 {
 
 fn default_p99_bound_ms() -> f64 {
     200.0
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PolicyResult {
-    /// e.g. `lowest-cpu (cloudwatch, emulated)`.
-    pub label: String,
-    pub policy: String,
-    pub telemetry: String,
-    /// Every round's run, merged.
-    pub latency: Hist,
-    pub responses: u64,
-    pub errors: u64,
-    pub achieved_rate: f64,
-    /// Per-round p99, to judge noise.
-    pub p99_by_round_ms: Vec<f64>,
-    /// Each worker's share of responses beside its share of capacity.
-    pub shares: Vec<Share>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -21,6 +21,24 @@ pub enum Outcome {
     Io,
 }
 
+/// One finished request, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub outcome: Outcome,
+    /// What the client saw: from the intended send time in the open model when the request was
+    /// due while its connection was busy, else from the actual send.
+    pub latency_us: u64,
+    /// From the actual send.
+    pub service_us: u64,
+    /// The completion time's second since measurement started.
+    pub second: u64,
+    pub cluster: Option<&'a str>,
+    pub instance: Option<&'a str>,
+    /// Index of the target and of the mix entry the request was.
+    pub target: usize,
+    pub entry: usize,
+}
+
 /// Counters the coordinator reads live (progress display).
 #[derive(Default)]
 pub struct Live {
@@ -62,6 +80,10 @@ pub struct ThreadStats {
     by_cluster: HashMap<String, (u64, u64, Histogram<u64>)>,
     by_instance: HashMap<String, (String, u64, u64, Histogram<u64>)>,
     by_status: BTreeMap<&'static str, (u64, u64, Histogram<u64>)>,
+    /// Indexed by target: a run's targets are known up front, so no lookup by name.
+    by_target: Vec<(u64, u64, Histogram<u64>)>,
+    /// Indexed by mix entry (one entry without a mix).
+    sent_by_entry: Vec<u64>,
     pub late: u64,
     /// Responses that arrived inside the measurement window, whenever they were scheduled.
     pub window_completions: u64,
@@ -72,8 +94,11 @@ pub struct ThreadStats {
 }
 
 impl ThreadStats {
+    /// Stats of thread `thread`, for a run with `targets` targets and `entries` mix entries.
     pub fn new(
         thread: usize,
+        targets: usize,
+        entries: usize,
         to_coordinator: mpsc::Sender<Report>,
         live: std::sync::Arc<Live>,
     ) -> ThreadStats {
@@ -86,6 +111,10 @@ impl ThreadStats {
             by_cluster: HashMap::new(),
             by_instance: HashMap::new(),
             by_status: BTreeMap::new(),
+            by_target: (0..targets)
+                .map(|_| (0, 0, results::new_histogram()))
+                .collect(),
+            sent_by_entry: vec![0; entries],
             late: 0,
             window_completions: 0,
             bucket: None,
@@ -94,18 +123,18 @@ impl ThreadStats {
         }
     }
 
-    /// Records one finished request. `latency_us` is what the client saw (from the intended
-    /// send time in the open model); `service_us` from the actual send; `second` is the
-    /// completion time's second since measurement started.
-    pub fn record(
-        &mut self,
-        outcome: Outcome,
-        latency_us: u64,
-        service_us: u64,
-        second: u64,
-        cluster: Option<&str>,
-        instance: Option<&str>,
-    ) {
+    /// Records one finished request.
+    pub fn record(&mut self, done: &Completion) {
+        let Completion {
+            outcome,
+            latency_us,
+            service_us,
+            second,
+            cluster,
+            instance,
+            target,
+            entry,
+        } = *done;
         let error = match outcome {
             Outcome::Status(s) if s >= 500 => {
                 self.errors.status_5xx += 1;
@@ -154,6 +183,14 @@ impl ThreadStats {
         s.0 += responded as u64;
         s.1 += error as u64;
         results::record(&mut s.2, latency_us);
+        let t = &mut self.by_target[target];
+        t.0 += responded as u64;
+        t.1 += error as u64;
+        results::record(&mut t.2, latency_us);
+        // A request whose connection could not be opened never went out.
+        if outcome != Outcome::Connect {
+            self.sent_by_entry[entry] += 1;
+        }
         if let Some(c) = cluster {
             let g = match self.by_cluster.get_mut(c) {
                 Some(g) => g,
@@ -250,9 +287,13 @@ pub struct Merged {
     pub by_cluster: BTreeMap<String, Group>,
     pub by_instance: BTreeMap<String, InstanceGroup>,
     pub by_status_class: BTreeMap<String, Group>,
+    pub by_target: BTreeMap<String, Group>,
+    /// Requests sent per mix entry (see `ThreadStats::record`).
+    pub sent_by_entry: Vec<u64>,
 }
 
-pub fn merge(threads: Vec<ThreadStats>) -> Merged {
+/// Merges every thread's stats; `targets` names the targets by index.
+pub fn merge(threads: Vec<ThreadStats>, targets: &[String]) -> Merged {
     let mut latency = results::new_histogram();
     let mut service = results::new_histogram();
     let mut errors = Errors::default();
@@ -262,6 +303,11 @@ pub fn merge(threads: Vec<ThreadStats>) -> Merged {
     let mut clusters: BTreeMap<String, (u64, u64, Histogram<u64>)> = BTreeMap::new();
     let mut instances: BTreeMap<String, (String, u64, u64, Histogram<u64>)> = BTreeMap::new();
     let mut statuses: BTreeMap<String, (u64, u64, Histogram<u64>)> = BTreeMap::new();
+    let mut by_target: Vec<(u64, u64, Histogram<u64>)> = targets
+        .iter()
+        .map(|_| (0, 0, results::new_histogram()))
+        .collect();
+    let mut sent_by_entry: Vec<u64> = Vec::new();
     for t in threads {
         latency.add(&t.latency).expect("same bounds");
         service.add(&t.service).expect("same bounds");
@@ -288,6 +334,15 @@ pub fn merge(threads: Vec<ThreadStats>) -> Merged {
             g.1 += n;
             g.2 += e;
             g.3.add(&h).expect("same bounds");
+        }
+        for (g, (n, e, h)) in by_target.iter_mut().zip(t.by_target) {
+            g.0 += n;
+            g.1 += e;
+            g.2.add(&h).expect("same bounds");
+        }
+        sent_by_entry.resize(sent_by_entry.len().max(t.sent_by_entry.len()), 0);
+        for (sum, n) in sent_by_entry.iter_mut().zip(t.sent_by_entry) {
+            *sum += n;
         }
         for (k, (n, e, h)) in t.by_status {
             let g = statuses
@@ -326,6 +381,12 @@ pub fn merge(threads: Vec<ThreadStats>) -> Merged {
             })
             .collect(),
         by_status_class: statuses.into_iter().map(|(k, v)| (k, group(v))).collect(),
+        by_target: targets
+            .iter()
+            .cloned()
+            .zip(by_target.into_iter().map(group))
+            .collect(),
+        sent_by_entry,
     }
 }
 
@@ -418,26 +479,46 @@ mod tests {
     fn threads_merge_and_the_timeline_closes_seconds_in_order() {
         let (tx, rx) = mpsc::channel();
         let live = Arc::new(Live::default());
-        let mut a = ThreadStats::new(0, tx.clone(), live.clone());
-        let mut b = ThreadStats::new(1, tx, live.clone());
-        a.record(Outcome::Status(200), 1_000, 900, 0, Some("1"), Some("i-a"));
-        b.record(
+        let mut a = ThreadStats::new(0, 2, 2, tx.clone(), live.clone());
+        let mut b = ThreadStats::new(1, 2, 2, tx, live.clone());
+        let done = |outcome, latency_us, second, cluster, instance, target, entry| Completion {
+            outcome,
+            latency_us,
+            service_us: latency_us * 9 / 10,
+            second,
+            cluster,
+            instance,
+            target,
+            entry,
+        };
+        a.record(&done(
+            Outcome::Status(200),
+            1_000,
+            0,
+            Some("1"),
+            Some("i-a"),
+            0,
+            0,
+        ));
+        b.record(&done(
             Outcome::Status(200),
             3_000,
-            2_000,
             0,
             Some("2"),
             Some("i-b"),
-        );
-        a.record(
+            1,
+            1,
+        ));
+        a.record(&done(
             Outcome::Status(503),
-            5_000,
             5_000,
             1,
             Some("1"),
             Some("i-a"),
-        );
-        b.record(Outcome::Connect, 100, 100, 2, None, None);
+            0,
+            1,
+        ));
+        b.record(&done(Outcome::Connect, 100, 2, None, None, 1, 1));
         a.finish();
         b.finish();
         let mut tl = Timeline::new(2);
@@ -452,7 +533,7 @@ mod tests {
         assert_eq!(seconds[0].responses, 2);
         assert_eq!(seconds[0].responses_by_cluster.get("1"), Some(&1));
         assert_eq!(seconds[1].errors, 1);
-        let m = merge(vec![a, b]);
+        let m = merge(vec![a, b], &["http://a/".into(), "http://b/".into()]);
         assert_eq!(m.responses, 3);
         assert_eq!(m.errors.status_5xx, 1);
         assert_eq!(m.errors.connect, 1);
@@ -462,5 +543,12 @@ mod tests {
         assert_eq!(m.by_status_class["5xx"].errors, 1);
         assert_eq!(live.responses.load(Ordering::Relaxed), 3);
         assert_eq!(m.latency.len(), 4);
+        // Per target: every outcome; per mix entry: what went out (not the refused connect).
+        assert_eq!(m.by_target["http://a/"].responses, 2);
+        assert_eq!(m.by_target["http://a/"].errors, 1);
+        assert_eq!(m.by_target["http://b/"].responses, 1);
+        assert_eq!(m.by_target["http://b/"].errors, 1);
+        assert_eq!(m.by_target["http://b/"].latency.count, 2);
+        assert_eq!(m.sent_by_entry, vec![1, 2]);
     }
 }
