@@ -186,15 +186,17 @@ pub enum Policy {
     P2cEwma,
     LowestCpu,
     CpuAware,
+    CapacityWeighted,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 6] = [
         Policy::RoundRobin,
         Policy::LeastOutstanding,
         Policy::P2cEwma,
         Policy::LowestCpu,
         Policy::CpuAware,
+        Policy::CapacityWeighted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -204,6 +206,7 @@ impl Policy {
             Policy::P2cEwma => "p2c-ewma",
             Policy::LowestCpu => "lowest-cpu",
             Policy::CpuAware => "cpu-aware",
+            Policy::CapacityWeighted => "capacity-weighted",
         }
     }
 

@@ -147,6 +147,13 @@ pub struct Worker {
     slots: [Slot; 3],
     /// CPU the worker says it may use, in cores (from any report); f64 bits, 0 = unknown.
     cores: AtomicU64,
+    /// Of that, what it said it could use itself lately (less co-tenants), and when.
+    available: AtomicU64,
+    available_at_us: AtomicU64,
+    /// Requests in flight at the worker from *other* balancers, as of its last in-band report
+    /// (its reported in-flight count minus ours at that moment); f64 bits.
+    others_in_flight: AtomicU64,
+    others_at_us: AtomicU64,
     identity: Mutex<Option<Identity>>,
     pub pool: Pool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -195,6 +202,10 @@ impl Worker {
             estimates: Mutex::new(Estimates::fresh()),
             slots: Default::default(),
             cores: AtomicU64::new(0),
+            available: AtomicU64::new(0),
+            available_at_us: AtomicU64::new(0),
+            others_in_flight: AtomicU64::new(0),
+            others_at_us: AtomicU64::new(0),
             identity: Mutex::new(None),
             pool: Pool::default(),
             tasks: Mutex::new(Vec::new()),
@@ -348,6 +359,7 @@ impl Worker {
             } else {
                 latency.as_micros() as f64
             };
+
             if e.ewma_at == 0 || sample > e.ewma_us {
                 e.ewma_us = sample;
             } else {
@@ -434,6 +446,48 @@ impl Worker {
         if let Some(c) = report.cpu_cores.filter(|c| *c > 0.0) {
             self.cores.store(c.to_bits(), Ordering::Relaxed);
         }
+        if let Some(a) = report.cpu_available.filter(|a| a.is_finite()) {
+            self.available.store(a.to_bits(), Ordering::Relaxed);
+            self.available_at_us.store(now, Ordering::Relaxed);
+        }
+        if source == TelemetrySource::Inband {
+            if let Some(n) = report.inflight {
+                self.note_reported_in_flight(n, now);
+            }
+        }
+    }
+
+    /// Notes the in-flight count a worker reported on a response this balancer is still
+    /// counting as in flight: what it has beyond ours is other balancers' load.
+    pub fn note_reported_in_flight(&self, reported: f64, now: u64) {
+        let ours = self.in_flight() as f64;
+        let others = (reported - ours).max(0.0);
+        self.others_in_flight
+            .store(others.to_bits(), Ordering::Relaxed);
+        self.others_at_us.store(now, Ordering::Relaxed);
+    }
+
+    /// Requests other balancers have in flight on this worker, as last reported, if the
+    /// report is younger than `fresh_us`.
+    pub fn others_in_flight(&self, now: u64, fresh_us: u64) -> f64 {
+        let at = self.others_at_us.load(Ordering::Relaxed);
+        if at == 0 || now.saturating_sub(at) > fresh_us {
+            return 0.0;
+        }
+        f64::from_bits(self.others_in_flight.load(Ordering::Relaxed))
+    }
+
+    /// The CPU the worker can put to our requests, in cores: what it last said it could use
+    /// (its quota less co-tenants) while that is younger than `fresh_us`, else its quota.
+    pub fn capacity(&self, now: u64, fresh_us: u64) -> Option<f64> {
+        let at = self.available_at_us.load(Ordering::Relaxed);
+        if at != 0 && now.saturating_sub(at) <= fresh_us {
+            let a = f64::from_bits(self.available.load(Ordering::Relaxed));
+            // Never nothing: a worker whose co-tenant takes it all still gets the odd request,
+            // so it is seen when it recovers.
+            return Some(a.max(self.cores().unwrap_or(a) * 0.05));
+        }
+        self.cores()
     }
 
     /// CPU the worker may use, in cores, if it has said.

@@ -130,6 +130,7 @@ pub struct Group {
     static_workers: Vec<Arc<Worker>>,
     workers: ArcSwap<Vec<Arc<Worker>>>,
     rr: AtomicUsize,
+    weighted: policy::CapacityWeighted,
     queued: AtomicUsize,
     pub budget: RetryBudget,
     stale_after_us: u64,
@@ -154,6 +155,7 @@ impl Group {
             workers: ArcSwap::from_pointee(static_workers.clone()),
             static_workers,
             rr: AtomicUsize::new(0),
+            weighted: policy::CapacityWeighted::default(),
             queued: AtomicUsize::new(0),
             budget: RetryBudget::new(
                 settings.retry.budget_percent,
@@ -328,6 +330,7 @@ impl Group {
             stale_after_us: self.stale_after_us,
             now,
             rr: &self.rr,
+            weighted: &self.weighted,
         };
         let i = policy::pick(&candidates, &ctx);
         Attempt::Got(candidates[i].begin())

@@ -23,6 +23,9 @@ use crate::pool::Probe;
 struct Load {
     cpu_utilization: f64,
     cpu_cores: f64,
+    /// Absent from workers that predate it.
+    #[serde(default)]
+    cpu_available: Option<f64>,
     cpu_seconds_total: f64,
     requests_per_second: f64,
     errors_per_second: f64,
@@ -51,6 +54,7 @@ pub fn spawn_poll(worker: Arc<Worker>, interval: Duration) -> tokio::task::JoinH
                         eps: Some(l.errors_per_second),
                         inflight: None,
                         cpu_cores: Some(l.cpu_cores),
+                        cpu_available: l.cpu_available,
                     },
                     now_us(),
                 );
@@ -154,6 +158,7 @@ pub fn spawn_cloudwatch_emulation(
                         eps: None,
                         inflight: None,
                         cpu_cores: Some(l.cpu_cores),
+                        cpu_available: None,
                     },
                     now_us().saturating_sub(age_us).max(1),
                 );

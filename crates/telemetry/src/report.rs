@@ -30,6 +30,9 @@ pub struct LoadReport {
     pub inflight: Option<f64>,
     /// CPU the worker is allowed, in cores (`named_metrics.cpu_cores`): its capacity.
     pub cpu_cores: Option<f64>,
+    /// Of that, what it could use itself lately (`named_metrics.cpu_available`): the allowance
+    /// less what other processes sharing it took (a co-tenant, a noisy neighbour).
+    pub cpu_available: Option<f64>,
 }
 
 /// Why a load-report header was rejected.
@@ -65,6 +68,7 @@ impl LoadReport {
         field("eps", self.eps, 1);
         field("named_metrics.inflight", self.inflight, 0);
         field("named_metrics.cpu_cores", self.cpu_cores, 3);
+        field("named_metrics.cpu_available", self.cpu_available, 3);
         out
     }
 
@@ -97,6 +101,7 @@ impl LoadReport {
                 "eps" => &mut report.eps,
                 "named_metrics.inflight" => &mut report.inflight,
                 "named_metrics.cpu_cores" => &mut report.cpu_cores,
+                "named_metrics.cpu_available" => &mut report.cpu_available,
                 _ => continue,
             };
             let raw = raw.trim();
@@ -126,12 +131,14 @@ mod tests {
             eps: Some(0.0),
             inflight: Some(3.0),
             cpu_cores: Some(0.25),
+            cpu_available: Some(0.125),
         };
         let text = report.to_header_value();
         assert_eq!(
             text,
             "TEXT cpu_utilization=0.420, rps_fractional=113.0, eps=0.0, \
-             named_metrics.inflight=3, named_metrics.cpu_cores=0.250"
+             named_metrics.inflight=3, named_metrics.cpu_cores=0.250, \
+             named_metrics.cpu_available=0.125"
         );
         assert_eq!(LoadReport::parse(&text).unwrap(), report);
     }

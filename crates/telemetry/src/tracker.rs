@@ -31,6 +31,9 @@ struct Inner {
     rps: AtomicU64,
     eps: AtomicU64,
     cpu_seconds: AtomicU64,
+    /// CPU this process could use over the last few samples, in cores: the quota less what
+    /// other processes in its cgroup took (a co-tenant); f64 bits.
+    cpu_available: AtomicU64,
     sampled_window_us: AtomicU64,
     /// The report's fields that only change per sample, rendered once per sample.
     rendered: Mutex<Arc<str>>,
@@ -47,6 +50,9 @@ pub struct LoadSnapshot {
     pub cpu_capacity_origin: crate::cpu::CapacityOrigin,
     /// Cumulative CPU seconds used (monotonic; lets pollers average over any window).
     pub cpu_seconds_total: f64,
+    /// Of `cpu_cores`, what this process could use lately: less what other processes in its
+    /// cgroup took.
+    pub cpu_available: f64,
     pub requests_per_second: f64,
     pub errors_per_second: f64,
     pub in_flight: u64,
@@ -87,6 +93,8 @@ impl Drop for InFlight {
 struct Sample {
     at: Instant,
     cpu: Duration,
+    /// This process's own CPU; `cpu` less this is what others in the cgroup used.
+    own: Duration,
     served: u64,
     errors: u64,
 }
@@ -94,6 +102,7 @@ struct Sample {
 impl LoadTracker {
     /// Starts tracking with a sampler thread that lives as long as any handle does.
     pub fn start(meter: CpuMeter, sample_every: Duration, window: Duration) -> LoadTracker {
+        let cores = meter.cores();
         let inner = Arc::new(Inner {
             meter,
             window,
@@ -105,6 +114,7 @@ impl LoadTracker {
             rps: AtomicU64::new(0f64.to_bits()),
             eps: AtomicU64::new(0f64.to_bits()),
             cpu_seconds: AtomicU64::new(0f64.to_bits()),
+            cpu_available: AtomicU64::new(cores.to_bits()),
             sampled_window_us: AtomicU64::new(0),
             rendered: Mutex::new(Arc::from("TEXT")),
         });
@@ -160,6 +170,7 @@ impl LoadTracker {
             cpu_cores: i.meter.cores(),
             cpu_capacity_origin: i.meter.origin(),
             cpu_seconds_total: load_f64(&i.cpu_seconds),
+            cpu_available: load_f64(&i.cpu_available),
             requests_per_second: load_f64(&i.rps),
             errors_per_second: load_f64(&i.eps),
             in_flight: i.in_flight.load(Ordering::Relaxed),
@@ -183,6 +194,7 @@ fn sampled_report(inner: &Inner, in_flight: Option<u64>) -> LoadReport {
         eps: Some(load_f64(&inner.eps)),
         inflight: in_flight.map(|n| n as f64),
         cpu_cores: Some(inner.meter.cores()),
+        cpu_available: Some(load_f64(&inner.cpu_available)),
     }
 }
 
@@ -198,9 +210,27 @@ fn take_sample(inner: &Inner) -> Option<Sample> {
     Some(Sample {
         at: Instant::now(),
         cpu: inner.meter.used().ok()?,
+        own: crate::cpu::process_cpu_time().ok()?,
         served: inner.served.load(Ordering::Relaxed),
         errors: inner.errors.load(Ordering::Relaxed),
     })
+}
+
+/// Samples the available CPU is measured over: short, so a co-tenant switching on shows
+/// within a few hundred milliseconds.
+const AVAILABLE_SAMPLES: usize = 3;
+
+/// The cores this process could use between two samples: its allowance less what other
+/// processes in its cgroup used.
+fn available(meter: &CpuMeter, old: &Sample, now: &Sample) -> f64 {
+    let span = now.at.duration_since(old.at).as_secs_f64();
+    if span <= 0.0 {
+        return meter.cores();
+    }
+    let all = now.cpu.saturating_sub(old.cpu).as_secs_f64();
+    let own = now.own.saturating_sub(old.own).as_secs_f64();
+    let others = ((all - own) / span).max(0.0);
+    (meter.cores() - others).clamp(0.0, meter.cores())
 }
 
 fn sample_loop(weak: Weak<Inner>, every: Duration) {
@@ -224,6 +254,9 @@ fn sample_loop(weak: Weak<Inner>, every: Duration) {
                         .sampled_window_us
                         .store((span * 1e6) as u64, Ordering::Relaxed);
                 }
+            }
+            if let Some(recent) = ring.iter().rev().nth(AVAILABLE_SAMPLES - 1) {
+                store_f64(&inner.cpu_available, available(&inner.meter, recent, &now));
             }
             let sampled = Arc::from(sampled_report(&inner, None).to_header_value());
             *inner.rendered.lock().expect("never poisoned") = sampled;
