@@ -8,13 +8,18 @@
 //! 3. Capacity: an open-loop rate ramp per cluster around the throughput the seed benchmark
 //!    reached, to find where each cluster stops keeping up (the seed's "Expectations": the
 //!    micro cluster should reach its limit first).
-//! 4. Policy shoot-out on `/` across both clusters at 85% of the measured total capacity, the
-//!    policies interleaved round by round: round-robin, least-outstanding, lowest-cpu on
-//!    emulated CloudWatch (the seed's design), lowest-cpu on fresh telemetry, p2c-ewma, cpu-aware.
+//! 4. The shoot-out on `/` across both clusters, scenario by scenario ([`scenario`]): fulcrum's
+//!    policies beside nginx `least_conn` and HAProxy `leastconn` in front of the same workers,
+//!    with the same threads and the same offered load, rounds interleaved ([`shootout`]; the
+//!    peers' configs and lifecycles are [`peers`]).
 //! 5. `results.json`, `REPORT.md`, `index.html`; then down (unless kept or reused).
 //!
 //! It does not own deploying, load generation or reporting: it sequences `fulcrum-deploy`,
 //! `fulcrum-loadgen` and `fulcrum-report`.
+
+pub mod peers;
+pub mod scenario;
+pub mod shootout;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,32 +28,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use fulcrum_deploy::cgroup::Cgroup;
 use fulcrum_deploy::local;
 use fulcrum_deploy::state::StateDir;
 use fulcrum_deploy::topology::Topology;
 use fulcrum_loadgen::results::{
-    self, Capacity, ClusterInfo, Deployment, Emulation, Experiment, InstanceInfo, PolicyResult,
-    Results, Share,
+    self, Capacity, ClusterInfo, Deployment, Emulation, Experiment, InstanceInfo, PeerInfo,
+    Results, ScenarioResult,
 };
 use fulcrum_loadgen::{BenchConfig, CpuProbe, Model, Run, RunKind, Sampling, WorkerProbe};
 use fulcrum_telemetry::probe;
 
-/// The six contenders: `(label, policy, telemetry)`.
-pub const CONTENDERS: [(&str, &str, &str); 6] = [
-    ("round-robin", "round-robin", "inband"),
-    ("least-outstanding", "least-outstanding", "inband"),
-    (
-        "lowest-cpu (cloudwatch, emulated)",
-        "lowest-cpu",
-        "cloudwatch",
-    ),
-    ("lowest-cpu (fresh, poll)", "lowest-cpu", "poll"),
-    ("p2c-ewma", "p2c-ewma", "inband"),
-    ("cpu-aware", "cpu-aware", "inband"),
-];
-
-/// The shoot-out runs at this fraction of the summed capacity of the clusters.
-const SHOOTOUT_FRACTION: f64 = 0.85;
 /// A ramp step is sustained when it achieves this share of its target rate...
 const SUSTAINED_RATE: f64 = 0.97;
 /// ...with p99 under this bound and no errors.
@@ -62,6 +52,8 @@ pub struct Timing {
     pub rounds: u32,
     pub shootout_step: Duration,
     pub warmup: Duration,
+    /// `antagonist`: how long the set of co-tenants that are on stays put.
+    pub antagonist_dwell: Duration,
     /// The emulated CloudWatch period (60 s, as CloudWatch's; shorter only for `--quick`).
     pub cloudwatch_period: Duration,
     /// A request slower than this counts as a timeout. Overloaded contenders (the seed's
@@ -79,6 +71,7 @@ impl Timing {
             rounds: 2,
             shootout_step: Duration::from_secs(8),
             warmup: Duration::from_millis(500),
+            antagonist_dwell: Duration::from_secs(2),
             cloudwatch_period: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             settle: Duration::from_secs(3),
@@ -90,8 +83,9 @@ impl Timing {
             ramp_steps: &[0.7, 0.95, 1.2],
             ramp_step: Duration::from_millis(1500),
             rounds: 1,
-            shootout_step: Duration::from_millis(2500),
+            shootout_step: Duration::from_millis(2400),
             warmup: Duration::from_millis(300),
+            antagonist_dwell: Duration::from_millis(600),
             cloudwatch_period: Duration::from_secs(10),
             request_timeout: Duration::from_secs(3),
             settle: Duration::from_millis(1500),
@@ -106,6 +100,33 @@ pub struct Target {
     /// The balancer's admin address (policy switches, `/status` sampling).
     pub admin: Option<SocketAddr>,
     pub workers: Vec<WorkerProbe>,
+    /// A local deployment's handles: where peers, replicas and co-tenants are recorded.
+    pub local: Option<LocalHandles>,
+}
+
+/// What only a local deployment has: its state directory and its instances' cgroups.
+pub struct LocalHandles {
+    pub state_dir: PathBuf,
+    /// The watched target files the balancer (and its replicas) learn workers from.
+    pub targets_dir: PathBuf,
+    /// Where peer and replica configurations are written.
+    pub peers_dir: PathBuf,
+    pub instances: Vec<LocalInstance>,
+}
+
+pub struct LocalInstance {
+    /// `c<cluster>-<index>`.
+    pub name: String,
+    pub cluster: u32,
+    pub cores: f64,
+    pub instance_id: String,
+    pub cgroup: Option<Cgroup>,
+}
+
+impl LocalHandles {
+    pub fn instance(&self, name: &str) -> Option<&LocalInstance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
 }
 
 pub struct Options {
@@ -121,9 +142,32 @@ pub struct Options {
     pub no_emulation: bool,
     /// The exact command line, for the results.
     pub command: Vec<String>,
+    /// The shoot-out's scenarios, in order.
+    pub scenarios: Vec<scenario::Scenario>,
+    /// `replicas`: balancer instances per contender.
+    pub replicas: usize,
+    /// fulcrum policies to run beside the default, instead of the usual ones.
+    pub policies: Option<Vec<shootout::Contender>>,
 }
 
 impl Options {
+    /// The topology as the experiment runs it: every telemetry source collected from the start
+    /// (each contender has data when its turn comes; the emulated CloudWatch needs whole
+    /// windows), with the timing's CloudWatch period.
+    pub fn topology_for(&self, timing: &Timing) -> Topology {
+        let mut topology = self.topology.clone();
+        topology.balancer.cloudwatch_period = timing.cloudwatch_period;
+        for s in [
+            fulcrum_balancer::TelemetrySource::Poll,
+            fulcrum_balancer::TelemetrySource::Cloudwatch,
+        ] {
+            if !topology.balancer.collect.contains(&s) {
+                topology.balancer.collect.push(s);
+            }
+        }
+        topology
+    }
+
     /// How long each phase runs: the default or `quick`, with `rounds` applied.
     pub fn timing(&self) -> Timing {
         let mut timing = if self.quick {
@@ -153,18 +197,7 @@ pub fn run_local(
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
     let timing = opts.timing();
-    let mut topology = opts.topology.clone();
-    topology.balancer.cloudwatch_period = timing.cloudwatch_period;
-    // Every contender's telemetry must be collected from the start, so each has data when its
-    // turn comes (the emulated CloudWatch needs whole windows).
-    for s in [
-        fulcrum_balancer::TelemetrySource::Poll,
-        fulcrum_balancer::TelemetrySource::Cloudwatch,
-    ] {
-        if !topology.balancer.collect.contains(&s) {
-            topology.balancer.collect.push(s);
-        }
-    }
+    let topology = opts.topology_for(&timing);
     let started = Instant::now();
     let mut brought_up = false;
     if !opts.reuse {
@@ -282,11 +315,29 @@ pub fn local_target(state_dir: &Path, t: &Topology) -> anyhow::Result<Target> {
             })
             .collect(),
     };
+    let dir_targets = dir.targets();
+    let local = LocalHandles {
+        state_dir: state_dir.to_owned(),
+        targets_dir: dir_targets,
+        peers_dir: dir.root.join("peers"),
+        instances: state
+            .instances
+            .iter()
+            .map(|i| LocalInstance {
+                name: i.name.clone(),
+                cluster: i.cluster,
+                cores: i.cores,
+                instance_id: i.instance_id.clone(),
+                cgroup: i.cgroup.clone(),
+            })
+            .collect(),
+    };
     Ok(Target {
         deployment,
         balancer: format!("http://{listen}"),
         admin: Some(admin),
         workers,
+        local: Some(local),
     })
 }
 
@@ -299,199 +350,202 @@ pub fn run(
     started: Instant,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
-    let check = || -> anyhow::Result<()> {
-        anyhow::ensure!(!interrupted.load(Ordering::Relaxed), "interrupted");
-        Ok(())
-    };
     let started_at = fulcrum_loadgen::now_rfc3339();
     let origin = Instant::now();
-    let sampling = Sampling {
-        admin: target.admin,
-        workers: target.workers.clone(),
-    };
-    let bench = |name: String,
-                 kind: RunKind,
-                 url: String,
-                 model: Model,
-                 connections: usize,
-                 policy: Option<(&str, &str)>| {
-        fulcrum_loadgen::run(BenchConfig {
-            name,
-            kind,
-            url,
-            model,
-            connections,
-            threads: 1,
-            warmup: if kind == RunKind::Seed {
-                Duration::ZERO
-            } else {
-                timing.warmup
-            },
-            timeout: timing.request_timeout,
-            sampling: sampling.clone(),
-            progress: false,
-            policy: policy.map(|p| p.0.to_owned()),
-            telemetry: policy.map(|p| p.1.to_owned()),
-            clock_origin: Some(origin),
-        })
+    let steps = Steps {
+        target,
+        timing,
+        interrupted,
+        origin,
     };
     let mut runs: Vec<Run> = Vec::new();
-
     say("step 2/5: the seed's benchmark: 1000 requests, 100 at a time, per cluster");
-    let mut seed_rate = Vec::new();
-    for c in &target.deployment.clusters {
-        check()?;
-        let run = bench(
-            format!("seed {}", c.route),
-            RunKind::Seed,
-            format!("{}{}", target.balancer, c.route),
-            Model::Closed {
-                requests: 1000,
-                concurrency: 100,
-            },
-            100,
-            None,
-        )?;
-        say(&format!(
-            "  {}: {:.0} responses/s, p50 {:.1} ms, p99 {:.1} ms, errors {}",
-            c.route,
-            run.achieved_rate,
-            run.latency.p50_ms,
-            run.latency.p99_ms,
-            run.errors.total()
-        ));
-        seed_rate.push(run.achieved_rate);
-        runs.push(run);
-    }
-
+    let seed_rate = steps.seed(&mut runs, say)?;
     say("step 3/5: capacity: an open-loop ramp per cluster");
-    let mut capacity = Vec::new();
-    for (c, &estimate) in target.deployment.clusters.iter().zip(&seed_rate) {
-        let mut sustained = 0.0;
-        let mut failed = None;
-        let mut names = Vec::new();
-        for &f in timing.ramp_steps {
-            check()?;
-            let rate = (estimate * f).max(1.0).round();
-            let name = format!("capacity {} @ {rate}/s", c.route);
-            let run = bench(
-                name.clone(),
-                RunKind::Capacity,
-                format!("{}{}", target.balancer, c.route),
-                Model::Open {
-                    rate,
-                    duration_s: timing.ramp_step.as_secs_f64(),
-                },
-                200,
-                None,
-            )?;
-            let ok = run.achieved_rate >= SUSTAINED_RATE * rate
-                && run.latency.p99_ms <= SUSTAINED_P99_MS
-                && run.errors.total() == 0
-                && run.unsent_requests == 0;
-            say(&format!(
-                "  {} at {rate}/s: achieved {:.0}/s, p99 {:.1} ms, errors {} → {}",
-                c.route,
-                run.achieved_rate,
-                run.latency.p99_ms,
-                run.errors.total(),
-                if ok { "sustained" } else { "not sustained" }
-            ));
-            names.push(name);
-            runs.push(run);
-            settle(target.admin, timing.settle);
-            if ok {
-                sustained = rate;
-            } else {
-                failed = Some(rate);
-                break;
-            }
-        }
-        capacity.push(Capacity {
-            cluster: c.id.to_string(),
-            route: c.route.clone(),
-            sustained_rate: sustained,
-            failed_rate: failed,
-            sustained_fraction: SUSTAINED_RATE,
-            p99_bound_ms: SUSTAINED_P99_MS,
-            runs: names,
-        });
-    }
-
-    let Some(admin) = target.admin else {
-        // Without the admin API the policy cannot be switched: six rows would all measure the
-        // policy in force under six labels. Say so instead of pretending.
-        say("step 4/5: policy shoot-out skipped: the balancer's admin API is not reachable from here, so its policy cannot be switched");
-        let m = Measured {
-            started_at,
-            runs,
-            capacity,
-            rate: 0.0,
-            rounds: 0,
-            policies: Vec::new(),
-        };
-        return finish(target, opts, started, m, say);
-    };
+    let capacity = steps.capacity(&seed_rate, &mut runs, say)?;
     let total: f64 = capacity.iter().map(|c| c.sustained_rate).sum();
     let total = if total > 0.0 {
         total
     } else {
         seed_rate.iter().sum()
     };
-    let rate = (total * SHOOTOUT_FRACTION).max(1.0).round();
-    say(&format!(
-        "step 4/5: policy shoot-out on / at {rate}/s ({:.0}% of the measured {total:.0}/s), {} round(s)",
-        SHOOTOUT_FRACTION * 100.0,
-        timing.rounds
-    ));
-    let mut shootout: Vec<Vec<Run>> = vec![Vec::new(); CONTENDERS.len()];
-    for round in 1..=timing.rounds {
-        for (i, (label, policy, telemetry)) in CONTENDERS.iter().enumerate() {
-            check()?;
-            switch(admin, "all", policy, telemetry)?;
-            let run = bench(
-                format!("shootout {label} #{round}"),
-                RunKind::Shootout,
-                format!("{}/", target.balancer),
-                Model::Open {
-                    rate,
-                    duration_s: timing.shootout_step.as_secs_f64(),
-                },
-                300,
-                Some((policy, telemetry)),
-            )?;
-            say(&format!(
-                "  {label:<34} round {round}: p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms, errors {}",
-                run.latency.p50_ms,
-                run.latency.p99_ms,
-                run.latency.max_ms,
-                run.errors.total()
-            ));
-            shootout[i].push(run.clone());
-            runs.push(run);
-            settle(Some(admin), timing.settle);
+    let (peers, scenarios) = if target.admin.is_none() || target.local.is_none() {
+        // Without the admin API the policy cannot be switched, and without a local deployment
+        // no peer can be put in front of the workers: say so instead of pretending.
+        say("step 4/5: shoot-out skipped: it needs a local deployment whose balancer's admin API is reachable");
+        (Vec::new(), Vec::new())
+    } else {
+        say(&format!(
+            "step 4/5: shoot-out on / in {} scenario(s), {} round(s) each",
+            opts.scenarios.len(),
+            timing.rounds
+        ));
+        let topology = opts.topology_for(timing);
+        let outcome = shootout::Shootout {
+            target,
+            opts,
+            timing,
+            topology: &topology,
+            capacity: total,
+            origin,
+            interrupted,
         }
-    }
-    // Leave the deployment as configured.
-    let _ = switch(admin, "all", "cpu-aware", "inband");
-
-    let policies: Vec<PolicyResult> = CONTENDERS
-        .iter()
-        .zip(&shootout)
-        .map(|((label, policy, telemetry), rounds)| {
-            policy_result(label, policy, telemetry, rounds, &target.deployment)
-        })
-        .collect();
-
+        .run(say)?;
+        runs.extend(outcome.runs);
+        (outcome.peers, outcome.scenarios)
+    };
     let m = Measured {
         started_at,
         runs,
         capacity,
-        rate,
         rounds: timing.rounds,
-        policies,
+        peers,
+        scenarios,
     };
     finish(target, opts, started, m, say)
+}
+
+/// Steps 2 and 3, and what they share.
+struct Steps<'a> {
+    target: &'a Target,
+    timing: &'a Timing,
+    interrupted: &'a AtomicBool,
+    origin: Instant,
+}
+
+impl Steps<'_> {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.interrupted.load(Ordering::Relaxed), "interrupted");
+        Ok(())
+    }
+
+    fn bench(
+        &self,
+        name: String,
+        kind: RunKind,
+        url: String,
+        model: Model,
+        connections: usize,
+    ) -> anyhow::Result<Run> {
+        Ok(fulcrum_loadgen::run(BenchConfig {
+            name,
+            kind,
+            targets: vec![url],
+            model,
+            connections,
+            threads: 1,
+            warmup: if kind == RunKind::Seed {
+                Duration::ZERO
+            } else {
+                self.timing.warmup
+            },
+            timeout: self.timing.request_timeout,
+            sampling: Sampling {
+                admin: self.target.admin,
+                workers: self.target.workers.clone(),
+            },
+            progress: false,
+            policy: None,
+            telemetry: None,
+            clock_origin: Some(self.origin),
+            mix: None,
+        })?)
+    }
+
+    /// The seed's benchmark on every cluster; returns each one's throughput.
+    fn seed(&self, runs: &mut Vec<Run>, say: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<f64>> {
+        let mut seed_rate = Vec::new();
+        for c in &self.target.deployment.clusters {
+            self.check()?;
+            let run = self.bench(
+                format!("seed {}", c.route),
+                RunKind::Seed,
+                format!("{}{}", self.target.balancer, c.route),
+                Model::Closed {
+                    requests: 1000,
+                    concurrency: 100,
+                },
+                100,
+            )?;
+            say(&format!(
+                "  {}: {:.0} responses/s, p50 {:.1} ms, p99 {:.1} ms, errors {}",
+                c.route,
+                run.achieved_rate,
+                run.latency.p50_ms,
+                run.latency.p99_ms,
+                run.errors.total()
+            ));
+            seed_rate.push(run.achieved_rate);
+            runs.push(run);
+        }
+        Ok(seed_rate)
+    }
+
+    /// An open-loop ramp per cluster around the rate the seed benchmark reached.
+    fn capacity(
+        &self,
+        seed_rate: &[f64],
+        runs: &mut Vec<Run>,
+        say: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Vec<Capacity>> {
+        let mut capacity = Vec::new();
+        for (c, &estimate) in self.target.deployment.clusters.iter().zip(seed_rate) {
+            let mut sustained = 0.0;
+            let mut failed = None;
+            let mut names = Vec::new();
+            for &f in self.timing.ramp_steps {
+                self.check()?;
+                let rate = (estimate * f).max(1.0).round();
+                let name = format!("capacity {} @ {rate}/s", c.route);
+                let run = self.bench(
+                    name.clone(),
+                    RunKind::Capacity,
+                    format!("{}{}", self.target.balancer, c.route),
+                    Model::Open {
+                        rate,
+                        duration_s: self.timing.ramp_step.as_secs_f64(),
+                    },
+                    200,
+                )?;
+                let ok = sustained_step(&run, rate);
+                say(&format!(
+                    "  {} at {rate}/s: achieved {:.0}/s, p99 {:.1} ms, errors {} → {}",
+                    c.route,
+                    run.achieved_rate,
+                    run.latency.p99_ms,
+                    run.errors.total(),
+                    if ok { "sustained" } else { "not sustained" }
+                ));
+                names.push(name);
+                runs.push(run);
+                settle(self.target, self.timing.settle);
+                if ok {
+                    sustained = rate;
+                } else {
+                    failed = Some(rate);
+                    break;
+                }
+            }
+            capacity.push(Capacity {
+                cluster: c.id.to_string(),
+                route: c.route.clone(),
+                sustained_rate: sustained,
+                failed_rate: failed,
+                sustained_fraction: SUSTAINED_RATE,
+                p99_bound_ms: SUSTAINED_P99_MS,
+                runs: names,
+            });
+        }
+        Ok(capacity)
+    }
+}
+
+/// Whether a ramp step kept up: see [`SUSTAINED_RATE`] and [`SUSTAINED_P99_MS`].
+fn sustained_step(run: &Run, rate: f64) -> bool {
+    run.achieved_rate >= SUSTAINED_RATE * rate
+        && run.latency.p99_ms <= SUSTAINED_P99_MS
+        && run.errors.total() == 0
+        && run.unsent_requests == 0
 }
 
 /// What steps 2 to 4 measured.
@@ -499,10 +553,9 @@ struct Measured {
     started_at: String,
     runs: Vec<Run>,
     capacity: Vec<Capacity>,
-    /// The shoot-out's rate and rounds (0 when it was skipped).
-    rate: f64,
     rounds: u32,
-    policies: Vec<PolicyResult>,
+    peers: Vec<PeerInfo>,
+    scenarios: Vec<ScenarioResult>,
 }
 
 /// Step 5: results.json, REPORT.md, index.html.
@@ -525,10 +578,9 @@ fn finish(
         experiment: Some(Experiment {
             quick: opts.quick,
             capacity: m.capacity,
-            shootout_rate: m.rate,
-            shootout_fraction: SHOOTOUT_FRACTION,
-            shootout_rounds: m.rounds,
-            policies: m.policies,
+            rounds: m.rounds,
+            peers: m.peers,
+            scenarios: m.scenarios,
         }),
     };
     std::fs::create_dir_all(&opts.out)
@@ -545,95 +597,23 @@ fn finish(
     })
 }
 
-/// Merges a contender's rounds and sets each worker's share of responses beside its share of
-/// the capacity.
-fn policy_result(
-    label: &str,
-    policy: &str,
-    telemetry: &str,
-    rounds: &[Run],
-    d: &Deployment,
-) -> PolicyResult {
-    let mut merged = results::new_histogram();
-    let mut responses = 0;
-    let mut errors = 0;
-    let mut achieved = 0.0;
-    let mut per_instance: std::collections::BTreeMap<String, u64> = Default::default();
-    for r in rounds {
-        if let Ok(h) = r.latency.histogram() {
-            let _ = merged.add(&h);
-        }
-        responses += r.responses;
-        errors += r.errors.total();
-        achieved += r.achieved_rate / rounds.len().max(1) as f64;
-        for (i, g) in &r.by_instance {
-            *per_instance.entry(i.clone()).or_default() += g.responses;
-        }
-    }
-    let total_cores: f64 = d.instances.iter().map(|i| i.cores).sum();
-    let total_responses: u64 = per_instance.values().sum();
-    let shares = d
+/// Waits (at most `limit`) until no worker has requests in flight, so one run's backlog does
+/// not spill into the next, whoever balanced it.
+pub(crate) fn settle(target: &Target, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let addrs: Vec<SocketAddr> = target
+        .deployment
         .instances
         .iter()
-        .map(|i| Share {
-            instance_id: i.instance_id.clone(),
-            cluster: i.cluster.to_string(),
-            share_of_requests: per_instance.get(&i.instance_id).copied().unwrap_or(0) as f64
-                / total_responses.max(1) as f64,
-            share_of_capacity: if total_cores > 0.0 {
-                i.cores / total_cores
-            } else {
-                0.0
-            },
-        })
+        .filter_map(|i| i.address.parse().ok())
         .collect();
-    PolicyResult {
-        label: label.into(),
-        policy: policy.into(),
-        telemetry: telemetry.into(),
-        latency: results::Hist::from_histogram(&merged),
-        responses,
-        errors,
-        achieved_rate: achieved,
-        p99_by_round_ms: rounds.iter().map(|r| r.latency.p99_ms).collect(),
-        shares,
-    }
-}
-
-/// Switches the balancer's `group` to `policy` on `telemetry` through its admin API.
-fn switch(admin: SocketAddr, group: &str, policy: &str, telemetry: &str) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "policy": policy, "telemetry": telemetry }).to_string();
-    let (status, answer) = probe::request(
-        admin,
-        "PUT",
-        &format!("/target-groups/{group}"),
-        Some(&body),
-        Duration::from_secs(2),
-    )?;
-    anyhow::ensure!(
-        status == 200,
-        "the balancer refused to switch `{group}` to {policy}/{telemetry}: {status} {answer}"
-    );
-    Ok(())
-}
-
-/// Waits (at most `limit`) until no worker has requests in flight, so one run's backlog does
-/// not spill into the next.
-fn settle(admin: Option<SocketAddr>, limit: Duration) {
-    let Some(admin) = admin else { return };
-    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let busy = probe::get(admin, "/status", Duration::from_millis(500))
-            .ok()
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .map(|s| {
-                s["workers"].as_array().map_or(0, |w| {
-                    w.iter()
-                        .map(|w| w["in_flight"].as_u64().unwrap_or(0))
-                        .sum::<u64>()
-                })
-            })
-            .unwrap_or(0);
+        let busy: u64 = addrs
+            .iter()
+            .filter_map(|&a| probe::get(a, "/load", Duration::from_millis(300)).ok())
+            .filter_map(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|l| l["in_flight"].as_u64().unwrap_or(0))
+            .sum();
         if busy == 0 {
             return;
         }

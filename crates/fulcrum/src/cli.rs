@@ -51,7 +51,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove a deployment: everything its state names.
     Down(DownArgs),
-    /// Load-test a URL: closed (-n/-c) or open (--rate/--duration) model.
+    /// Load-test one or more URLs: closed (-n/-c) or open (--rate/--duration) model.
     Bench(BenchArgs),
     /// Turn a results.json into REPORT.md and a self-contained index.html.
     Report(ReportArgs),
@@ -60,6 +60,35 @@ pub enum Command {
     /// Emulates burstable CPU credits for a local deployment (started by `up`).
     #[command(hide = true)]
     CreditKeeper(CreditKeeperArgs),
+    /// Burns a share of its cgroup's CPU quota on a schedule (started by `experiment`).
+    #[command(hide = true)]
+    Antagonist(AntagonistArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AntagonistArgs {
+    /// The cgroup's CPU quota, in cores.
+    #[arg(long)]
+    pub cores: f64,
+    /// Share of the quota taken while on (0..=1).
+    #[arg(long)]
+    pub share: f64,
+    /// Length of each on window.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub on: Duration,
+    /// Length of each off window (0s: always on).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub off: Duration,
+    /// Delay after the epoch before the first on window.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub phase: Duration,
+    /// The schedule's origin in Unix milliseconds (default: now), shared by antagonists
+    /// started one by one.
+    #[arg(long)]
+    pub epoch_ms: Option<u64>,
+    /// Stop after this long (default: on SIGTERM or SIGINT).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -177,8 +206,14 @@ pub struct DownArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Target URL.
-    pub url: String,
+    /// Target URLs. The load is spread evenly over them: connection k goes to target k mod N,
+    /// and in the open model each target gets rate / N, the schedules interleaved.
+    #[arg(required = true, value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Request mix (TOML): each request picks a `[[request]]` entry's `path` by its `weight`,
+    /// sent to every target; the URLs' own paths are then ignored.
+    #[arg(long, value_name = "FILE")]
+    pub mix: Option<PathBuf>,
     /// Closed model: total requests.
     #[arg(short = 'n', long, conflicts_with_all = ["rate", "duration"])]
     pub requests: Option<u64>,
@@ -236,14 +271,25 @@ pub struct ExperimentArgs {
     /// Leave the deployment running afterwards.
     #[arg(long)]
     pub keep: bool,
-    /// A short version for smoke tests (about 45 s).
+    /// A short version for smoke tests (under a minute).
     #[arg(long)]
     pub quick: bool,
-    /// Shoot-out rounds per policy (default 2, or 1 with --quick; each round adds about a
-    /// minute, or about 20 s with --quick). More rounds tell close policies apart with more
-    /// confidence.
+    /// Shoot-out rounds per contender in each scenario (default 2, or 1 with --quick). More
+    /// rounds tell close contenders apart with more confidence.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: Option<u32>,
+    /// Shoot-out scenario (repeatable): steady, antagonist, replicas, heavy-tail, or all
+    /// [default: steady, antagonist, replicas].
+    #[arg(long = "scenario", value_name = "NAME", value_parser = ["steady", "antagonist", "replicas", "heavy-tail", "all"])]
+    pub scenarios: Vec<String>,
+    /// `replicas` scenario: balancer instances per contender.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=16))]
+    pub replicas: u64,
+    /// fulcrum policies to run beside the default in every scenario, comma-separated
+    /// (`lowest-cpu` reads emulated CloudWatch, as the seed did; `lowest-cpu/poll` fresh
+    /// polls) [default: least-outstanding, plus the seed's lowest-cpu in steady].
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Option<Vec<String>>,
     /// Where results.json, REPORT.md and index.html go.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -265,7 +311,7 @@ pub struct BalanceArgs {
     #[arg(long)]
     pub route: Vec<String>,
     /// Policy of every route's target group.
-    #[arg(long, value_parser = ["round-robin", "least-outstanding", "p2c-ewma", "lowest-cpu", "cpu-aware"])]
+    #[arg(long, value_parser = ["round-robin", "least-outstanding", "p2c-ewma", "lowest-cpu", "cpu-aware", "capacity-weighted"])]
     pub policy: Option<String>,
     /// Telemetry source of every target group.
     #[arg(long, value_parser = ["inband", "poll", "cloudwatch"])]
@@ -350,7 +396,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::CreditKeeper(a) => {
             fulcrum_deploy::credits::keep(&a.state_dir, &a.name, a.initial_credits)
         }
+        Command::Antagonist(a) => antagonist(a),
     }
+}
+
+fn antagonist(a: AntagonistArgs) -> anyhow::Result<()> {
+    use fulcrum_deploy::antagonist::{self as co_tenant, AntagonistPlan};
+    let plan = AntagonistPlan {
+        share: a.share,
+        cores: a.cores,
+        on: a.on,
+        off: a.off,
+        phase: a.phase,
+        epoch_unix_ms: a.epoch_ms.unwrap_or_else(co_tenant::unix_now_ms),
+        duration: a.duration,
+    };
+    plan.validate().map_err(anyhow::Error::msg)?;
+    crate::commands::catch_interrupts();
+    println!("{}", co_tenant::run(&plan, &crate::commands::INTERRUPTED));
+    Ok(())
 }
 
 fn init(a: InitArgs) -> anyhow::Result<()> {

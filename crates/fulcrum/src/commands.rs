@@ -158,7 +158,7 @@ pub fn local_down(state_dir: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    use fulcrum_loadgen::{results, BenchConfig, Model, RunKind, Sampling};
+    use fulcrum_loadgen::{results, BenchConfig, Model, RequestMix, RunKind, Sampling};
     let thresholds = match &a.threshold {
         Some(t) => fulcrum_loadgen::threshold::parse(t)?,
         None => Vec::new(),
@@ -188,12 +188,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         ),
         None => Sampling::default(),
     };
+    let mix = a.mix.as_deref().map(RequestMix::load).transpose()?;
     let started_at = fulcrum_loadgen::now_rfc3339();
     let origin = std::time::Instant::now();
     let run = fulcrum_loadgen::run(BenchConfig {
         name: "bench".into(),
         kind: RunKind::Bench,
-        url: a.url.clone(),
+        targets: a.urls.clone(),
+        mix,
         model,
         connections: a.connections,
         threads: a.threads,
@@ -246,14 +248,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
 pub fn print_run(run: &fulcrum_loadgen::Run) {
     use fulcrum_loadgen::Model;
     let l = &run.latency;
+    let loaded = match run.targets.len() {
+        0 | 1 => run.url.clone(),
+        n => format!("{n} targets"),
+    };
     match &run.model {
         Model::Closed { requests, .. } => println!(
-            "{}: closed model, {requests} requests, {} connections, {} thread(s)",
-            run.url, run.connections, run.threads
+            "{loaded}: closed model, {requests} requests, {} connections, {} thread(s)",
+            run.connections, run.threads
         ),
         Model::Open { rate, duration_s } => println!(
-            "{}: open model, {rate}/s for {duration_s} s, {} connections, {} thread(s)",
-            run.url, run.connections, run.threads
+            "{loaded}: open model, {rate}/s for {duration_s} s, {} connections, {} thread(s)",
+            run.connections, run.threads
         ),
     }
     println!(
@@ -287,6 +293,7 @@ pub fn print_run(run: &fulcrum_loadgen::Run) {
             run.achieved_rate, run.late_requests, run.unsent_requests, s.p99_ms
         );
     }
+    print_targets_and_mix(run);
     for (c, g) in &run.by_cluster {
         println!(
             "  cluster {c:<4} {} responses, p50 {:.2} ms, p99 {:.2} ms, errors {}",
@@ -312,6 +319,38 @@ pub fn print_run(run: &fulcrum_loadgen::Run) {
     );
 }
 
+/// Where the load went when it was spread over several targets, and what a request mix sent.
+fn print_targets_and_mix(run: &fulcrum_loadgen::Run) {
+    if run.targets.len() > 1 {
+        let per: Vec<String> = run
+            .targets
+            .iter()
+            .map(|t| {
+                let g = run.by_target.get(t);
+                format!(
+                    "{t} {} responses, {} errors",
+                    g.map_or(0, |g| g.responses),
+                    g.map_or(0, |g| g.errors)
+                )
+            })
+            .collect();
+        println!("  targets     {}", per.join("; "));
+    }
+    if let Some(mix) = &run.mix {
+        let per: Vec<String> = mix
+            .entries
+            .iter()
+            .map(|e| format!("{} (weight {}) {} sent", e.path, e.weight, e.sent))
+            .collect();
+        let file = if mix.file.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", mix.file)
+        };
+        println!("  mix         {file}{}", per.join(", "));
+    }
+}
+
 pub fn report(a: ReportArgs) -> anyhow::Result<()> {
     let results = fulcrum_report::load(&a.results)?;
     let written = fulcrum_report::write(&results, &a.out)?;
@@ -334,6 +373,13 @@ pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
         no_emulation: a.no_emulation,
         command: std::env::args().collect(),
+        scenarios: fulcrum_experiment::scenario::Scenario::parse_list(&a.scenarios),
+        replicas: a.replicas as usize,
+        policies: a
+            .policies
+            .as_deref()
+            .map(fulcrum_experiment::shootout::Contender::parse_list)
+            .transpose()?,
     };
     let mut say = |line: &str| println!("{line}");
     let outcome = match a.deployment.provider {

@@ -176,8 +176,9 @@ fn build(rng: &mut Rng, s: &Spec) -> Run {
         name: s.name.clone(),
         kind: s.kind,
         url: format!("http://127.0.0.1:41234{}", s.route),
+        targets: vec![format!("http://127.0.0.1:41234{}", s.route)],
         policy: Some(s.policy.0.into()),
-        telemetry: Some(s.policy.1.into()),
+        telemetry: (!s.policy.1.is_empty()).then(|| s.policy.1.into()),
         model: s.model.clone(),
         connections: 100,
         threads: 2,
@@ -202,6 +203,8 @@ fn build(rng: &mut Rng, s: &Spec) -> Run {
         by_cluster,
         by_instance,
         by_status_class: BTreeMap::new(),
+        by_target: BTreeMap::new(),
+        mix: None,
         timeline: timeline
             .iter()
             .enumerate()
@@ -282,9 +285,7 @@ fn header(command: &[&str]) -> Results {
 }
 
 /// The default experiment as it would come out on a 2-core machine: the micro cluster
-/// saturates at 450–500 req/s, the large one at 750–800; at 85% of 1200 req/s the six
-/// policies spread from ~6 ms (cpu-aware and p2c-ewma, within noise of each other) to
-/// seconds (the seed's lowest-cpu on CloudWatch-like telemetry, which herds).
+/// saturates at 450–500 req/s, the large one at 750–800; then the shoot-out (`shootout`).
 fn experiment_results() -> Results {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut r = header(&["fulcrum", "experiment", "--quick", "--out", "report dir"]);
@@ -315,6 +316,33 @@ fn experiment_results() -> Results {
         r.runs.push(build(&mut rng, &spec));
         t += spec.duration_s + 1.0;
     }
+    let capacity = capacity_ramps(&mut rng, &mut r, &mut t);
+    let scenarios = shootout(&mut rng, &mut r, t);
+    r.experiment = Some(Experiment {
+        quick: true,
+        capacity,
+        rounds: 2,
+        peers: vec![
+            peer("nginx", "1.24.0", "least_conn"),
+            peer("haproxy", "2.6.12", "leastconn"),
+        ],
+        scenarios,
+    });
+    r
+}
+
+fn peer(name: &str, version: &str, policy: &str) -> PeerInfo {
+    PeerInfo {
+        name: name.into(),
+        policy: policy.into(),
+        version: Some(version.into()),
+        missing: None,
+    }
+}
+
+/// A ramp per cluster: the micro cluster sustains 450 req/s and fails at 500, the large one
+/// sustains 750 and fails at 800.
+fn capacity_ramps(rng: &mut Rng, r: &mut Results, t: &mut f64) -> Vec<Capacity> {
     let mut capacity = Vec::new();
     #[allow(clippy::type_complexity)]
     let ramps: [(&str, &'static str, &[(f64, f64, f64, f64)], f64, f64); 2] = [
@@ -361,7 +389,7 @@ fn experiment_results() -> Results {
                     rate: offered,
                     duration_s: 3.0,
                 },
-                started_s: t,
+                started_s: *t,
                 achieved,
                 duration_s: 3.0,
                 median_ms: median,
@@ -371,8 +399,8 @@ fn experiment_results() -> Results {
                 errors_5xx: 0,
             };
             names.push(spec.name.clone());
-            r.runs.push(build(&mut rng, &spec));
-            t += 3.5;
+            r.runs.push(build(rng, &spec));
+            *t += 3.5;
         }
         capacity.push(Capacity {
             cluster: c.into(),
@@ -384,141 +412,217 @@ fn experiment_results() -> Results {
             runs: names,
         });
     }
+    capacity
+}
 
-    // Shares of requests per instance (5 micro, then 4 large); capacity is 7.7% / 15.4%.
-    let even = |m: f64| {
-        let l = (1.0 - 5.0 * m) / 4.0;
-        vec![m, m, m, m, m, l, l, l, l]
-    };
-    let herded = vec![0.38, 0.04, 0.04, 0.04, 0.04, 0.115, 0.115, 0.115, 0.115];
-    #[allow(clippy::type_complexity)]
-    let policies: [(&str, &str, &str, f64, f64, Vec<f64>, [f64; 2]); 6] = [
+/// The shoot-out's contenders: fulcrum's default (first), two more fulcrum policies, and the
+/// two peers. Telemetry is empty for contenders that read none.
+const CONTENDERS: [(&str, &str, &str, &str); 5] = [
+    ("fulcrum adaptive", "fulcrum", "capacity-weighted", "inband"),
+    ("fulcrum cpu-aware", "fulcrum", "cpu-aware", "inband"),
+    ("fulcrum round-robin", "fulcrum", "round-robin", ""),
+    ("nginx least_conn", "nginx", "least_conn", ""),
+    ("haproxy leastconn", "haproxy", "leastconn", ""),
+];
+
+/// Shares of requests per instance (5 micro, then 4 large); capacity is 7.7% / 15.4%.
+fn even(micro: f64) -> Vec<f64> {
+    let l = (1.0 - 5.0 * micro) / 4.0;
+    vec![micro, micro, micro, micro, micro, l, l, l, l]
+}
+
+/// Each scenario's settings and its contenders' median latency (ms, in `CONTENDERS` order),
+/// chosen so that fulcrum's default ties the better peer when steady, clearly beats both under
+/// an antagonist, clearly loses with replicas, and ties again on a heavy tail.
+fn scenario_plans() -> [(&'static str, ScenarioParams, [f64; 5]); 4] {
+    [
+        ("steady", ScenarioParams::Steady, [6.0, 6.3, 12.0, 7.6, 6.1]),
         (
-            "round-robin",
-            "round-robin",
-            "inband",
-            120.0,
-            0.8,
-            even(1.0 / 9.0),
-            [0.99, 0.72],
+            "antagonist",
+            ScenarioParams::Antagonist {
+                instances: vec![instance_id(2, 0), instance_id(2, 1)],
+                share: 0.5,
+                on_s: 2.0,
+                off_s: 3.0,
+            },
+            [7.0, 9.0, 60.0, 25.0, 18.0],
         ),
         (
-            "least-outstanding",
-            "least-outstanding",
-            "inband",
-            8.5,
-            0.45,
-            even(0.085),
-            [0.9, 0.8],
+            "replicas",
+            ScenarioParams::Replicas {
+                replicas: 3,
+                threads_each: 1,
+            },
+            [11.0, 11.5, 14.0, 6.0, 7.0],
         ),
         (
-            "lowest-cpu (cloudwatch, emulated)",
-            "lowest-cpu",
-            "cloudwatch",
-            300.0,
-            0.9,
-            herded,
-            [0.7, 0.6],
+            "heavy-tail",
+            ScenarioParams::HeavyTail {
+                distribution: "lognormal".into(),
+                mean_us: 1000.0,
+                sigma: 1.0,
+                mix_file: "heavy-tail-mix.toml".into(),
+            },
+            [20.0, 22.0, 45.0, 20.5, 30.0],
         ),
-        (
-            "lowest-cpu (poll)",
-            "lowest-cpu",
-            "poll",
-            14.0,
-            0.5,
-            even(0.09),
-            [0.92, 0.78],
-        ),
-        (
-            "p2c-ewma",
-            "p2c-ewma",
-            "inband",
-            6.3,
-            0.42,
-            even(0.08),
-            [0.87, 0.85],
-        ),
-        (
-            "cpu-aware",
-            "cpu-aware",
-            "inband",
-            6.0,
-            0.42,
-            even(0.078),
-            [0.86, 0.86],
-        ),
-    ];
+    ]
+}
+
+/// Four scenarios at 85% of 1,200 req/s (`scenario_plans`), two interleaved rounds of 3 s per
+/// contender.
+fn shootout(rng: &mut Rng, r: &mut Results, mut t: f64) -> Vec<ScenarioResult> {
     let rate = 1020.0;
-    let mut results: Vec<PolicyResult> = Vec::new();
-    for round in 1..=2 {
-        // Rounds differ a little, as real rounds do.
-        let jitter = if round == 1 { 0.94 } else { 1.07 };
-        for (label, policy, telemetry, median, sigma, shares, cpu) in &policies {
-            let spec = Spec {
-                name: format!(
-                    "shootout-r{round}-{}",
-                    label.replace([' ', '(', ')', ','], "")
-                ),
-                kind: RunKind::Shootout,
-                route: "/",
-                policy: (policy, telemetry),
-                model: Model::Open {
-                    rate,
-                    duration_s: 4.0,
-                },
-                started_s: t,
-                achieved: rate * 0.998,
-                duration_s: 4.0,
-                median_ms: median * jitter,
-                sigma: *sigma,
-                shares: Some(shares.clone()),
-                cpu: *cpu,
-                errors_5xx: 0,
-            };
-            let run = build(&mut rng, &spec);
-            t += 4.5;
-            match results.iter_mut().find(|p| p.label == *label) {
-                Some(p) => {
-                    let mut merged = p.latency.histogram().unwrap();
-                    merged.add(run.latency.histogram().unwrap()).unwrap();
-                    p.latency = Hist::from_histogram(&merged);
-                    p.responses += run.responses;
-                    p.achieved_rate = (p.achieved_rate + run.achieved_rate) / 2.0;
-                    p.p99_by_round_ms.push(run.latency.p99_ms);
-                }
-                None => results.push(PolicyResult {
-                    label: label.to_string(),
-                    policy: policy.to_string(),
-                    telemetry: telemetry.to_string(),
-                    latency: run.latency.clone(),
-                    responses: run.responses,
-                    errors: 0,
-                    achieved_rate: run.achieved_rate,
-                    p99_by_round_ms: vec![run.latency.p99_ms],
-                    shares: instances()
-                        .iter()
-                        .zip(shares)
-                        .map(|(i, s)| Share {
-                            instance_id: i.instance_id.clone(),
-                            cluster: i.cluster.to_string(),
-                            share_of_requests: *s,
-                            share_of_capacity: i.cores / (5.0 * MICRO_CORES + 4.0 * LARGE_CORES),
-                        })
-                        .collect(),
-                }),
+    let mut out = Vec::new();
+    for (name, params, medians) in scenario_plans() {
+        let size = match params {
+            ScenarioParams::Replicas {
+                replicas,
+                threads_each,
+            } => (threads_each, replicas),
+            _ => (2, 1),
+        };
+        let mut contenders: Vec<ContenderResult> = Vec::new();
+        for round in 1..=2 {
+            // Rounds differ a little, as real rounds do.
+            let jitter = if round == 1 { 0.96 } else { 1.04 };
+            for (c, median) in CONTENDERS.iter().zip(medians) {
+                let run = shootout_round(rng, (name, round), c, median * jitter, rate, t);
+                t += 3.5;
+                add_round(&mut contenders, c, size, &run);
+                r.runs.push(run);
             }
-            r.runs.push(run);
         }
+        out.push(ScenarioResult {
+            name: name.into(),
+            description: format!("The {name} scenario, as the fixture imagines it."),
+            rate,
+            fraction: 0.85,
+            round_s: 3.0,
+            antagonists: antagonists(&params),
+            cost: matches!(params, ScenarioParams::HeavyTail { .. }).then_some(CostDistribution {
+                mean_us: 1000.0,
+                p50_us: 607.0,
+                p99_us: 6228.0,
+                sent_mean_us: 991.0,
+                sent_p50_us: 604.0,
+                sent_p99_us: 6102.0,
+            }),
+            params,
+            contenders,
+        });
     }
-    r.experiment = Some(Experiment {
-        quick: true,
-        capacity,
-        shootout_rate: rate,
-        shootout_fraction: 0.85,
-        shootout_rounds: 2,
-        policies: results,
+    out
+}
+
+fn shootout_round(
+    rng: &mut Rng,
+    (scenario, round): (&str, u32),
+    &(label, _, policy, telemetry): &(&'static str, &str, &'static str, &'static str),
+    median_ms: f64,
+    rate: f64,
+    started_s: f64,
+) -> Run {
+    let shares = match policy {
+        "capacity-weighted" => even(0.077),
+        "cpu-aware" => even(0.078),
+        "leastconn" => even(0.1),
+        _ => even(1.0 / 9.0),
+    };
+    build(
+        rng,
+        &Spec {
+            name: format!("shootout-{scenario}-r{round}-{}", label.replace(' ', "-")),
+            kind: RunKind::Shootout,
+            route: "/",
+            policy: (policy, telemetry),
+            model: Model::Open {
+                rate,
+                duration_s: 3.0,
+            },
+            started_s,
+            achieved: rate * 0.998,
+            duration_s: 3.0,
+            median_ms,
+            sigma: 0.4,
+            shares: Some(shares),
+            cpu: [0.86, 0.84],
+            errors_5xx: 0,
+        },
+    )
+}
+
+/// Adds one round's run to its contender, merging the histograms.
+fn add_round(
+    contenders: &mut Vec<ContenderResult>,
+    &(label, balancer, policy, telemetry): &(&str, &str, &str, &str),
+    (threads, instances): (usize, usize),
+    run: &Run,
+) {
+    let round = RoundResult {
+        run: run.name.clone(),
+        p50_ms: run.latency.p50_ms,
+        p99_ms: run.latency.p99_ms,
+        max_ms: run.latency.max_ms,
+        goodput: run.achieved_rate,
+        errors: 0,
+    };
+    if let Some(c) = contenders.iter_mut().find(|c| c.label == label) {
+        let mut merged = c.latency.histogram().unwrap();
+        merged.add(run.latency.histogram().unwrap()).unwrap();
+        c.latency = Hist::from_histogram(&merged);
+        c.responses += run.responses;
+        c.achieved_rate = (c.achieved_rate + run.achieved_rate) / 2.0;
+        c.rounds.push(round);
+        return;
+    }
+    let total: u64 = run.by_instance.values().map(|g| g.responses).sum();
+    let capacity = 5.0 * MICRO_CORES + 4.0 * LARGE_CORES;
+    contenders.push(ContenderResult {
+        label: label.into(),
+        balancer: balancer.into(),
+        policy: policy.into(),
+        telemetry: (!telemetry.is_empty()).then(|| telemetry.into()),
+        threads,
+        instances,
+        latency: run.latency.clone(),
+        responses: run.responses,
+        errors: 0,
+        achieved_rate: run.achieved_rate,
+        rounds: vec![round],
+        shares: shares_of(run, total, capacity),
     });
-    r
+}
+
+fn shares_of(run: &Run, total: u64, capacity: f64) -> Vec<Share> {
+    instances()
+        .iter()
+        .map(|i| Share {
+            instance_id: i.instance_id.clone(),
+            cluster: i.cluster.to_string(),
+            share_of_requests: run.by_instance[&i.instance_id].responses as f64 / total as f64,
+            share_of_capacity: i.cores / capacity,
+        })
+        .collect()
+}
+
+fn antagonists(params: &ScenarioParams) -> Vec<AntagonistEffect> {
+    let ScenarioParams::Antagonist { instances, .. } = params else {
+        return Vec::new();
+    };
+    instances
+        .iter()
+        .enumerate()
+        .map(|(k, id)| AntagonistEffect {
+            instance: format!("large{k}"),
+            instance_id: id.clone(),
+            cpu_s: 0.55,
+            on_s: 12.0,
+            share_while_on: 0.46,
+            group_cpu_s: 2.1,
+            throttled_periods: 41 + k as u64,
+            periods: 240,
+        })
+        .collect()
 }
 
 /// A plain `fulcrum bench` on `/` at a rate the generator could not keep up with.
@@ -691,6 +795,122 @@ fn render_in_chromium(test: &str, html: &Path, expect_charts: usize, shot: &str)
     eprintln!("screenshot: {}", png.display());
 }
 
+/// A label as REPORT.md writes it (Markdown punctuation escaped).
+fn md_text(s: &str) -> String {
+    s.replace('_', "\\_")
+}
+
+fn p99_range(c: &ContenderResult) -> (f64, f64) {
+    let v = c.p99_by_round_ms();
+    (
+        v.iter().copied().fold(f64::MAX, f64::min),
+        v.iter().copied().fold(0.0, f64::max),
+    )
+}
+
+/// What the conclusion must say of fulcrum's default against the peers, judged here from
+/// results.json on its own: ahead only when every round beats every peer's every round.
+fn expected_verdict(s: &ScenarioResult, best: &ContenderResult) -> &'static str {
+    let default = s
+        .contenders
+        .iter()
+        .find(|c| c.balancer == "fulcrum")
+        .unwrap();
+    let f = p99_range(default);
+    let peers = s.contenders.iter().filter(|c| c.balancer != "fulcrum");
+    if peers.map(p99_range).all(|p| f.1 < p.0) {
+        "fulcrum is ahead"
+    } else if f.0 > p99_range(best).1 {
+        "fulcrum loses here"
+    } else {
+        "within noise"
+    }
+}
+
+/// The scenario's paragraph in the conclusion names its best peer (lowest median p99 among
+/// the contenders that are not fulcrum) and the verdict the rounds support; returns the verdict.
+fn conclusion_names_best_peer(md: &str, s: &ScenarioResult) -> &'static str {
+    let best = s
+        .contenders
+        .iter()
+        .filter(|c| c.balancer != "fulcrum")
+        .min_by(|a, b| a.median_p99_ms().total_cmp(&b.median_p99_ms()))
+        .unwrap();
+    let para = md
+        .lines()
+        .find(|l| l.starts_with(&format!("- {}: ", s.name)))
+        .unwrap_or_else(|| panic!("no conclusion for {}", s.name));
+    assert!(
+        para.contains(&format!("peer, {}, ", md_text(&best.label))),
+        "{para}"
+    );
+    let verdict = expected_verdict(s, best);
+    assert!(para.contains(verdict), "expected {verdict:?}: {para}");
+    verdict
+}
+
+/// Every scenario's table agrees with results.json (each round's p99, the median of them,
+/// best first) and the conclusion names the best peer with the verdict the rounds support.
+fn shootout_agrees_with_results(md: &str, html: &str, r: &Results) {
+    let exp = r.experiment.as_ref().unwrap();
+    let mut verdicts = Vec::new();
+    for s in &exp.scenarios {
+        let rows = md_rows_after(md, &format!("#### Scenario: {}", s.name));
+        assert_eq!(
+            rows.len(),
+            s.contenders.len(),
+            "{}: one row per contender",
+            s.name
+        );
+        for c in &s.contenders {
+            let row = rows
+                .iter()
+                .find(|x| x[0] == md_text(&c.label))
+                .unwrap_or_else(|| panic!("{}: no row for {}", s.name, c.label));
+            let cells: Vec<&str> = row[3].split(" / ").collect();
+            assert_eq!(
+                cells.len(),
+                c.rounds.len(),
+                "{}: {} rounds",
+                s.name,
+                c.label
+            );
+            for (cell, round) in cells.iter().zip(&c.rounds) {
+                assert_close(
+                    cell,
+                    round.p99_ms,
+                    &format!("{} {} {}", s.name, c.label, round.run),
+                );
+            }
+            let what = format!("{} {} median p99", s.name, c.label);
+            assert_close(&row[4], median(c.p99_by_round_ms()), &what);
+            assert!(
+                html.contains(&format!(r#"<td class="num">{}</td>"#, row[4])),
+                "{what}"
+            );
+        }
+        let medians: Vec<f64> = rows.iter().map(|x| num(&x[4])).collect();
+        assert!(
+            medians.windows(2).all(|w| w[0] <= w[1]),
+            "{}: {medians:?}",
+            s.name
+        );
+
+        let verdict = conclusion_names_best_peer(md, s);
+        verdicts.push(verdict);
+    }
+    // The fixture is built to show every verdict, ties included.
+    assert_eq!(
+        verdicts,
+        [
+            "within noise",
+            "fulcrum is ahead",
+            "fulcrum loses here",
+            "within noise"
+        ]
+    );
+}
+
 #[test]
 fn experiment_report_agrees_with_results_and_renders() {
     let dir = Scratch::new("report-exp");
@@ -703,7 +923,11 @@ fn experiment_report_agrees_with_results_and_renders() {
         "### CPU Utilization",
         "### Latency and Response Times",
         "### Throughput",
-        "### Policy shoot-out",
+        "### Shoot-out",
+        "#### Scenario: steady",
+        "#### Scenario: antagonist",
+        "#### Scenario: replicas",
+        "#### Scenario: heavy-tail",
         "## Conclusion",
     ] {
         assert!(md.contains(s), "REPORT.md lacks {s}");
@@ -776,46 +1000,7 @@ fn experiment_report_agrees_with_results_and_renders() {
     assert!(md.contains("The seed's expectation holds"));
     assert!(md.contains("1 / throughput, not latency"));
 
-    // The shoot-out: the fixture's two best policies overlap round for round, so the report
-    // must call it noise, and rank both ahead of least-outstanding.
-    let exp = r.experiment.as_ref().unwrap();
-    let p = |l: &str| exp.policies.iter().find(|x| x.label == l).unwrap();
-    let range = |l: &str| {
-        let v = &p(l).p99_by_round_ms;
-        (
-            v.iter().copied().fold(f64::MAX, f64::min),
-            v.iter().copied().fold(0.0, f64::max),
-        )
-    };
-    let (ca, pe, lo) = (
-        range("cpu-aware"),
-        range("p2c-ewma"),
-        range("least-outstanding"),
-    );
-    assert!(
-        ca.0 <= pe.1 && pe.0 <= ca.1,
-        "fixture: cpu-aware {ca:?} and p2c-ewma {pe:?} should overlap"
-    );
-    assert!(
-        ca.1 < lo.0 && pe.1 < lo.0,
-        "fixture: least-outstanding {lo:?} should be clearly behind"
-    );
-    assert!(md.contains("No single policy won on p99"), "{md}");
-    assert!(md.contains("within noise"));
-    assert!(md.contains("Together they beat the next policy, least-outstanding"));
-    assert!(!md.contains("won the shoot-out"));
-    assert!(md.contains("The seed's design (lowest CPU on CloudWatch-like telemetry), lowest-cpu (cloudwatch, emulated), had p99"));
-    assert!(md.contains("herds traffic"));
-    let ranking = md_rows_after(&md, "| Rank | Policy |")
-        .into_iter()
-        .map(|x| x[1].clone())
-        .collect::<Vec<_>>();
-    assert_eq!(ranking.len(), 6);
-    assert_eq!(ranking.last().unwrap(), "lowest-cpu (cloudwatch, emulated)");
-    for (rank, l) in ranking.iter().enumerate() {
-        let row = md_row(&md, &[&(rank + 1).to_string(), l]);
-        assert_close(&row[7], p(l).latency.p99_ms, "policy p99");
-    }
+    shootout_agrees_with_results(&md, &html, &r);
 
     // index.html: self-contained, escaped, every chart with data.
     for bad in ["<script", "<link", "<img", "@import", "url("] {
@@ -823,7 +1008,8 @@ fn experiment_report_agrees_with_results_and_renders() {
     }
     assert!(html.contains("seed &amp; &lt;lab&gt;") && !html.contains("<lab>"));
     let counts = charts(&html);
-    // Ramp ×2, CPU ×2 clusters, latency ×2, requests per worker, throughput, policy ×2, shares ×6.
+    // Ramp ×2, CPU ×2 clusters, latency ×2, requests per worker, throughput, and per scenario
+    // ×4 the contenders' p99 and the shares of fulcrum's default and the best peer.
     assert_eq!(counts.len(), 16, "{counts:?}");
     assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
     assert!(
@@ -858,7 +1044,7 @@ fn saturated_bench_report_warns_and_omits_charts_it_has_no_data_for() {
     assert!(html.contains(r#"<div class="warning" role="alert"><strong>Warning:</strong> The load generator was saturated"#));
     assert!(md.contains("fell behind their schedule"), "{md}");
     assert!(md.contains("This file has no capacity ramp"), "{md}");
-    assert!(md.contains("No policy shoot-out in this file"));
+    assert!(md.contains("No shoot-out in this file"));
     // One run measured two clusters: numbers, but no ranking from it.
     assert!(md.contains("Each figure comes from a single run"), "{md}");
     let run = &r.runs[0];
@@ -879,8 +1065,8 @@ fn saturated_bench_report_warns_and_omits_charts_it_has_no_data_for() {
     // Charts without data are replaced by notes, never drawn empty.
     for note in [
         "No capacity ramp in this file: no achieved-against-offered chart.",
-        "No policy shoot-out in this file: no policy comparison chart.",
-        "No per-worker shares in this file: no share-of-requests charts.",
+        "No shoot-out in this file: no contender comparison chart.",
+        "No shoot-out in this file: no share-of-requests chart.",
     ] {
         assert!(
             html.contains(&format!(r#"<p class="note">{note}</p>"#)),
@@ -917,7 +1103,10 @@ fn report_refuses_another_schema_version_in_one_line() {
     assert_eq!(code, 1, "stdout: {stdout}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("schema version 7"), "{stderr}");
-    assert!(stderr.contains("reads version 1"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("reads version {SCHEMA_VERSION}")),
+        "{stderr}"
+    );
     assert!(
         !out.exists(),
         "nothing is written for a file it cannot read"

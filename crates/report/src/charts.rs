@@ -1,10 +1,12 @@
 //! The report's charts, built from results.json: latency percentiles and distributions, the
-//! capacity ramp, throughput and CPU over time, requests per worker, and the policy shoot-out.
+//! capacity ramp, throughput and CPU over time, requests per worker, and per shoot-out scenario
+//! the contenders' p99 and the split of requests.
 //! Each builder returns `None` when the file has nothing for it, so the page can say so instead
 //! of drawing an empty frame.
 
-use fulcrum_loadgen::results::{Group, Hist, Model, PolicyResult, Results, Run, RunKind};
+use fulcrum_loadgen::results::{Group, Hist, Model, Results, Run, RunKind};
 
+use crate::analysis::{ContenderFigures, ScenarioAnalysis};
 use crate::figures::{self, cluster_name};
 use crate::plot::{Axis, BarChart, Bars, Chart, Dots, Line, LineChart};
 
@@ -438,109 +440,108 @@ pub fn capacity_latency(r: &Results) -> Option<Chart> {
     }))
 }
 
-fn ranked(r: &Results) -> Vec<&PolicyResult> {
-    let Some(exp) = &r.experiment else {
-        return Vec::new();
-    };
-    match crate::conclusion::order_policies(&exp.policies) {
-        Some(po) => po.order.iter().map(|&i| &exp.policies[i]).collect(),
-        None => Vec::new(),
-    }
-}
-
-pub fn policy_latency(r: &Results) -> Option<Chart> {
-    let ps = ranked(r);
-    if ps.is_empty() {
+/// Per contender of a scenario: median p50 and p99 bars, each round's p99 as dots.
+pub fn scenario_latency(s: &ScenarioAnalysis<'_>) -> Option<Chart> {
+    let cs = &s.contenders;
+    if cs.is_empty() {
         return None;
     }
-    let all = ps.iter().flat_map(|p| {
-        p.p99_by_round_ms
+    let all = cs.iter().flat_map(|c| {
+        c.round_p99_ms
             .iter()
             .copied()
-            .chain([p.latency.p50_ms, p.latency.p99_ms])
+            .chain([c.median_p50_ms, c.median_p99_ms])
     });
     Some(Chart::Bar(BarChart {
-        title: "Policy shoot-out: p50 and p99 (dots: each round's p99)".into(),
-        categories: ps.iter().map(|p| p.label.clone()).collect(),
+        title: format!(
+            "{}: p50 and p99 by contender (median of rounds; dots: each round's p99)",
+            s.scenario.name
+        ),
+        categories: cs.iter().map(|c| c.label().to_owned()).collect(),
         y: Axis::auto("latency (ms)", all, 1.5),
         bars: vec![
             Bars {
-                name: "p50".into(),
-                values: ps.iter().map(|p| Some(p.latency.p50_ms)).collect(),
+                name: "median p50".into(),
+                values: cs.iter().map(|c| Some(c.median_p50_ms)).collect(),
                 color: None,
             },
             Bars {
-                name: "p99 (all rounds merged)".into(),
-                values: ps.iter().map(|p| Some(p.latency.p99_ms)).collect(),
+                name: "median p99".into(),
+                values: cs.iter().map(|c| Some(c.median_p99_ms)).collect(),
                 color: None,
             },
         ],
         dots: vec![Dots {
             name: "p99 of one round".into(),
             over: Some(1),
-            points: ps
+            points: cs
                 .iter()
                 .enumerate()
-                .flat_map(|(i, p)| p.p99_by_round_ms.iter().map(move |v| (i, *v)))
+                .flat_map(|(i, c)| c.round_p99_ms.iter().map(move |v| (i, *v)))
                 .collect(),
         }],
     }))
 }
 
-pub fn policy_distribution(r: &Results) -> Option<Chart> {
-    spectrum_chart(
-        "Policy shoot-out: latency distribution",
-        ranked(r)
-            .into_iter()
-            .map(|p| (p.label.clone(), &p.latency))
-            .collect(),
-    )
-}
-
-/// One chart per policy: each worker's share of requests beside its share of capacity.
-pub fn policy_shares(r: &Results) -> Vec<Chart> {
-    ranked(r)
+/// Each worker's share of requests under fulcrum's default and the best peer, beside its
+/// share of capacity.
+pub fn scenario_shares(s: &ScenarioAnalysis<'_>) -> Option<Chart> {
+    let shown: Vec<&ContenderFigures<'_>> = [s.fulcrum_default(), s.best_peer()]
         .into_iter()
-        .filter(|p| !p.shares.is_empty())
-        .map(|p| {
-            Chart::Bar(BarChart {
-                title: format!("Share of requests vs capacity: {}", p.label),
-                categories: p.shares.iter().map(|s| s.instance_id.clone()).collect(),
-                y: Axis::from_zero("% of all"),
-                bars: vec![
-                    Bars {
-                        name: "share of requests".into(),
-                        values: p
-                            .shares
-                            .iter()
-                            .map(|s| Some(s.share_of_requests * 100.0))
-                            .collect(),
-                        color: None,
-                    },
-                    Bars {
-                        name: "share of capacity".into(),
-                        values: p
-                            .shares
-                            .iter()
-                            .map(|s| Some(s.share_of_capacity * 100.0))
-                            .collect(),
-                        color: Some("#bab0ac"),
-                    },
-                ],
-                dots: vec![],
-            })
+        .flatten()
+        .filter(|c| !c.contender.shares.is_empty())
+        .collect();
+    let workers = &shown.first()?.contender.shares;
+    let share_of = |c: &ContenderFigures<'_>, id: &str| {
+        c.contender
+            .shares
+            .iter()
+            .find(|x| x.instance_id == id)
+            .map(|x| x.share_of_requests * 100.0)
+    };
+    let mut bars: Vec<Bars> = shown
+        .iter()
+        .map(|c| Bars {
+            name: format!("{}: share of requests", c.label()),
+            values: workers
+                .iter()
+                .map(|w| share_of(c, &w.instance_id))
+                .collect(),
+            color: None,
         })
-        .collect()
+        .collect();
+    bars.push(Bars {
+        name: "share of capacity".into(),
+        values: workers
+            .iter()
+            .map(|w| Some(w.share_of_capacity * 100.0))
+            .collect(),
+        color: Some("#bab0ac"),
+    });
+    let names: Vec<&str> = shown.iter().map(|c| c.label()).collect();
+    Some(Chart::Bar(BarChart {
+        title: format!(
+            "{}: share of requests vs capacity, {}",
+            s.scenario.name,
+            names.join(" and ")
+        ),
+        categories: workers.iter().map(|w| w.instance_id.clone()).collect(),
+        y: Axis::from_zero("% of all"),
+        bars,
+        dots: vec![],
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::Analysis;
     use crate::sample;
 
     #[test]
     fn every_chart_of_an_experiment_has_data() {
         let r = sample::experiment();
+        let a = Analysis::new(&r).unwrap();
         let mut charts = vec![
             latency_percentiles(&r),
             latency_distribution(&r),
@@ -548,12 +549,13 @@ mod tests {
             requests_per_worker(&r),
             capacity_ramp(&r),
             capacity_latency(&r),
-            policy_latency(&r),
-            policy_distribution(&r),
         ];
         charts.extend(cpu_clusters(&r).iter().map(|c| cpu_over_time(&r, c)));
-        charts.extend(policy_shares(&r).into_iter().map(Some));
-        assert_eq!(charts.len(), 8 + 2 + 6);
+        for s in &a.scenarios {
+            charts.push(scenario_latency(s));
+            charts.push(scenario_shares(s));
+        }
+        assert_eq!(charts.len(), 6 + 2 + 4 * 2);
         for (i, c) in charts.into_iter().enumerate() {
             let svg = c
                 .expect("chart built")
@@ -564,15 +566,31 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_bench_has_no_ramp_or_policy_charts() {
+    fn scenario_charts_show_every_contender_and_the_two_compared() {
+        let r = sample::experiment();
+        let a = Analysis::new(&r).unwrap();
+        let s = &a.scenarios[0];
+        let svg = scenario_latency(s).unwrap().render().unwrap();
+        // Two bars and two round dots per contender.
+        assert!(svg.contains(r#"data-points="20""#), "{svg}");
+        assert!(svg.contains("haproxy leastconn"));
+        let svg = scenario_shares(s).unwrap().render().unwrap();
+        assert!(svg.contains("fulcrum adaptive: share of requests"));
+        assert!(svg.contains("haproxy leastconn: share of requests"));
+        assert!(!svg.contains("nginx"));
+        // Nine workers, three series.
+        assert!(svg.contains(r#"data-points="27""#), "{svg}");
+    }
+
+    #[test]
+    fn a_plain_bench_has_no_ramp_or_shootout() {
         let mut r = sample::experiment();
         r.experiment = None;
         r.runs.retain(|x| x.kind == RunKind::Seed);
         r.runs.truncate(1);
         r.runs[0].kind = RunKind::Bench;
         assert!(capacity_ramp(&r).is_none());
-        assert!(policy_latency(&r).is_none());
-        assert!(policy_shares(&r).is_empty());
+        assert!(Analysis::new(&r).is_none());
         assert!(latency_percentiles(&r).is_some());
         assert!(throughput_over_time(&r).is_some());
     }

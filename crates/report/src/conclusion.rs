@@ -1,13 +1,15 @@
 //! The report's verdicts, worded from the numbers. Each claim is made only as far as the data
 //! carries it: a ramp brackets a cluster's capacity between the highest step it sustained and
-//! the first it failed, so two clusters are ranked only when the brackets do not overlap; a
-//! policy "wins" only when its per-round p99 range clears every other policy's; a single run
-//! has no spread, so it is described, never ranked.
+//! the first it failed, so two clusters are ranked only when the brackets do not overlap;
+//! fulcrum is "ahead" of the peers in a scenario only when its per-round p99 range clears every
+//! peer's (the verdict is the `Analysis`'s; this only words it); a single run has no spread, so
+//! it is described, never ranked.
 
-use fulcrum_loadgen::results::{Capacity, Model, PolicyResult, Results, Run, RunKind};
+use fulcrum_loadgen::results::{Capacity, Model, Results, Run, RunKind};
 
+use crate::analysis::{Analysis, ContenderFigures, ScenarioAnalysis, Verdict, KEPT_UP_SHARE};
 use crate::figures::{self, cluster_info, cluster_name, same_rate};
-use crate::units::{count, ms_u, pct, rate_u, times};
+use crate::units::{count, counted, ms_u, pct, rate_u, times};
 
 /// How the clusters' capacities compare.
 #[derive(Debug, PartialEq)]
@@ -57,63 +59,6 @@ pub fn order_capacity(caps: &[Capacity]) -> Option<CapacityOrder<'_>> {
             lowest,
             overlapping: o,
         }),
-    }
-}
-
-/// The shoot-out's order by merged p99, and which policies the best cannot be told from.
-#[derive(Debug, PartialEq)]
-pub struct PolicyOrder {
-    /// Indices into `policies`, best (lowest merged p99) first.
-    pub order: Vec<usize>,
-    /// Policies whose per-round p99 range overlaps the best's (never includes the best).
-    pub tied: Vec<usize>,
-    /// Rounds every policy ran (the fewest any ran).
-    pub rounds: usize,
-}
-
-fn overlaps(a: (f64, f64), b: (f64, f64)) -> bool {
-    a.0 <= b.1 && b.0 <= a.1
-}
-
-pub fn order_policies(ps: &[PolicyResult]) -> Option<PolicyOrder> {
-    if ps.is_empty() {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..ps.len()).collect();
-    order.sort_by(|&a, &b| {
-        ps[a]
-            .latency
-            .p99_ms
-            .total_cmp(&ps[b].latency.p99_ms)
-            .then(ps[a].latency.p50_ms.total_cmp(&ps[b].latency.p50_ms))
-    });
-    let rounds = ps
-        .iter()
-        .map(|p| p.p99_by_round_ms.len())
-        .min()
-        .unwrap_or(0);
-    let best = order[0];
-    let tied = match figures::round_range(&ps[best].p99_by_round_ms) {
-        Some(br) if rounds >= 2 => order[1..]
-            .iter()
-            .copied()
-            .filter(|&i| {
-                figures::round_range(&ps[i].p99_by_round_ms).is_some_and(|r| overlaps(br, r))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    Some(PolicyOrder {
-        order,
-        tied,
-        rounds,
-    })
-}
-
-fn range_text(p: &PolicyResult) -> String {
-    match figures::round_range(&p.p99_by_round_ms) {
-        Some((lo, hi)) => format!("{}–{}", crate::units::ms(lo), ms_u(hi)),
-        None => "no rounds".into(),
     }
 }
 
@@ -487,158 +432,157 @@ pub fn cpu_findings(r: &Results) -> Vec<String> {
     )]
 }
 
-/// The shoot-out: the winner on p99 when there is one, ties when rounds overlap.
-pub fn policy_findings(r: &Results) -> Vec<String> {
-    let Some(exp) = &r.experiment else {
-        return Vec::new();
-    };
-    let ps = &exp.policies;
-    let Some(po) = order_policies(ps) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let best = &ps[po.order[0]];
-    let label = |p: &PolicyResult| p.label.clone();
-    if ps.len() == 1 {
-        out.push(format!(
-            "Only one policy ran ({}): p99 {}; nothing to compare it with.",
-            label(best),
-            ms_u(best.latency.p99_ms)
-        ));
-        return out;
-    }
-    if po.rounds < 2 {
-        out.push(format!(
-            "Each policy ran a single round, so there is no spread to judge noise. Lowest p99: {} ({}), then {} ({}); \
-             this is one sample, not a ranking.",
-            label(best),
-            ms_u(best.latency.p99_ms),
-            label(&ps[po.order[1]]),
-            ms_u(ps[po.order[1]].latency.p99_ms)
-        ));
-    } else if po.tied.is_empty() {
-        let second = &ps[po.order[1]];
-        out.push(format!(
-            "On p99, {} won the shoot-out: {} against {} for the runner-up, {} ({} lower). Over {} rounds its \
-             per-round p99 ({}) never overlapped another policy's.",
-            label(best),
-            ms_u(best.latency.p99_ms),
-            ms_u(second.latency.p99_ms),
-            label(second),
-            pct(1.0 - best.latency.p99_ms / second.latency.p99_ms),
-            po.rounds,
-            range_text(best),
-        ));
-    } else {
-        let tied: Vec<String> = po
-            .tied
-            .iter()
-            .map(|&i| {
-                format!(
-                    "{} ({}, rounds {})",
-                    label(&ps[i]),
-                    ms_u(ps[i].latency.p99_ms),
-                    range_text(&ps[i])
-                )
-            })
-            .collect();
-        let mut s = format!(
-            "No single policy won on p99. The lowest merged p99 was {}'s ({}, rounds {}), but {} {} within noise of \
-             it: the per-round p99 ranges overlap over {} rounds.",
-            label(best),
-            ms_u(best.latency.p99_ms),
-            range_text(best),
-            tied.join(" and "),
-            if tied.len() == 1 { "is" } else { "are" },
-            po.rounds,
-        );
-        // The best policy outside the tied group, and whether it is clearly behind all of them.
-        let group: Vec<usize> = std::iter::once(po.order[0])
-            .chain(po.tied.iter().copied())
-            .collect();
-        if let Some(&next) = po.order.iter().find(|i| !group.contains(i)) {
-            let clear = figures::round_range(&ps[next].p99_by_round_ms).is_some_and(|nr| {
-                group.iter().all(|&g| {
-                    figures::round_range(&ps[g].p99_by_round_ms).is_some_and(|gr| gr.1 < nr.0)
-                })
-            });
-            if clear {
-                s.push_str(&format!(
-                    " Together they beat the next policy, {} (p99 {}, rounds {}), whose rounds were all slower.",
-                    label(&ps[next]),
-                    ms_u(ps[next].latency.p99_ms),
-                    range_text(&ps[next])
-                ));
-            }
-        }
-        out.push(s);
-    }
-    let worst = &ps[*po.order.last().expect("non-empty")];
-    out.push(format!(
-        "Worst p99: {}, with {}, {} the best.",
-        label(worst),
-        ms_u(worst.latency.p99_ms),
-        times(worst.latency.p99_ms / best.latency.p99_ms)
-    ));
-    // The seed's own design, judged on the same footing.
-    if let Some((i, seed)) = ps
+/// The shoot-out: peers that did not run, then a paragraph per scenario.
+pub fn shootout_findings(a: &Analysis<'_>) -> Vec<String> {
+    let mut out: Vec<String> = a
+        .missing_peers
         .iter()
-        .enumerate()
-        .find(|(_, p)| p.policy == "lowest-cpu" && p.telemetry.contains("cloudwatch"))
-    {
-        let mut s = if i == po.order[0] {
-            format!("The seed's design, {}, had the lowest p99.", label(seed))
-        } else if po.tied.contains(&i) {
+        .map(|p| {
             format!(
-                "The seed's design, {}, is within noise of the best.",
-                label(seed)
+                "{} ({}) did not run: {}; no scenario compares fulcrum with it.",
+                p.name,
+                p.policy,
+                p.missing.as_deref().unwrap_or("no reason recorded")
             )
-        } else {
-            format!(
-                "The seed's design (lowest CPU on CloudWatch-like telemetry), {}, had p99 {}, {} the best.",
-                label(seed),
-                ms_u(seed.latency.p99_ms),
-                times(seed.latency.p99_ms / best.latency.p99_ms)
-            )
-        };
-        if let Some((sh, ratio)) = figures::busiest(&seed.shares) {
-            if ratio > 1.5 {
-                s.push_str(&format!(
-                    " Its busiest worker, {}, got {} of the requests for {} of the capacity ({}): sending everything \
-                     to the apparently least-loaded worker on stale data herds traffic.",
-                    sh.instance_id,
-                    pct(sh.share_of_requests),
-                    pct(sh.share_of_capacity),
-                    times(ratio)
-                ));
-            }
-        }
-        out.push(s);
-    }
-    let with_errors: Vec<String> = ps
-        .iter()
-        .filter(|p| p.errors > 0)
-        .map(|p| format!("{} ({} errors)", label(p), count(p.errors)))
+        })
         .collect();
-    if !with_errors.is_empty() {
-        out.push(format!(
-            "Policies with failed requests (their p99 covers successful and failed requests alike): {}.",
-            with_errors.join(", ")
-        ));
-    }
-    let sat: Vec<&str> = r
-        .runs
-        .iter()
-        .filter(|x| x.kind == RunKind::Shootout && x.generator.saturated)
-        .map(|x| x.name.as_str())
-        .collect();
-    if !sat.is_empty() {
-        out.push(format!(
-            "Caution: the load generator was saturated in shoot-out rounds {}; latency there includes waiting in the generator.",
-            name_list(&sat)
-        ));
-    }
+    out.extend(a.scenarios.iter().map(scenario_finding));
     out
+}
+
+/// One scenario: fulcrum's default against the best peer and the verdict, then who did not
+/// keep up and whether the generator did.
+pub fn scenario_finding(s: &ScenarioAnalysis<'_>) -> String {
+    let mut text = comparison_text(s);
+    if let Some(top) = s.contenders.first() {
+        let top_is_compared = [s.fulcrum_default, s.best_peer].contains(&Some(0));
+        if !top_is_compared && !top.round_p99_ms.is_empty() {
+            text.push_str(&format!(
+                " The lowest median p99 of all contenders was {}'s, {}.",
+                top.label(),
+                ms_u(top.median_p99_ms)
+            ));
+        }
+    }
+    text.push(' ');
+    text.push_str(&kept_up_text(s));
+    if !s.saturated_rounds.is_empty() {
+        text.push_str(&format!(
+            " Caution: the load generator was saturated in rounds {}; latency there includes waiting in the generator.",
+            name_list(&s.saturated_rounds)
+        ));
+    }
+    text
+}
+
+/// `12.0 / 13.0 ms`: each round's p99.
+fn rounds_text(c: &ContenderFigures<'_>) -> String {
+    let v: Vec<String> = c
+        .round_p99_ms
+        .iter()
+        .map(|x| crate::units::ms(*x))
+        .collect();
+    format!("{} ms", v.join(" / "))
+}
+
+fn median_text(c: &ContenderFigures<'_>) -> String {
+    format!(
+        "{} p99 {} (median of {}: {})",
+        c.label(),
+        ms_u(c.median_p99_ms),
+        counted(c.round_p99_ms.len(), "round"),
+        rounds_text(c)
+    )
+}
+
+fn comparison_text(s: &ScenarioAnalysis<'_>) -> String {
+    let name = &s.scenario.name;
+    let (f, b, c) = match (s.fulcrum_default(), s.best_peer(), s.comparison) {
+        (Some(f), Some(b), Some(c)) => (f, b, c),
+        (Some(f), None, _) if !f.round_p99_ms.is_empty() => {
+            return format!(
+                "{name}: no peer balancer ran, so fulcrum is compared with nothing here: {}.",
+                median_text(f)
+            )
+        }
+        (_, Some(b), _) => {
+            return format!(
+            "{name}: no fulcrum contender has rounds to compare; the best peer, {}, had p99 {}.",
+            b.label(),
+            ms_u(b.median_p99_ms)
+        )
+        }
+        _ => return format!("{name}: no contender has rounds to compare."),
+    };
+    let role = match s.peers().filter(|p| !p.round_p99_ms.is_empty()).count() {
+        1 => "the only peer that ran",
+        2 => "the better peer",
+        _ => "the best peer",
+    };
+    format!(
+        "{name}: {} vs {role}, {}, {} ({}): {}; {}.",
+        median_text(f),
+        b.label(),
+        ms_u(b.median_p99_ms),
+        rounds_text(b),
+        times(c.ratio),
+        verdict_text(c.verdict, f, b)
+    )
+}
+
+fn verdict_text(v: Verdict, fulcrum: &ContenderFigures<'_>, best: &ContenderFigures<'_>) -> String {
+    match v {
+        // Lower latency bought by serving less is not a win.
+        Verdict::Wins if !fulcrum.kept_up => {
+            "each of fulcrum's rounds had a lower p99 than every round of every peer, but it did not keep up (see \
+             below), so this is not a clean win"
+                .into()
+        }
+        Verdict::Wins => {
+            "fulcrum is ahead: each of its rounds had a lower p99 than every round of every peer".into()
+        }
+        Verdict::Ties => "within noise (the round ranges overlap): neither is ahead".into(),
+        Verdict::Loses => format!(
+            "fulcrum loses here: each of its rounds had a higher p99 than every round of {}",
+            best.label()
+        ),
+        Verdict::Unjudged => {
+            "with fewer than two rounds there is no spread to tell a difference from noise, so no verdict".into()
+        }
+    }
+}
+
+fn kept_up_text(s: &ScenarioAnalysis<'_>) -> String {
+    let offered = rate_u(s.scenario.rate);
+    if s.all_kept_up {
+        return format!(
+            "Every contender kept goodput at {} or more of the offered {offered} in every round, with no errors.",
+            pct(KEPT_UP_SHARE)
+        );
+    }
+    let short: Vec<String> = s
+        .contenders
+        .iter()
+        .filter(|c| !c.kept_up)
+        .map(|c| {
+            let mut t = format!(
+                "{} (worst round {} of offered",
+                c.label(),
+                pct(c.worst_goodput_share)
+            );
+            if c.errors > 0 {
+                t.push_str(&format!(", {} errors", count(c.errors)));
+            }
+            t.push(')');
+            t
+        })
+        .collect();
+    format!(
+        "Not every contender kept goodput at {} of the offered {offered} with no errors: {}; a p99 there covers \
+         failed requests too.",
+        pct(KEPT_UP_SHARE),
+        short.join(", ")
+    )
 }
 
 /// Open-model runs that fell short of their schedule.
@@ -671,7 +615,7 @@ pub fn schedule_findings(r: &Results) -> Vec<String> {
 }
 
 /// The conclusion, paragraph by paragraph.
-pub fn conclusion(r: &Results) -> Vec<String> {
+pub fn conclusion(r: &Results, shootout: Option<&Analysis<'_>>) -> Vec<String> {
     let mut out = Vec::new();
     if !saturated_runs(r).is_empty() {
         out.push(
@@ -683,7 +627,7 @@ pub fn conclusion(r: &Results) -> Vec<String> {
     out.extend(capacity_findings(r));
     out.extend(headline_findings(r));
     out.extend(cpu_findings(r));
-    out.extend(policy_findings(r));
+    out.extend(shootout.map(shootout_findings).unwrap_or_default());
     out.extend(schedule_findings(r));
     let errors: u64 = r.runs.iter().map(|x| x.errors.total()).sum();
     if errors == 0 && !r.runs.is_empty() {
@@ -773,80 +717,113 @@ mod tests {
         assert!(!text.contains("saturated first"), "{text}");
     }
 
-    fn policy(label: &str, p99: f64, rounds: &[f64]) -> PolicyResult {
-        let mut p = sample::policy(label, "inband", p99);
-        p.latency.p99_ms = p99;
-        p.p99_by_round_ms = rounds.to_vec();
-        p
+    fn findings(r: &Results) -> Vec<String> {
+        shootout_findings(&Analysis::new(r).unwrap())
+    }
+
+    fn finding<'a>(all: &'a [String], scenario: &str) -> &'a str {
+        all.iter()
+            .find(|f| f.starts_with(&format!("{scenario}: ")))
+            .unwrap_or_else(|| panic!("no finding for {scenario}: {all:#?}"))
     }
 
     #[test]
-    fn a_policy_wins_only_when_its_rounds_clear_the_others() {
-        let ps = [
-            policy("round-robin", 900.0, &[850.0, 950.0]),
-            policy("cpu-aware", 20.0, &[19.0, 21.0]),
-            policy("least-outstanding", 28.0, &[26.0, 30.0]),
-        ];
-        let po = order_policies(&ps).unwrap();
-        assert_eq!(po.order, vec![1, 2, 0]);
-        assert!(po.tied.is_empty());
-        let mut r = sample::experiment();
-        r.experiment.as_mut().unwrap().policies = ps.to_vec();
-        let text = policy_findings(&r).join("\n");
-        assert!(
-            text.contains("On p99, cpu-aware won the shoot-out: 20.0 ms against 28.0 ms for the runner-up, least-outstanding (29% lower)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Worst p99: round-robin, with 900 ms, 45.0× the best."),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn overlapping_rounds_are_within_noise() {
-        let ps = [
-            policy("cpu-aware", 20.0, &[19.0, 23.0]),
-            policy("p2c-ewma", 22.0, &[21.0, 24.0]),
-            policy("least-outstanding", 28.0, &[26.0, 30.0]),
-        ];
-        let po = order_policies(&ps).unwrap();
-        assert_eq!(po.tied, vec![1]);
-        let mut r = sample::experiment();
-        r.experiment.as_mut().unwrap().policies = ps.to_vec();
-        let text = policy_findings(&r).join("\n");
-        assert!(text.contains("No single policy won on p99"), "{text}");
-        assert!(
-            text.contains("p2c-ewma (22.0 ms, rounds 21.0–24.0 ms) is within noise"),
-            "{text}"
-        );
-        assert!(
-            text.contains("Together they beat the next policy, least-outstanding"),
-            "{text}"
-        );
-        assert!(!text.contains(" won the shoot-out"), "{text}");
-    }
-
-    #[test]
-    fn a_single_round_is_not_a_ranking() {
-        let ps = [policy("a", 20.0, &[20.0]), policy("b", 40.0, &[40.0])];
-        let mut r = sample::experiment();
-        r.experiment.as_mut().unwrap().policies = ps.to_vec();
-        let text = policy_findings(&r).join("\n");
-        assert!(text.contains("single round"), "{text}");
-        assert!(text.contains("not a ranking"), "{text}");
-        assert!(!text.contains("won"), "{text}");
-    }
-
-    #[test]
-    fn the_seeds_design_is_judged_and_herding_shown() {
+    fn each_scenario_compares_fulcrum_with_the_best_peer() {
         let r = sample::experiment();
-        let text = policy_findings(&r).join("\n");
+        let all = findings(&r);
+        assert_eq!(all.len(), 4);
+        let steady = finding(&all, "steady");
         assert!(
-            text.contains("The seed's design (lowest CPU on CloudWatch-like telemetry), lowest-cpu (cloudwatch, emulated), had p99"),
-            "{text}"
+            steady.starts_with(
+                "steady: fulcrum adaptive p99 12.5 ms (median of 2 rounds: 12.0 / 13.0 ms) vs the better peer, \
+                 haproxy leastconn, 13.5 ms (12.8 / 14.2 ms): 0.93×; within noise (the round ranges overlap): \
+                 neither is ahead."
+            ),
+            "{steady}"
         );
-        assert!(text.contains("herds traffic"), "{text}");
+        assert!(steady
+            .contains("Every contender kept goodput at 95% or more of the offered 1,020 req/s"));
+        let ant = finding(&all, "antagonist");
+        assert!(ant.contains("fulcrum is ahead"), "{ant}");
+        assert!(
+            ant.contains("the better peer, haproxy leastconn, 26.5 ms"),
+            "{ant}"
+        );
+        let rep = finding(&all, "replicas");
+        assert!(
+            rep.contains("fulcrum loses here: each of its rounds had a higher p99 than every round of nginx least_conn"),
+            "{rep}"
+        );
+        // The best peer is already named, so it is not named again as the best of all.
+        assert!(!rep.contains("lowest median p99 of all"), "{rep}");
+    }
+
+    #[test]
+    fn a_tie_is_never_called_a_win() {
+        let r = sample::experiment();
+        let all = findings(&r);
+        for s in ["steady", "heavy-tail"] {
+            let f = finding(&all, s);
+            assert!(f.contains("within noise"), "{f}");
+            assert!(!f.contains("ahead:") && !f.contains("win"), "{f}");
+        }
+        // heavy-tail: fulcrum's median is the lower one, and it is still a tie.
+        assert!(finding(&all, "heavy-tail").contains(": 0.90×; within noise"));
+    }
+
+    #[test]
+    fn another_fulcrum_policy_on_top_is_named() {
+        let r = sample::experiment();
+        let all = findings(&r);
+        let mut r2 = r.clone();
+        let s = &mut r2.experiment.as_mut().unwrap().scenarios[0];
+        s.contenders[1].rounds[0].p99_ms = 9.0;
+        s.contenders[1].rounds[1].p99_ms = 10.0;
+        let all2 = findings(&r2);
+        assert!(
+            finding(&all2, "steady").contains(
+                "The lowest median p99 of all contenders was fulcrum p2c-ewma's, 9.50 ms."
+            ),
+            "{all2:#?}"
+        );
+        assert!(!finding(&all, "steady").contains("lowest median p99 of all"));
+    }
+
+    #[test]
+    fn shortfalls_missing_peers_and_single_rounds_are_said() {
+        let mut r = sample::experiment_missing_peer();
+        let s = &mut r.experiment.as_mut().unwrap().scenarios[0];
+        s.contenders[3].rounds[1].goodput = 0.9 * s.rate;
+        s.contenders[3].errors = 12;
+        let all = findings(&r);
+        assert!(
+            all[0].starts_with(
+                "haproxy (leastconn) did not run: not installed (no haproxy on PATH); no scenario"
+            ),
+            "{}",
+            all[0]
+        );
+        let steady = finding(&all, "steady");
+        assert!(
+            steady.contains("vs the only peer that ran, nginx least_conn"),
+            "{steady}"
+        );
+        assert!(
+            steady.contains("nginx least_conn (worst round 90% of offered, 12 errors)"),
+            "{steady}"
+        );
+        let s = &mut r.experiment.as_mut().unwrap().scenarios[1];
+        s.contenders[0].errors = 5;
+        let ant = finding(&findings(&r), "antagonist").to_owned();
+        assert!(ant.contains("but it did not keep up"), "{ant}");
+        assert!(!ant.contains("fulcrum is ahead"), "{ant}");
+        for c in &mut r.experiment.as_mut().unwrap().scenarios[1].contenders {
+            c.rounds.truncate(1);
+        }
+        let all = findings(&r);
+        let ant = finding(&all, "antagonist");
+        assert!(ant.contains("no verdict"), "{ant}");
+        assert!(!ant.contains("ahead"), "{ant}");
     }
 
     #[test]
@@ -863,7 +840,7 @@ mod tests {
             w[0]
         );
         assert!(w[0].contains("99%"), "{}", w[0]);
-        assert!(conclusion(&r)[0].starts_with("Warning: the load generator was saturated"));
+        assert!(conclusion(&r, None)[0].starts_with("Warning: the load generator was saturated"));
     }
 
     #[test]

@@ -7,9 +7,9 @@ use crate::plot::Chart;
 #[derive(Debug, Clone)]
 pub struct Section {
     /// Anchor for links, stable across runs.
-    pub id: &'static str,
+    pub id: String,
     pub title: String,
-    /// 2 for `##`, 3 for `###`.
+    /// 2 for `##`, 3 for `###`, 4 for `####`.
     pub level: u8,
     pub blocks: Vec<Block>,
 }

@@ -1,8 +1,8 @@
 //! Figures derived from results.json: which runs are the headline, what each cluster could do
-//! in theory, CPU statistics per worker, ramp steps, percentile spectra, request shares.
+//! in theory, CPU statistics per worker, ramp steps, percentile spectra, per-round ranges.
 //! Everything here is a plain function of the data; wording lives in `conclusion`.
 
-use fulcrum_loadgen::results::{Capacity, ClusterInfo, Errors, Hist, Results, Run, RunKind, Share};
+use fulcrum_loadgen::results::{Capacity, ClusterInfo, Errors, Hist, Results, Run, RunKind};
 
 /// Matching rates from a ramp against the rates recorded in `Capacity` (both are f64).
 pub fn same_rate(a: f64, b: f64) -> bool {
@@ -217,25 +217,6 @@ pub fn nines_ticks(max_nines: f64) -> Vec<(f64, String)> {
         .collect()
 }
 
-/// The fraction of requests that would have to move for the split to match capacity
-/// (half the L1 distance between the two shares).
-pub fn misplaced(shares: &[Share]) -> f64 {
-    shares
-        .iter()
-        .map(|s| (s.share_of_requests - s.share_of_capacity).abs())
-        .sum::<f64>()
-        / 2.0
-}
-
-/// The worker most loaded relative to its capacity, and how many times its share it got.
-pub fn busiest(shares: &[Share]) -> Option<(&Share, f64)> {
-    shares
-        .iter()
-        .filter(|s| s.share_of_capacity > 0.0)
-        .map(|s| (s, s.share_of_requests / s.share_of_capacity))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-}
-
 /// `(min, max)` of the per-round p99s.
 pub fn round_range(p99s: &[f64]) -> Option<(f64, f64)> {
     let v: Vec<f64> = p99s.iter().copied().filter(|x| x.is_finite()).collect();
@@ -283,23 +264,6 @@ mod tests {
         assert_eq!(url_path("http://127.0.0.1:8080/cluster1"), "/cluster1");
         assert_eq!(url_path("http://h/cluster2?x=1"), "/cluster2");
         assert_eq!(url_path("http://h:1"), "/");
-    }
-
-    #[test]
-    fn shares_measure_distance_from_capacity() {
-        let s = |r: f64, c: f64| Share {
-            instance_id: "i".into(),
-            cluster: "1".into(),
-            share_of_requests: r,
-            share_of_capacity: c,
-        };
-        let fair = [s(0.25, 0.25), s(0.75, 0.75)];
-        assert_eq!(misplaced(&fair), 0.0);
-        let herded = [s(0.9, 0.25), s(0.1, 0.75)];
-        assert!((misplaced(&herded) - 0.65).abs() < 1e-12);
-        let (b, ratio) = busiest(&herded).unwrap();
-        assert_eq!(b.share_of_requests, 0.9);
-        assert!((ratio - 3.6).abs() < 1e-12);
     }
 
     #[test]

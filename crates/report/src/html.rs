@@ -15,6 +15,7 @@ main { max-width: 1040px; margin: 0 auto; padding: 24px 28px 64px; background: #
 h1 { font-size: 26px; margin: 8px 0 4px; }
 h2 { font-size: 21px; margin: 36px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 h3 { font-size: 17px; margin: 28px 0 8px; }
+h4 { font-size: 15px; margin: 22px 0 6px; }
 .byline { color: #666; margin-top: 0; }
 nav { font-size: 14px; margin: 12px 0 8px; }
 nav a { margin-right: 14px; color: #2a5d9f; text-decoration: none; }
@@ -64,16 +65,21 @@ pub fn render(doc: &Report) -> String {
         );
     }
     out.push_str("<nav>");
-    for s in &doc.sections {
-        let _ = write!(out, r##"<a href="#{}">{}</a>"##, s.id, esc(&s.title));
+    // Sub-sections (the shoot-out's scenarios) stay out of the bar: it lists the report's parts.
+    for s in doc.sections.iter().filter(|s| s.level <= 3) {
+        let _ = write!(out, r##"<a href="#{}">{}</a>"##, esc(&s.id), esc(&s.title));
     }
     out.push_str("</nav>\n");
     for s in &doc.sections {
-        let h = if s.level <= 2 { "h2" } else { "h3" };
+        let h = match s.level {
+            ..=2 => "h2",
+            3 => "h3",
+            _ => "h4",
+        };
         let _ = writeln!(
             out,
             r#"<section id="{}"><{h}>{}</{h}>"#,
-            s.id,
+            esc(&s.id),
             esc(&s.title)
         );
         for b in &s.blocks {
@@ -160,14 +166,14 @@ mod tests {
             byline: "b".into(),
             warnings: vec!["saturated <generator>".into()],
             sections: vec![Section {
-                id: "shootout",
-                title: "Policy shoot-out".into(),
+                id: "shootout".into(),
+                title: "Shoot-out".into(),
                 level: 3,
                 blocks: vec![
                     Block::Table(t),
                     Block::Chart {
                         chart: None,
-                        missing: "No policy shoot-out in this file.".into(),
+                        missing: "No shoot-out in this file.".into(),
                     },
                 ],
             }],
@@ -177,7 +183,7 @@ mod tests {
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(!page.contains("<img"));
         assert!(!page.contains("<lab>"));
-        assert!(page.contains(r#"<p class="note">No policy shoot-out in this file.</p>"#));
+        assert!(page.contains(r#"<p class="note">No shoot-out in this file.</p>"#));
         assert!(!page.contains("<svg"));
         assert!(page.contains("saturated &lt;generator&gt;"));
         assert!(page.contains(r#"<td class="num">3</td>"#));

@@ -6,17 +6,21 @@
 //!
 //! The report fills the seed report's empty benchmark sections (Expectations, CPU Utilization,
 //! Latency and Response Times, Throughput, Conclusion) from the data, and adds the setup, the
-//! policy shoot-out and every run. Both files are rendered from one document
-//! (`sections::build`), so their numbers agree; the conclusion's wording (`conclusion`) claims
-//! only what the numbers carry, and says "within noise" when per-round spreads overlap.
+//! shoot-out (fulcrum's policies against peer balancers, scenario by scenario) and every run.
+//! Both files are rendered from one document (`sections::build`), so their numbers agree; the
+//! conclusion's wording (`conclusion`) claims only what the numbers carry, and says "within
+//! noise" when per-round spreads overlap.
 //!
 //! Modules:
-//! - `figures`: figures derived from the data (ceilings, CPU stats, ramp steps, spectra, shares).
-//! - `conclusion`: verdicts worded from the figures, and the warnings.
-//! - `sections`, `charts`: the document and its charts; `document`: the model they fill.
+//! - `figures`: figures derived from the data (ceilings, CPU stats, ramp steps, spectra).
+//! - `analysis`: the shoot-out analysed once (order, best peer, fulcrum's default, verdict).
+//! - `conclusion`: verdicts worded from the figures and the analysis, and the warnings.
+//! - `sections`, `shootout`, `charts`: the document and its charts; `document`: the model they
+//!   fill.
 //! - `markdown`, `html`: the two renderings; `plot`: hand-written inline SVG charts;
 //!   `markup`: escaping; `units`: how numbers are written.
 
+mod analysis;
 mod charts;
 mod conclusion;
 mod document;
@@ -28,6 +32,7 @@ mod plot;
 #[cfg(test)]
 mod sample;
 mod sections;
+mod shootout;
 mod units;
 
 use std::path::{Path, PathBuf};
@@ -128,7 +133,7 @@ mod tests {
         assert_eq!(back.runs.len(), r.runs.len());
         assert_eq!(back.runs[0].name, r.runs[0].name);
         assert_eq!(back.runs[0].latency.hdr, r.runs[0].latency.hdr);
-        assert_eq!(back.experiment.unwrap().policies.len(), 6);
+        assert_eq!(back.experiment.unwrap().scenarios.len(), 4);
 
         let mut v = serde_json::to_value(&r).unwrap();
         v["schema"] = 99.into();
@@ -136,7 +141,7 @@ mod tests {
         let e = load(&p).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("schema version 99"), "{msg}");
-        assert!(msg.contains("reads version 1"), "{msg}");
+        assert!(msg.contains("reads version 2"), "{msg}");
         assert!(matches!(
             e.downcast_ref::<LoadError>(),
             Some(LoadError::SchemaVersion { found: 99, .. })
@@ -144,7 +149,7 @@ mod tests {
 
         std::fs::write(&p, r#"{"hello": 1}"#).unwrap();
         assert!(format!("{:#}", load(&p).unwrap_err()).contains("no numeric `schema`"));
-        std::fs::write(&p, r#"{"schema": 1, "runs": 3}"#).unwrap();
+        std::fs::write(&p, format!(r#"{{"schema": {SCHEMA_VERSION}, "runs": 3}}"#)).unwrap();
         assert!(format!("{:#}", load(&p).unwrap_err()).contains("does not match results schema"));
         std::fs::write(&p, "not json").unwrap();
         assert!(format!("{:#}", load(&p).unwrap_err()).contains("is not JSON"));
@@ -162,13 +167,18 @@ mod tests {
             "### Latency and Response Times",
             "### Throughput",
             "## Conclusion",
-            "### Policy shoot-out",
+            "### Shoot-out",
+            "#### Scenario: steady",
+            "#### Scenario: antagonist",
+            "#### Scenario: replicas",
+            "#### Scenario: heavy-tail",
         ] {
             assert!(md.contains(s), "missing {s}");
         }
         let html = std::fs::read_to_string(&w.html).unwrap();
         assert!(html.starts_with("<!DOCTYPE html>"));
-        assert!(html.matches("<svg").count() >= 10);
+        assert_eq!(html.matches("<svg").count(), 16);
+        assert!(html.contains(r#"<section id="shootout-heavy-tail"><h4>Scenario: heavy-tail</h4>"#));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

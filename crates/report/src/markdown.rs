@@ -14,7 +14,7 @@ pub fn render(doc: &Report) -> String {
     }
     // A table of contents like the seed's, so the sections read in the same order.
     for s in &doc.sections {
-        let indent = if s.level > 2 { "  " } else { "" };
+        let indent = "  ".repeat(s.level.saturating_sub(2) as usize);
         let _ = writeln!(out, "{indent}- [{}](#{})", md(&s.title), anchor(&s.title));
     }
     out.push('\n');
@@ -98,7 +98,7 @@ mod tests {
             byline: "b".into(),
             warnings: vec!["generator saturated".into()],
             sections: vec![Section {
-                id: "s",
+                id: "s".into(),
                 title: "Latency and Response Times".into(),
                 level: 3,
                 blocks: vec![Block::Table(t)],

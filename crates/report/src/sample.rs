@@ -1,6 +1,7 @@
 //! A small but complete experiment's results for unit tests: the seed's two clusters
 //! (5 × t2.micro at 0.1 core, 4 × t2.large at 0.2 core, 1 ms of CPU per request), the seed's
-//! benchmark on each, a capacity ramp per cluster, and a shoot-out of six policies.
+//! benchmark on each, a capacity ramp per cluster, and a shoot-out in four scenarios of three
+//! fulcrum policies against nginx and HAProxy, two rounds each.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ pub fn hist(n: u64, median_ms: f64) -> Hist {
     Hist::from_histogram(&h)
 }
 
-fn instances() -> Vec<InstanceInfo> {
+fn instances_info() -> Vec<InstanceInfo> {
     let mut v = Vec::new();
     for i in 0..5 {
         v.push(InstanceInfo {
@@ -52,7 +53,7 @@ pub fn run(name: &str, kind: RunKind, route: &str, model: Model, responses: u64,
     let mut by_cluster = BTreeMap::new();
     let mut by_instance = BTreeMap::new();
     let mut cpu = Vec::new();
-    let ids: Vec<InstanceInfo> = instances()
+    let ids: Vec<InstanceInfo> = instances_info()
         .into_iter()
         .filter(|i| route == "/" || i.cluster.to_string() == cluster)
         .collect();
@@ -91,6 +92,7 @@ pub fn run(name: &str, kind: RunKind, route: &str, model: Model, responses: u64,
         name: name.into(),
         kind,
         url: format!("http://127.0.0.1:8080{route}"),
+        targets: vec![format!("http://127.0.0.1:8080{route}")],
         policy: Some("cpu-aware".into()),
         telemetry: Some("inband".into()),
         model,
@@ -110,6 +112,8 @@ pub fn run(name: &str, kind: RunKind, route: &str, model: Model, responses: u64,
         by_cluster,
         by_instance,
         by_status_class: BTreeMap::new(),
+        by_target: BTreeMap::new(),
+        mix: None,
         timeline: (0..duration_s as u32)
             .map(|t| Second {
                 t: t as f64,
@@ -131,27 +135,228 @@ pub fn run(name: &str, kind: RunKind, route: &str, model: Model, responses: u64,
     }
 }
 
-pub fn policy(label: &str, telemetry: &str, p99: f64) -> PolicyResult {
-    let shares = instances()
+/// Fulcrum's policies, then the two peers; each scenario's per-round p99s in this order.
+const CONTENDERS: [(&str, &str, &str); 5] = [
+    ("fulcrum adaptive", "fulcrum", "capacity-weighted"),
+    ("fulcrum p2c-ewma", "fulcrum", "p2c-ewma"),
+    ("fulcrum round-robin", "fulcrum", "round-robin"),
+    ("nginx least_conn", "nginx", "least_conn"),
+    ("haproxy leastconn", "haproxy", "leastconn"),
+];
+
+/// Offered load in every scenario: 85% of the 1,200 req/s the ramp measured.
+const RATE: f64 = 1020.0;
+
+/// One contender with two rounds at `p99s` ms; shares follow capacity for `adaptive`, and
+/// are even (so the micro workers are over-loaded) for everything else.
+pub fn contender(
+    scenario: &str,
+    (label, balancer, policy): (&str, &str, &str),
+    p99s: [f64; 2],
+    (threads, instances): (usize, usize),
+) -> ContenderResult {
+    let shares = instances_info()
         .iter()
         .map(|i| Share {
             instance_id: i.instance_id.clone(),
             cluster: i.cluster.to_string(),
-            share_of_requests: 1.0 / 9.0,
+            share_of_requests: if policy == "capacity-weighted" {
+                i.cores / 1.3
+            } else {
+                1.0 / 9.0
+            },
             share_of_capacity: i.cores / 1.3,
         })
         .collect();
-    PolicyResult {
+    let rounds: Vec<RoundResult> = p99s
+        .iter()
+        .enumerate()
+        .map(|(k, &p99)| RoundResult {
+            run: format!("shootout-{scenario}-r{}-{}", k + 1, label.replace(' ', "-")),
+            p50_ms: p99 / 2.0,
+            p99_ms: p99,
+            max_ms: p99 * 1.5,
+            goodput: RATE * 0.995,
+            errors: 0,
+        })
+        .collect();
+    ContenderResult {
         label: label.into(),
-        policy: label.split(' ').next().unwrap_or(label).into(),
-        telemetry: telemetry.into(),
-        latency: hist(1000, p99 / 1.5),
-        responses: 1000,
+        balancer: balancer.into(),
+        policy: policy.into(),
+        telemetry: (balancer == "fulcrum").then(|| "inband".into()),
+        threads,
+        instances,
+        latency: hist(2000, p99s[0] / 2.0),
+        responses: 2 * (RATE * 4.0) as u64,
         errors: 0,
-        achieved_rate: 1000.0,
-        p99_by_round_ms: vec![p99 * 0.95, p99 * 1.05],
+        achieved_rate: RATE * 0.995,
+        rounds,
         shares,
     }
+}
+
+/// Name, description, settings and each contender's two per-round p99s (ms, in `CONTENDERS`
+/// order) of every scenario.
+#[allow(clippy::type_complexity)]
+fn scenario_table() -> [(&'static str, &'static str, ScenarioParams, [[f64; 2]; 5]); 4] {
+    [
+        (
+            "steady",
+            "A constant load on a quiet fleet.",
+            ScenarioParams::Steady,
+            [
+                [12.0, 13.0],
+                [12.5, 14.0],
+                [30.0, 34.0],
+                [15.0, 16.0],
+                [12.8, 14.2],
+            ],
+        ),
+        (
+            "antagonist",
+            "Co-tenants take part of some workers' CPU, on and off.",
+            ScenarioParams::Antagonist {
+                instances: vec!["i-large0".into(), "i-large1".into()],
+                share: 0.5,
+                on_s: 2.0,
+                off_s: 3.0,
+            },
+            [
+                [14.0, 15.0],
+                [18.0, 20.0],
+                [60.0, 70.0],
+                [40.0, 45.0],
+                [25.0, 28.0],
+            ],
+        ),
+        (
+            "replicas",
+            "Several balancer instances share the load, each with its own view.",
+            ScenarioParams::Replicas {
+                replicas: 3,
+                threads_each: 1,
+            },
+            [
+                [20.0, 22.0],
+                [19.0, 23.0],
+                [25.0, 27.0],
+                [14.0, 15.0],
+                [16.0, 17.0],
+            ],
+        ),
+        (
+            "heavy-tail",
+            "Requests cost CPU from a heavy-tailed distribution.",
+            ScenarioParams::HeavyTail {
+                distribution: "lognormal".into(),
+                mean_us: 1000.0,
+                sigma: 1.0,
+                mix_file: "heavy-tail-mix.toml".into(),
+            },
+            [
+                [30.0, 40.0],
+                [35.0, 38.0],
+                [80.0, 90.0],
+                [33.0, 45.0],
+                [50.0, 55.0],
+            ],
+        ),
+    ]
+}
+
+/// The four scenarios. Against the better peer, fulcrum's default ties in `steady`, wins
+/// under `antagonist`, loses with `replicas` and ties on `heavy-tail`.
+fn scenarios() -> Vec<ScenarioResult> {
+    scenario_table()
+        .into_iter()
+        .map(|(name, description, params, p99s)| {
+            let size = match params {
+                ScenarioParams::Replicas {
+                    replicas,
+                    threads_each,
+                } => (threads_each, replicas),
+                _ => (2, 1),
+            };
+            let mut s = ScenarioResult {
+                name: name.into(),
+                description: description.into(),
+                rate: RATE,
+                fraction: 0.85,
+                round_s: 4.0,
+                params,
+                contenders: CONTENDERS
+                    .iter()
+                    .zip(p99s)
+                    .map(|(c, p)| contender(name, *c, p, size))
+                    .collect(),
+                antagonists: vec![],
+                cost: None,
+            };
+            extras(&mut s);
+            s
+        })
+        .collect()
+}
+
+/// What the antagonist and heavy-tail scenarios measure besides latency.
+fn extras(s: &mut ScenarioResult) {
+    match s.name.as_str() {
+        "antagonist" => {
+            s.antagonists = (0..2)
+                .map(|i| AntagonistEffect {
+                    instance: format!("large{i}"),
+                    instance_id: format!("i-large{i}"),
+                    cpu_s: 0.36,
+                    on_s: 4.0,
+                    share_while_on: 0.45,
+                    group_cpu_s: 1.4,
+                    throttled_periods: 30 + i,
+                    periods: 80,
+                })
+                .collect()
+        }
+        "heavy-tail" => {
+            s.cost = Some(CostDistribution {
+                mean_us: 1000.0,
+                p50_us: 607.0,
+                p99_us: 6228.0,
+                sent_mean_us: 987.0,
+                sent_p50_us: 611.0,
+                sent_p99_us: 6010.0,
+            })
+        }
+        _ => {}
+    }
+}
+
+fn peers() -> Vec<PeerInfo> {
+    vec![
+        PeerInfo {
+            name: "nginx".into(),
+            policy: "least_conn".into(),
+            version: Some("1.24.0".into()),
+            missing: None,
+        },
+        PeerInfo {
+            name: "haproxy".into(),
+            policy: "leastconn".into(),
+            version: Some("2.6.12".into()),
+            missing: None,
+        },
+    ]
+}
+
+/// The same experiment on a machine without HAProxy.
+pub fn experiment_missing_peer() -> Results {
+    let mut r = experiment();
+    let exp = r.experiment.as_mut().expect("an experiment");
+    exp.peers[1].version = None;
+    exp.peers[1].missing = Some("not installed (no haproxy on PATH)".into());
+    for s in &mut exp.scenarios {
+        s.contenders.retain(|c| c.balancer != "haproxy");
+    }
+    r
 }
 
 pub fn experiment() -> Results {
@@ -214,20 +419,6 @@ pub fn experiment() -> Results {
             runs: names,
         });
     }
-    let mut policies = vec![
-        policy("round-robin", "inband", 900.0),
-        policy("least-outstanding", "inband", 28.0),
-        policy("lowest-cpu (cloudwatch, emulated)", "cloudwatch", 1500.0),
-        policy("lowest-cpu (poll)", "poll", 60.0),
-        policy("p2c-ewma", "inband", 22.0),
-        policy("cpu-aware", "inband", 20.0),
-    ];
-    // The seed's design herds: one worker gets 40% of the requests.
-    let herded = &mut policies[2].shares;
-    herded[0].share_of_requests = 0.4;
-    for s in herded.iter_mut().skip(1) {
-        s.share_of_requests = 0.6 / 8.0;
-    }
     Results {
         schema: SCHEMA_VERSION,
         fulcrum_version: "0.1.0".into(),
@@ -271,16 +462,15 @@ pub fn experiment() -> Results {
                     work_us: 1000,
                 },
             ],
-            instances: instances(),
+            instances: instances_info(),
         }),
         runs,
         experiment: Some(Experiment {
             quick: true,
             capacity,
-            shootout_rate: 1020.0,
-            shootout_fraction: 0.85,
-            shootout_rounds: 2,
-            policies,
+            rounds: 2,
+            peers: peers(),
+            scenarios: scenarios(),
         }),
     }
 }

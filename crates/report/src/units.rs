@@ -99,6 +99,11 @@ pub fn times(r: f64) -> String {
     }
 }
 
+/// `1 round`, `2 rounds`: a count with its noun.
+pub fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 pub fn secs(s: f64) -> String {
     if s < 10.0 {
         format!("{s:.2} s")
@@ -129,5 +134,7 @@ mod tests {
         assert_eq!(times(1.6666), "1.67×");
         assert_eq!(times(45.0), "45.0×");
         assert_eq!(times(151.37), "151×");
+        assert_eq!(counted(1, "round"), "1 round");
+        assert_eq!(counted(2, "round"), "2 rounds");
     }
 }
