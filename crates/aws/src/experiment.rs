@@ -41,6 +41,8 @@ pub fn experiment(
             deployment,
             admin: None,
             workers: Vec::new(),
+            // No peers, replicas or co-tenants on EC2: the shoot-out is skipped, and says so.
+            local: None,
         };
         fulcrum_experiment::run(&target, opts, &timing, interrupted, started, say)
     })();

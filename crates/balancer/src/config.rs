@@ -480,8 +480,11 @@ struct FileTargetGroup {
     when_all_unhealthy: WhenAllUnhealthy,
 }
 
+/// The policy a target group gets when its configuration names none.
+pub const DEFAULT_POLICY: Policy = Policy::CapacityWeighted;
+
 fn default_policy() -> Policy {
-    Policy::CpuAware
+    DEFAULT_POLICY
 }
 fn default_source() -> TelemetrySource {
     TelemetrySource::Inband
@@ -1001,7 +1004,7 @@ workers = ["@all"]
         assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
         assert_eq!(c.target_groups[0].policy, Policy::RoundRobin);
-        assert_eq!(c.target_groups[1].policy, Policy::CpuAware);
+        assert_eq!(c.target_groups[1].policy, Policy::CapacityWeighted);
         assert_eq!(
             c.target_groups[1].health.interval,
             Duration::from_millis(250)

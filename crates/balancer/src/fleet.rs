@@ -150,6 +150,9 @@ pub struct Worker {
     /// Of that, what it said it could use itself lately (less co-tenants), and when.
     available: AtomicU64,
     available_at_us: AtomicU64,
+    /// The 90th percentile of its recent service times, as it last reported (ms), and when.
+    service_p90_ms: AtomicU64,
+    service_at_us: AtomicU64,
     /// Requests in flight at the worker from *other* balancers, as of its last in-band report
     /// (its reported in-flight count minus ours at that moment); f64 bits.
     others_in_flight: AtomicU64,
@@ -204,6 +207,8 @@ impl Worker {
             cores: AtomicU64::new(0),
             available: AtomicU64::new(0),
             available_at_us: AtomicU64::new(0),
+            service_p90_ms: AtomicU64::new(0),
+            service_at_us: AtomicU64::new(0),
             others_in_flight: AtomicU64::new(0),
             others_at_us: AtomicU64::new(0),
             identity: Mutex::new(None),
@@ -450,6 +455,10 @@ impl Worker {
             self.available.store(a.to_bits(), Ordering::Relaxed);
             self.available_at_us.store(now, Ordering::Relaxed);
         }
+        if let Some(p) = report.service_p90_ms.filter(|p| *p > 0.0) {
+            self.service_p90_ms.store(p.to_bits(), Ordering::Relaxed);
+            self.service_at_us.store(now, Ordering::Relaxed);
+        }
         if source == TelemetrySource::Inband {
             if let Some(n) = report.inflight {
                 self.note_reported_in_flight(n, now);
@@ -488,6 +497,14 @@ impl Worker {
             return Some(a.max(self.cores().unwrap_or(a) * 0.05));
         }
         self.cores()
+    }
+
+    /// The 90th percentile of the worker's recent service times (ms), as it reported them,
+    /// if that report is younger than `fresh_us`.
+    pub fn service_p90_ms(&self, now: u64, fresh_us: u64) -> Option<f64> {
+        let at = self.service_at_us.load(Ordering::Relaxed);
+        (at != 0 && now.saturating_sub(at) <= fresh_us)
+            .then(|| f64::from_bits(self.service_p90_ms.load(Ordering::Relaxed)))
     }
 
     /// CPU the worker may use, in cores, if it has said.

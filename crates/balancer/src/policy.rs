@@ -116,11 +116,7 @@ impl CapacityWeighted {
         let fallback = mean_cores(candidates);
         let weights: Vec<f64> = candidates
             .iter()
-            .map(|w| {
-                w.capacity(ctx.now, ctx.stale_after_us)
-                    .unwrap_or(fallback)
-                    .max(1e-3)
-            })
+            .map(|w| weight(w, ctx, fallback))
             .collect();
         let mut credits = self.credits.lock().expect("never poisoned");
         // Workers that left are forgotten; new ones start level.
@@ -136,21 +132,26 @@ impl CapacityWeighted {
             })
             .collect();
         let total: f64 = weights.iter().sum();
-        let mut next = 0;
         for (i, &slot) in slots.iter().enumerate() {
             credits[slot].1 += weights[i];
-            if credits[slot].1 > credits[slots[next]].1 {
-                next = i;
-            }
         }
-        let chosen = if is_busy(candidates[next], ctx.now) {
+        // The most owed worker that is not busy; when every one is, the least expected delay.
+        let idle = (0..candidates.len())
+            .filter(|&i| !is_busy(candidates[i], ctx.now))
+            .max_by(|&a, &b| credits[slots[a]].1.total_cmp(&credits[slots[b]].1));
+        let chosen = idle.unwrap_or_else(|| {
             least_expected_delay(candidates, &weights, |i| credits[slots[i]].1, ctx.now)
-        } else {
-            next
-        };
+        });
         credits[slots[chosen]].1 -= total;
         chosen
     }
+}
+
+/// A worker's weight: the CPU it can give our requests, in cores.
+fn weight(w: &Worker, ctx: &PickContext, fallback: f64) -> f64 {
+    w.capacity(ctx.now, ctx.stale_after_us)
+        .unwrap_or(fallback)
+        .max(1e-3)
 }
 
 /// Requests in flight at `w`: this balancer's, plus other balancers' as `w` last reported
@@ -304,6 +305,7 @@ mod tests {
                 inflight: None,
                 cpu_cores: Some(cores),
                 cpu_available: None,
+                service_p90_ms: None,
             },
             now_us(),
         );
@@ -320,6 +322,7 @@ mod tests {
                 inflight: Some(inflight),
                 cpu_cores: Some(cores),
                 cpu_available: Some(available),
+                service_p90_ms: None,
             },
             now_us(),
         );

@@ -55,6 +55,7 @@ pub fn spawn_poll(worker: Arc<Worker>, interval: Duration) -> tokio::task::JoinH
                         inflight: None,
                         cpu_cores: Some(l.cpu_cores),
                         cpu_available: l.cpu_available,
+                        service_p90_ms: None,
                     },
                     now_us(),
                 );
@@ -159,6 +160,7 @@ pub fn spawn_cloudwatch_emulation(
                         inflight: None,
                         cpu_cores: Some(l.cpu_cores),
                         cpu_available: None,
+                        service_p90_ms: None,
                     },
                     now_us().saturating_sub(age_us).max(1),
                 );

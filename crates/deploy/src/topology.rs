@@ -38,8 +38,8 @@ count = 4
 work_us = 1000
 
 [balancer]
-# round-robin | least-outstanding | p2c-ewma | lowest-cpu | cpu-aware
-policy = "cpu-aware"
+# capacity-weighted | round-robin | least-outstanding | p2c-ewma | lowest-cpu | cpu-aware
+policy = "capacity-weighted"
 # inband | poll | cloudwatch
 telemetry = "inband"
 # Also collect these for every worker (status page, runtime policy switches).
@@ -205,7 +205,7 @@ struct FileBalancer {
 impl Default for FileBalancer {
     fn default() -> Self {
         FileBalancer {
-            policy: Policy::CpuAware,
+            policy: Policy::CapacityWeighted,
             telemetry: TelemetrySource::Inband,
             collect: Vec::new(),
             listen: "127.0.0.1:0".into(),

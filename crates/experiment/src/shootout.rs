@@ -27,8 +27,9 @@ use crate::peers::{self, PeerKind, PeerRoute, PeerSetup};
 use crate::scenario::{AntagonistPlan, HeavyTail, Scenario, LOAD_FRACTION};
 use crate::{Options, Target, Timing};
 
-/// fulcrum's default policy: the first contender of every scenario.
-pub const DEFAULT_POLICY: Policy = Policy::CapacityWeighted;
+/// fulcrum's default policy (the balancer's own default): the first contender of every
+/// scenario.
+pub const DEFAULT_POLICY: Policy = fulcrum_balancer::config::DEFAULT_POLICY;
 
 /// Who balances in one row of the shoot-out.
 #[derive(Debug, Clone, PartialEq)]

@@ -311,7 +311,7 @@ pub struct BalanceArgs {
     #[arg(long)]
     pub route: Vec<String>,
     /// Policy of every route's target group.
-    #[arg(long, value_parser = ["round-robin", "least-outstanding", "p2c-ewma", "lowest-cpu", "cpu-aware", "capacity-weighted"])]
+    #[arg(long, value_parser = ["capacity-weighted", "round-robin", "least-outstanding", "p2c-ewma", "lowest-cpu", "cpu-aware"])]
     pub policy: Option<String>,
     /// Telemetry source of every target group.
     #[arg(long, value_parser = ["inband", "poll", "cloudwatch"])]
@@ -380,7 +380,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             work_us: a.work_us,
             max_work_us: a.max_work_us,
             threads: a.threads.map(|t| t as usize),
-            sample_every: Duration::from_millis(100),
+            sample_every: Duration::from_millis(50),
             load_window: a.load_window,
             drain_delay: a.drain_delay,
             drain_timeout: a.drain_timeout,

@@ -93,7 +93,7 @@ fn closed_model_counts_exactly_and_attributes_every_response() {
     assert!(r["generator"]["cpu_seconds"].as_f64().unwrap() > 0.0);
     // results.json holds the same run, with the schema version and the command.
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(file["schema"], 1);
+    assert_eq!(file["schema"], 2);
     assert_eq!(file["runs"][0]["responses"], 600);
     assert!(file["command"]
         .as_array()

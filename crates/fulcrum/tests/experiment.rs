@@ -1,5 +1,6 @@
-//! `fulcrum experiment --quick`, end to end: a real deployment in real cgroups, real load, the
-//! report; then the numbers in results.json, REPORT.md and index.html must agree.
+//! `fulcrum experiment --quick`, end to end: a real deployment in real cgroups, real load, nginx
+//! and HAProxy beside fulcrum, every scenario, the report; then the numbers in results.json,
+//! REPORT.md and index.html must agree, and each scenario must have done what it claims.
 
 mod fixture;
 
@@ -29,6 +30,8 @@ fn quick_experiment_end_to_end() {
             "--quick",
             "--rounds",
             "2",
+            "--scenario",
+            "all",
             "-t",
             topo.to_str().unwrap(),
             "--out",
@@ -40,7 +43,7 @@ fn quick_experiment_end_to_end() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(420);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -48,7 +51,7 @@ fn quick_experiment_end_to_end() {
                 .args(["down", "-t", topo.to_str().unwrap()])
                 .current_dir(&scratch.0)
                 .status();
-            panic!("the quick experiment did not finish in 4 minutes");
+            panic!("the quick experiment did not finish in 7 minutes");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -69,7 +72,7 @@ fn quick_experiment_end_to_end() {
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     let report = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
-    assert_eq!(results["schema"], 1);
+    assert_eq!(results["schema"], 2);
     let instances: Vec<String> = results["deployment"]["instances"]
         .as_array()
         .unwrap()
@@ -143,29 +146,29 @@ fn quick_experiment_end_to_end() {
 
     let e = &results["experiment"];
     assert_eq!(e["capacity"].as_array().unwrap().len(), 2);
-    let policies = e["policies"].as_array().unwrap();
-    assert_eq!(policies.len(), 6);
-    assert_eq!(e["shootout_rounds"], 2, "--rounds 2 was not applied");
-    for p in policies {
-        let label = p["label"].as_str().unwrap();
-        assert_eq!(
-            p["p99_by_round_ms"].as_array().unwrap().len(),
-            2,
-            "{label}: one p99 per round"
-        );
-        assert!(p["responses"].as_u64().unwrap() > 0, "{label}");
-        let shares: f64 = p["shares"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["share_of_requests"].as_f64().unwrap())
-            .sum();
-        assert!(
-            (shares - 1.0).abs() < 1e-6,
-            "{label}: shares add to {shares}"
-        );
-        assert!(report.contains(label), "REPORT.md has no row for {label}");
+    assert_eq!(e["rounds"], 2, "--rounds 2 was not applied");
+    let scenarios = e["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["steady", "antagonist", "replicas", "heavy-tail"]);
+    for sc in scenarios {
+        check_contenders(sc, &report);
     }
+    check_antagonists(&scenarios[1]);
+    check_replicas(runs);
+    check_heavy_tail(&scenarios[3]);
+    // Peers and replicas went with the deployment: nothing of theirs is still running.
+    let leftovers = Command::new("pgrep")
+        .args(["-f", &format!(".fulcrum/{name}/")])
+        .output()
+        .unwrap();
+    assert!(
+        leftovers.stdout.is_empty(),
+        "processes of the deployment are still running: {}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
     for section in [
         "Expectations",
         "CPU Utilization",
@@ -183,4 +186,119 @@ fn quick_experiment_end_to_end() {
         stdout.contains("results.json") && stdout.contains("REPORT.md"),
         "{stdout}"
     );
+}
+
+/// fulcrum's default first, then both peers (installed by scripts/install-test-deps); two
+/// rounds each, every response attributed to a worker, shares adding up, a row in REPORT.md
+/// quoting the median of the per-round p99s.
+fn check_contenders(sc: &serde_json::Value, report: &str) {
+    let scenario = sc["name"].as_str().unwrap();
+    let contenders = sc["contenders"].as_array().unwrap();
+    let labels: Vec<&str> = contenders
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "fulcrum capacity-weighted",
+            "nginx least_conn",
+            "haproxy leastconn"
+        ],
+        "{scenario}"
+    );
+    for c in contenders {
+        let label = c["label"].as_str().unwrap();
+        let rounds = c["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{scenario} {label}: one entry per round");
+        assert!(c["responses"].as_u64().unwrap() > 0, "{scenario} {label}");
+        let shares: f64 = c["shares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["share_of_requests"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (shares - 1.0).abs() < 1e-6,
+            "{scenario} {label}: shares add to {shares}"
+        );
+        let mut p99: Vec<f64> = rounds
+            .iter()
+            .map(|r| r["p99_ms"].as_f64().unwrap())
+            .collect();
+        p99.sort_by(f64::total_cmp);
+        let median = (p99[0] + p99[1]) / 2.0;
+        let quoted = [
+            format!("{median:.1}"),
+            format!("{median:.2}"),
+            format!("{median:.0}"),
+        ];
+        // Markdown escapes the underscore of `least_conn`.
+        let row = label.replace('_', "\\_");
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains(&row) && quoted.iter().any(|q| l.contains(q.as_str()))),
+            "REPORT.md has no {scenario} row for {label} quoting its median p99 {median}"
+        );
+    }
+}
+
+/// Each co-tenant took about the share of its host's quota it was asked for while on, as the
+/// cgroup counters tell, and its host was throttled.
+fn check_antagonists(sc: &serde_json::Value) {
+    let share = sc["params"]["share"].as_f64().unwrap();
+    let effects = sc["antagonists"].as_array().unwrap();
+    assert_eq!(effects.len(), 4, "one co-tenant per t2.large: {effects:?}");
+    for a in effects {
+        let took = a["share_while_on"].as_f64().unwrap();
+        assert!(
+            (took - share).abs() <= 0.2,
+            "{}: took {took} of its quota while on, asked {share}",
+            a["instance"]
+        );
+        assert!(a["on_s"].as_f64().unwrap() > 0.0, "{a}");
+        assert!(
+            a["group_cpu_s"].as_f64().unwrap() >= a["cpu_s"].as_f64().unwrap() * 0.95,
+            "the host's cgroup counts its co-tenant: {a}"
+        );
+        assert!(a["throttled_periods"].as_u64().unwrap() > 0, "{a}");
+    }
+}
+
+/// Every replica round spread its requests evenly over the four replicas.
+fn check_replicas(runs: &[serde_json::Value]) {
+    let replica_runs: Vec<&serde_json::Value> = runs
+        .iter()
+        .filter(|r| r["name"].as_str().unwrap().starts_with("replicas"))
+        .collect();
+    assert_eq!(replica_runs.len(), 6, "3 contenders × 2 rounds");
+    for r in replica_runs {
+        let by_target = r["by_target"].as_object().unwrap();
+        assert_eq!(by_target.len(), 4, "{}", r["name"]);
+        let total = r["responses"].as_u64().unwrap() as f64;
+        for (url, g) in by_target {
+            let share = g["responses"].as_u64().unwrap() as f64 / total;
+            assert!(
+                (share - 0.25).abs() < 0.05,
+                "{}: {url} got {share}",
+                r["name"]
+            );
+        }
+    }
+}
+
+/// The requests sent had the heavy-tailed cost asked for: the same mean, p99 ≥ 20 × p50.
+fn check_heavy_tail(sc: &serde_json::Value) {
+    let cost = &sc["cost"];
+    let f = |k: &str| cost[k].as_f64().unwrap();
+    assert!(f("sent_p99_us") / f("sent_p50_us") >= 20.0, "{cost}");
+    assert!(
+        (f("sent_mean_us") / f("mean_us") - 1.0).abs() < 0.1,
+        "{cost}"
+    );
+    assert!(sc["params"]["mix_file"]
+        .as_str()
+        .unwrap()
+        .ends_with(".toml"));
 }

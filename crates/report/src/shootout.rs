@@ -124,10 +124,13 @@ fn anchor_part(name: &str) -> String {
 /// The scenario's description, parameters, offered load, rounds and contender sizes.
 fn setting_text(a: &Analysis<'_>, s: &ScenarioAnalysis<'_>) -> String {
     let sc = s.scenario;
+    let mut description = sc.description.trim_end_matches('.').to_owned();
+    if let Some(first) = description.get(..1) {
+        description = first.to_uppercase() + &description[1..];
+    }
     format!(
-        "{} Settings: {}. Offered load: {}, {} of the measured total capacity, to every contender; {} × {} \
+        "{description}. Settings: {}. Offered load: {}, {} of the measured total capacity, to every contender; {} × {} \
          each. {}",
-        sc.description,
         params_text(&sc.params),
         rate_u(sc.rate),
         pct(sc.fraction),

@@ -33,6 +33,9 @@ pub struct LoadReport {
     /// Of that, what it could use itself lately (`named_metrics.cpu_available`): the allowance
     /// less what other processes sharing it took (a co-tenant, a noisy neighbour).
     pub cpu_available: Option<f64>,
+    /// 90th percentile of its recent service times in ms, queueing and throttling included
+    /// (`named_metrics.service_p90_ms`): what every balancer's requests met lately.
+    pub service_p90_ms: Option<f64>,
 }
 
 /// Why a load-report header was rejected.
@@ -69,6 +72,7 @@ impl LoadReport {
         field("named_metrics.inflight", self.inflight, 0);
         field("named_metrics.cpu_cores", self.cpu_cores, 3);
         field("named_metrics.cpu_available", self.cpu_available, 3);
+        field("named_metrics.service_p90_ms", self.service_p90_ms, 2);
         out
     }
 
@@ -102,6 +106,7 @@ impl LoadReport {
                 "named_metrics.inflight" => &mut report.inflight,
                 "named_metrics.cpu_cores" => &mut report.cpu_cores,
                 "named_metrics.cpu_available" => &mut report.cpu_available,
+                "named_metrics.service_p90_ms" => &mut report.service_p90_ms,
                 _ => continue,
             };
             let raw = raw.trim();
@@ -132,13 +137,14 @@ mod tests {
             inflight: Some(3.0),
             cpu_cores: Some(0.25),
             cpu_available: Some(0.125),
+            service_p90_ms: Some(4.5),
         };
         let text = report.to_header_value();
         assert_eq!(
             text,
             "TEXT cpu_utilization=0.420, rps_fractional=113.0, eps=0.0, \
              named_metrics.inflight=3, named_metrics.cpu_cores=0.250, \
-             named_metrics.cpu_available=0.125"
+             named_metrics.cpu_available=0.125, named_metrics.service_p90_ms=4.50"
         );
         assert_eq!(LoadReport::parse(&text).unwrap(), report);
     }

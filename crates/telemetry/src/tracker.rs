@@ -6,7 +6,7 @@
 //! publishes the rates over that window. Readers get the last published figures at once.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,11 @@ struct Inner {
     rps: AtomicU64,
     eps: AtomicU64,
     cpu_seconds: AtomicU64,
+    /// Service times of the last requests (µs, queueing and throttling included), a ring.
+    recent: [AtomicU32; RECENT],
+    recent_next: AtomicUsize,
+    /// Their 90th percentile as of the last sample, in ms; f64 bits.
+    service_p90_ms: AtomicU64,
     /// CPU this process could use over the last few samples, in cores: the quota less what
     /// other processes in its cgroup took (a co-tenant); f64 bits.
     cpu_available: AtomicU64,
@@ -66,13 +71,21 @@ pub struct LoadSnapshot {
 /// Decrements the in-flight count when the request ends, however it ends.
 pub struct InFlight {
     inner: Arc<Inner>,
+    started: Instant,
     done: bool,
 }
+
+/// Requests whose service times make the reported percentile: at the demo's rates, the last
+/// half second or so.
+const RECENT: usize = 64;
 
 impl InFlight {
     /// Marks the request finished with its outcome.
     pub fn finish(mut self, is_error: bool) {
         self.done = true;
+        let us = self.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let slot = self.inner.recent_next.fetch_add(1, Ordering::Relaxed) % RECENT;
+        self.inner.recent[slot].store(us, Ordering::Relaxed);
         self.inner.served.fetch_add(1, Ordering::Relaxed);
         if is_error {
             self.inner.errors.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +128,9 @@ impl LoadTracker {
             eps: AtomicU64::new(0f64.to_bits()),
             cpu_seconds: AtomicU64::new(0f64.to_bits()),
             cpu_available: AtomicU64::new(cores.to_bits()),
+            recent: std::array::from_fn(|_| AtomicU32::new(0)),
+            recent_next: AtomicUsize::new(0),
+            service_p90_ms: AtomicU64::new(0f64.to_bits()),
             sampled_window_us: AtomicU64::new(0),
             rendered: Mutex::new(Arc::from("TEXT")),
         });
@@ -131,6 +147,7 @@ impl LoadTracker {
         self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             inner: self.inner.clone(),
+            started: Instant::now(),
             done: false,
         }
     }
@@ -195,6 +212,7 @@ fn sampled_report(inner: &Inner, in_flight: Option<u64>) -> LoadReport {
         inflight: in_flight.map(|n| n as f64),
         cpu_cores: Some(inner.meter.cores()),
         cpu_available: Some(load_f64(&inner.cpu_available)),
+        service_p90_ms: Some(load_f64(&inner.service_p90_ms)),
     }
 }
 
@@ -216,8 +234,7 @@ fn take_sample(inner: &Inner) -> Option<Sample> {
     })
 }
 
-/// Samples the available CPU is measured over: short, so a co-tenant switching on shows
-/// within a few hundred milliseconds.
+/// Samples the available CPU's recovery is measured over.
 const AVAILABLE_SAMPLES: usize = 3;
 
 /// The cores this process could use between two samples: its allowance less what other
@@ -231,6 +248,20 @@ fn available(meter: &CpuMeter, old: &Sample, now: &Sample) -> f64 {
     let own = now.own.saturating_sub(old.own).as_secs_f64();
     let others = ((all - own) / span).max(0.0);
     (meter.cores() - others).clamp(0.0, meter.cores())
+}
+
+/// The 90th percentile of the recent service times, in milliseconds (0 before any request).
+fn service_p90_ms(inner: &Inner) -> f64 {
+    let n = inner.recent_next.load(Ordering::Relaxed).min(RECENT);
+    let mut v: Vec<u32> = inner.recent[..n]
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    v[(v.len() * 9).div_ceil(10) - 1] as f64 / 1000.0
 }
 
 fn sample_loop(weak: Weak<Inner>, every: Duration) {
@@ -255,9 +286,18 @@ fn sample_loop(weak: Weak<Inner>, every: Duration) {
                         .store((span * 1e6) as u64, Ordering::Relaxed);
                 }
             }
-            if let Some(recent) = ring.iter().rev().nth(AVAILABLE_SAMPLES - 1) {
-                store_f64(&inner.cpu_available, available(&inner.meter, recent, &now));
+            // Quick to fall (the last sample alone), slower to recover (the last few): a
+            // co-tenant switching on shows within one sample, one pausing must stay paused.
+            let last = ring.back().map(|s| available(&inner.meter, s, &now));
+            let recent = ring
+                .iter()
+                .rev()
+                .nth(AVAILABLE_SAMPLES - 1)
+                .map(|s| available(&inner.meter, s, &now));
+            if let Some(a) = last.into_iter().chain(recent).reduce(f64::min) {
+                store_f64(&inner.cpu_available, a);
             }
+            store_f64(&inner.service_p90_ms, service_p90_ms(&inner));
             let sampled = Arc::from(sampled_report(&inner, None).to_header_value());
             *inner.rendered.lock().expect("never poisoned") = sampled;
             ring.push_back(now);
