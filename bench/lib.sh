@@ -18,6 +18,44 @@ build_release() {
   cargo build --release -q -j2 -p fulcrum
 }
 
+# fulcrum_bin: sets FULCRUM to the binary to benchmark. With FULCRUM_BIN=path set it uses that
+# binary and does not build (for when crates/ is being edited under the benchmark); otherwise it
+# builds as build_release does and uses target/release/fulcrum.
+fulcrum_bin() {
+  if [ -n "${FULCRUM_BIN:-}" ]; then
+    if [ ! -x "$FULCRUM_BIN" ]; then
+      echo "FULCRUM_BIN=$FULCRUM_BIN is not an executable file" >&2
+      exit 1
+    fi
+    FULCRUM=$(realpath "$FULCRUM_BIN")
+    echo "using $FULCRUM (FULCRUM_BIN is set: not building)" >&2
+  else
+    build_release
+    FULCRUM=$PWD/target/release/fulcrum
+  fi
+}
+
+# raise_nofile N: raises the soft open-files limit of this shell (and so of everything it starts)
+# to at least N if the hard limit allows; returns 1 with a message saying what to do if not.
+raise_nofile() {
+  local want=$1 soft hard
+  soft=$(ulimit -n)
+  [ "$soft" = unlimited ] || [ "$soft" -ge "$want" ] && return 0
+  hard=$(ulimit -Hn)
+  if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then
+    ulimit -n "$want" && return 0
+  fi
+  ulimit -n "$hard" 2>/dev/null || true
+  echo "open-files limit is $(ulimit -n) (hard $hard); this needs $want." >&2
+  echo "raise it first, e.g. as root: ulimit -Hn $want; ulimit -n $want (or LimitNOFILE / limits.conf)" >&2
+  return 1
+}
+
+# rss_tree_kb PID: resident set of PID plus its direct children (nginx: master + workers), KiB.
+rss_tree_kb() {
+  ps -o rss= -p "$1" --ppid "$1" | awk '{s += $1} END {print s + 0}'
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
@@ -56,15 +94,20 @@ wrk_rps() {
     awk '/^Requests\/sec:/ {print int($2)}'
 }
 
-# wrk_full URL CONNS SECS [THREADS]: "rps p50_ms p99_ms" (p99 from wrk's --latency table).
+# wrk_full URL CONNS SECS [THREADS]: "rps p50_ms p99_ms errors" (p99 from wrk's --latency
+# table; errors = non-2xx/3xx responses + socket errors of every kind). With WRK_LOG=file set,
+# wrk's own output is appended to that file.
 wrk_full() {
   local t=${4:-1}
-  taskset -c "$CLIENT_CPU" wrk -t"$t" -c"$2" -d"$3"s --latency "$1" 2>&1 | awk '
+  taskset -c "$CLIENT_CPU" wrk -t"$t" -c"$2" -d"$3"s --latency "$1" 2>&1 |
+    tee -a "${WRK_LOG:-/dev/null}" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /^Requests\/sec:/ {rps=int($2)}
     /^ +50%/ {p50=ms($2)}
     /^ +99%/ {p99=ms($2)}
-    END {printf "%d %.3f %.3f\n", rps, p50, p99}'
+    /Non-2xx or 3xx responses:/ {err+=$NF}
+    /Socket errors:/ {gsub(",", ""); err+=$4+$6+$8+$10}
+    END {printf "%d %.3f %.3f %d\n", rps, p50, p99, err}'
 }
 
 median() {
