@@ -90,6 +90,15 @@ pub struct Timeouts {
     /// Longest time a whole request may take, from its headers to the end of the response head.
     #[serde(with = "humantime_serde")]
     pub request: Duration,
+    /// Longest wait for the next bytes of a request body the client is sending.
+    #[serde(with = "humantime_serde")]
+    pub client_body_idle: Duration,
+    /// Longest wait for a client to take more of a response (it stopped reading).
+    #[serde(with = "humantime_serde")]
+    pub client_write_idle: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -99,6 +108,10 @@ impl Default for Timeouts {
             // ALB's default idle timeout.
             client_idle: Duration::from_secs(60),
             request: Duration::from_secs(60),
+            client_body_idle: Duration::from_secs(30),
+            client_write_idle: Duration::from_secs(30),
+            // ALB's idle timeout applies to WebSocket connections too.
+            tunnel_idle: Duration::from_secs(60),
         }
     }
 }
@@ -274,8 +287,10 @@ pub struct TargetGroup {
     pub queue: usize,
     pub queue_timeout: Duration,
     pub connect_timeout: Duration,
-    /// Waiting for a worker's response headers.
+    /// Waiting for a worker's response headers, from the end of the request body.
     pub response_timeout: Duration,
+    /// Longest wait for the next bytes of a worker's response body.
+    pub worker_body_idle: Duration,
     /// Idle pooled connections to workers are closed after this.
     pub pool_idle_timeout: Duration,
     pub when_all_unhealthy: WhenAllUnhealthy,
@@ -474,6 +489,8 @@ struct FileTargetGroup {
     connect_timeout: Duration,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     response_timeout: Duration,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    worker_body_idle: Duration,
     #[serde(default = "default_pool_idle", with = "humantime_serde")]
     pool_idle_timeout: Duration,
     #[serde(default = "default_when_all_unhealthy")]
@@ -705,6 +722,7 @@ impl Config {
                     queue_timeout: fg.queue_timeout,
                     connect_timeout: fg.connect_timeout,
                     response_timeout: fg.response_timeout,
+                    worker_body_idle: fg.worker_body_idle,
                     pool_idle_timeout: fg.pool_idle_timeout,
                     when_all_unhealthy: fg.when_all_unhealthy,
                 },

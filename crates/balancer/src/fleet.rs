@@ -12,8 +12,8 @@ use fulcrum_telemetry::LoadReport;
 use tokio::task::JoinHandle;
 
 use crate::config::TelemetrySource;
-use crate::pool::Pool;
 use crate::route::CapacitySignal;
+use crate::upstream::Pool;
 
 /// Monotonic microseconds since the balancer started; 0 is reserved for "never".
 pub fn now_us() -> u64 {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::HealthCheck;
 use crate::fleet::{Health, Worker};
-use crate::pool::Probe;
+use crate::probe::Probe;
 
 pub fn spawn(
     worker: Arc<Worker>,

@@ -15,19 +15,23 @@
 //! (`fulcrum-telemetry`), or where anything runs (`fulcrum-deploy`, `fulcrum-aws`).
 
 mod admin;
-mod body;
+mod buffers;
 pub mod config;
 mod discovery;
 pub mod extension;
 mod fleet;
+mod h2;
 mod health;
+pub mod http1;
 mod metrics;
 mod policy;
-mod pool;
+mod probe;
 mod proxy;
+mod rewrite;
 mod route;
 mod telemetry;
 mod tls;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -425,11 +429,7 @@ impl BoundBalancer {
         } = self;
         let config = balancer.shared.router.load().config.clone();
         balancer.install((*config).clone());
-        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
+        let shared = balancer.shared.clone();
         // Thread-per-core, as nginx's worker processes: every extra thread runs its own
         // single-threaded runtime accepting on a duplicate of each listening socket, so a client
         // connection and the worker connections it uses stay on one thread and one reactor.
@@ -440,17 +440,12 @@ impl BoundBalancer {
             for (listener, tls) in &listeners {
                 dups.push((duplicate(listener)?, tls.clone()));
             }
-            let (shared, graceful, stop_rx, drained_rx) = (
-                balancer.shared.clone(),
-                graceful.clone(),
-                stop_rx.clone(),
-                drained_rx.clone(),
-            );
+            let (shared, drained_rx) = (shared.clone(), drained_rx.clone());
             let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name(format!("fulcrum-proxy-{index}"))
                 .spawn(move || {
-                    pool::set_runtime_index(index);
+                    upstream::set_runtime_index(index);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -460,18 +455,11 @@ impl BoundBalancer {
                         for (l, tls) in dups {
                             let l =
                                 TcpListener::from_std(l).expect("a duplicated listener registers");
-                            loops.push(tokio::spawn(proxy::accept_loop(
-                                shared.clone(),
-                                l,
-                                tls,
-                                graceful.clone(),
-                                stopped(stop_rx.clone()),
-                            )));
+                            loops.push(tokio::spawn(proxy::accept_loop(shared.clone(), l, tls)));
                         }
                         for l in loops {
                             let _ = l.await;
                         }
-                        drop(graceful);
                         let _ = accepting_tx.send(());
                         // Keep driving this thread's connections until they have drained.
                         let mut drained_rx = drained_rx;
@@ -484,20 +472,16 @@ impl BoundBalancer {
         let mut accepts = Vec::new();
         for (listener, tls) in listeners {
             accepts.push(tokio::spawn(proxy::accept_loop(
-                balancer.shared.clone(),
+                shared.clone(),
                 listener,
                 tls,
-                graceful.clone(),
-                stopped(stop_rx.clone()),
             )));
         }
         if let Some(admin) = admin {
-            tokio::spawn(admin::serve(
-                balancer.shared.clone(),
-                admin,
-                started,
-                stopped(stop_rx.clone()),
-            ));
+            let stopping = shared.clone();
+            tokio::spawn(admin::serve(shared.clone(), admin, started, async move {
+                stopping.drain.stopping().await
+            }));
         }
 
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -511,7 +495,7 @@ impl BoundBalancer {
         }
 
         tracing::info!("shutting down: no new connections; draining in-flight requests");
-        let _ = stop_tx.send(true);
+        shared.drain.begin();
         for a in accepts {
             let _ = a.await;
         }
@@ -520,12 +504,9 @@ impl BoundBalancer {
             let _ = accepting.await;
             threads.push(thread);
         }
-        let limit = balancer.shared.router.load().config.shutdown_timeout;
-        // The accept loops are done, so this is the last handle.
-        let graceful =
-            Arc::into_inner(graceful).expect("accept loops hold no handle after exiting");
+        let limit = shared.router.load().config.shutdown_timeout;
         tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("drained; exiting"),
+            _ = shared.drain.drained() => tracing::info!("drained; exiting"),
             _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
         }
         let _ = drained_tx.send(true);

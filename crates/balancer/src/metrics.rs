@@ -74,6 +74,10 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_generation: Gauge<i64>,
+    pub tunnels_opened: Counter,
+    pub tunnels_open: Gauge,
+    pub tunnel_bytes: Counter,
+    pub abandoned: Family<ErrorLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +105,27 @@ impl Metrics {
         let connections_rejected = Counter::default();
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         let config_generation = Gauge::<i64>::default();
+        let tunnels_opened = Counter::default();
+        let tunnels_open = Gauge::default();
+        let tunnel_bytes = Counter::default();
+        let abandoned = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "tunnels_opened",
+            "Upgraded connections (WebSocket and other 101 answers) tunnelled to a worker",
+            tunnels_opened.clone(),
+        );
+        registry.register("tunnels_open", "Tunnels open now", tunnels_open.clone());
+        registry.register(
+            "tunnel_bytes",
+            "Bytes carried by tunnels, both directions",
+            tunnel_bytes.clone(),
+        );
+        registry.register(
+            "abandoned",
+            "Requests given up after the worker answered, by whose fault: client_gone, \
+             client_write_idle, client_body_idle, worker_body_idle, worker_body_error",
+            abandoned.clone(),
+        );
         registry.register(
             "requests",
             "Proxied requests by route, target group, worker and the worker's status code",
@@ -118,10 +143,10 @@ impl Metrics {
         );
         registry.register(
             "client_protocol_errors",
-            "Client connections hyper ended before a request reached the balancer, by error: \
-             bad_request, uri_too_long and headers_too_large (answered with hyper's bare \
-             400, 414, 431), header_timeout (closed: no complete request head in time), \
-             tls_handshake",
+            "Client connections ended before a request reached a route, by error: the codec's \
+             rejections (bad_request, ambiguous_length, bad_host, ... answered with JSON), \
+             header_timeout (closed: no complete request head in time), tls_handshake, h2 \
+             (an HTTP/2 protocol error)",
             client_protocol_errors.clone(),
         );
         registry.register(
@@ -179,6 +204,10 @@ impl Metrics {
             connections_rejected,
             config_reloads,
             config_generation,
+            tunnels_opened,
+            tunnels_open,
+            tunnel_bytes,
+            abandoned,
         }
     }
 

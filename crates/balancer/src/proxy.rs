@@ -1,73 +1,69 @@
 //! The request path: accept → route → pick → forward → record.
 //!
 //! This file, `route.rs` (which group, which worker slot) and `policy.rs` (which worker) are
-//! all of it. A request is checked against the limits, routed by longest path prefix to a
-//! target group, given an in-flight slot on a worker the group's policy picks, and forwarded
-//! on a pooled keep-alive connection. Failures that provably did not reach the worker, or that
-//! happened before any response byte on a request that is safe to repeat, are retried on a
-//! *different* worker within the group's retry budget. Every outcome feeds the worker's
-//! latency and failure estimates, passive ejection, the in-band telemetry and the metrics.
+//! all of it. A client connection is accepted and, unless it speaks HTTP/2 (`h2.rs`), served
+//! here on fulcrum's own HTTP/1.1 codec (`http1`): a request head is parsed and checked,
+//! routed by longest path prefix to a target group, given an in-flight slot on a worker the
+//! group's policy picks, rewritten (`rewrite.rs`) and forwarded on a pooled keep-alive
+//! connection (`upstream.rs`), its body streamed after it; the response head is relayed and
+//! its body streamed back. Failures that provably did not reach the worker, or that happened
+//! before any response byte on a request that is safe to repeat, are retried on a *different*
+//! worker within the group's retry budget. Every outcome feeds the worker's latency and failure
+//! estimates, passive ejection, the in-band telemetry and the metrics.
+//!
+//! Each phase has its own timeout, blamed on whoever stalls: the client's head
+//! (`client_header`), its body (`client_body_idle`), its reading of the response
+//! (`client_write_idle`); the worker's connect, response head (`response_timeout`, from the
+//! end of the request body) and response body (`worker_body_idle`). Only the worker's count
+//! towards its ejection.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use bytes::Bytes;
-use fulcrum_telemetry::{LoadReport, LOAD_REPORT_HEADER};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use fulcrum_telemetry::LoadReport;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::{BodyError, ClientBody, Finish, UpBody};
+use crate::buffers::{Buffer, Fields};
 use crate::config::Config;
-use crate::fleet::{now_us, Fleet, Outcome, OutlierSettings, Worker};
+use crate::fleet::{now_us, Fleet, InFlight, Outcome, OutlierSettings, Worker};
+use crate::http1::{
+    self, BodyLength, ChunkedDecoder, RequestHead, ResponseBody, ResponseHead, TargetForm, Version,
+};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
-use crate::pool::{ConnectError, Upstream};
+use crate::rewrite::{self, Hop, OutFraming, RequestParts, ResponseParts};
 use crate::route::{Group, PickError, RouteEntry, Router};
-
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const LOAD_REPORT: HeaderName = HeaderName::from_static(LOAD_REPORT_HEADER);
-const INSTANCE: HeaderName = HeaderName::from_static("x-fulcrum-instance");
-const CLUSTER: HeaderName = HeaderName::from_static("x-fulcrum-cluster");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use crate::upstream::{BodyFault, BodyPiece, BodyReader, ConnectError, HeadError, WorkerConn};
 
 /// What every request handler shares.
 pub struct Shared {
-    pub router: Arc<ArcSwap<Router>>,
+    pub router: Arc<arc_swap::ArcSwap<Router>>,
     pub fleet: Fleet,
     pub metrics: Metrics,
+    pub drain: Drain,
     ids: RequestIds,
     connections: AtomicUsize,
 }
 
 impl Shared {
-    pub fn new(router: Arc<ArcSwap<Router>>, fleet: Fleet, metrics: Metrics) -> Shared {
+    pub fn new(router: Arc<arc_swap::ArcSwap<Router>>, fleet: Fleet, metrics: Metrics) -> Shared {
         Shared {
             router,
             fleet,
             metrics,
+            drain: Drain::default(),
             ids: RequestIds::new(),
             connections: AtomicUsize::new(0),
         }
     }
 }
 
-/// Request ids: a per-process random base plus a counter, in hex.
+/// Request ids: a per-process random base plus a counter, 16 hex digits.
 struct RequestIds {
     base: u64,
     next: AtomicU64,
@@ -81,89 +77,142 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> HeaderValue {
+    fn next(&self) -> RequestId {
         let n = self
             .base
             .wrapping_add(self.next.fetch_add(1, Ordering::Relaxed));
-        HeaderValue::try_from(format!("{n:016x}")).expect("hex is a valid header value")
+        let mut id = RequestId {
+            bytes: [0; 128],
+            len: 16,
+        };
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in id.bytes[..16].iter_mut().enumerate() {
+            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        id
     }
 }
 
-/// Who is on the other end of a client connection, and the forwarding headers that follow
-/// from it, rendered once per connection rather than once per request.
+/// A request's id: the client's `x-request-id` if it is plain (≤ 128 visible characters from
+/// `[A-Za-z0-9-_.:]`), else one of ours. Inline, so no allocation per request.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl RequestId {
+    fn from_client(v: &[u8]) -> Option<RequestId> {
+        let ok = (1..=128).contains(&v.len())
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+        ok.then(|| {
+            let mut id = RequestId {
+                bytes: [0; 128],
+                len: v.len(),
+            };
+            id.bytes[..v.len()].copy_from_slice(v);
+            id
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// Graceful shutdown: connections finish what they are doing, take no new request, and the
+/// balancer waits (bounded) until every one has gone.
+pub struct Drain {
+    stopping: tokio::sync::watch::Sender<bool>,
+    active: AtomicUsize,
+    gone: tokio::sync::Notify,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain {
+            stopping: tokio::sync::watch::channel(false).0,
+            active: AtomicUsize::new(0),
+            gone: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Drain {
+    /// No new requests from now on.
+    pub fn begin(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Resolves when no connection is left.
+    pub async fn drained(&self) {
+        loop {
+            let gone = self.gone.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+
+    fn enter(shared: &Arc<Shared>) -> DrainGuard {
+        shared.drain.active.fetch_add(1, Ordering::AcqRel);
+        DrainGuard(shared.clone())
+    }
+}
+
+/// One open client connection, as the drain and `max_connections` count it.
+pub struct DrainGuard(Arc<Shared>);
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.connections.fetch_sub(1, Ordering::Relaxed);
+        s.metrics.connections_open.dec();
+        if s.drain.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            s.drain.gone.notify_waiters();
+        }
+    }
+}
+
+/// Who is on the other end of a client connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub tls: bool,
-    /// `x-forwarded-for` when the client sent none.
-    xff: HeaderValue,
-    /// `for=...;proto=...`, the start of this hop's `forwarded` element.
-    forwarded_for: String,
-    /// The last `(host, forwarded element)` pair: a connection's requests share their host.
-    forwarded_cache: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+    pub hop: Hop,
 }
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
-        let ip = peer.ip();
-        let proto = if tls { "https" } else { "http" };
-        let for_ = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
         ConnInfo {
             peer,
-            tls,
-            xff: HeaderValue::try_from(ip.to_string()).expect("an IP is a valid header value"),
-            forwarded_for: format!("for={for_};proto={proto}"),
-            forwarded_cache: std::sync::Mutex::new(None),
+            hop: Hop::new(peer, tls),
         }
-    }
-
-    /// This hop's `forwarded` element for a request to `host`.
-    fn forwarded(&self, host: Option<&HeaderValue>) -> HeaderValue {
-        let mut cache = self.forwarded_cache.lock().expect("never poisoned");
-        if let Some((h, v)) = cache.as_ref() {
-            if Some(h) == host {
-                return v.clone();
-            }
-        }
-        let mut element = self.forwarded_for.clone();
-        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-            element.push_str(";host=\"");
-            element.push_str(&h.replace(['"', '\\'], ""));
-            element.push('"');
-        }
-        let v = HeaderValue::try_from(element)
-            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
-        if let Some(h) = host {
-            *cache = Some((h.clone(), v.clone()));
-        }
-        v
     }
 }
 
 // ───────────────────────────── accept ─────────────────────────────
 
-/// Accepts on `listener` until `stop` resolves; every connection is watched by `graceful` so
-/// shutdown can drain it.
-pub async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    graceful: Arc<GracefulShutdown>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    // Rebuilt when the configuration changes (SIGHUP), so new connections get the new parser
-    // limits and header timeout; connections already open keep theirs.
-    let (mut generation, mut http) = {
-        let router = shared.router.load();
-        (router.generation, connection_builder(&router.config))
-    };
+/// Accepts on `listener` until shutdown begins.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         let (stream, peer) = tokio::select! {
             biased;
-            _ = &mut stop => return,
+            _ = shared.drain.stopping() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -174,390 +223,448 @@ pub async fn accept_loop(
                 }
             },
         };
-        let router = shared.router.load();
-        if router.generation != generation {
-            generation = router.generation;
-            http = connection_builder(&router.config);
-        }
-        let max = router.config.limits.max_connections;
-        let header_timeout = router.config.timeouts.client_header;
-        let idle_timeout = router.config.timeouts.client_idle;
-        drop(router);
-        if shared.connections.load(Ordering::Relaxed) >= max {
+        let max = shared.router.load().config.limits.max_connections;
+        if shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
             shared.metrics.connections_rejected.inc();
-            drop(stream);
             continue;
         }
-        let _ = stream.set_nodelay(true);
+        shared.metrics.connections_open.inc();
         shared.metrics.connections_accepted.inc();
-        let guard = ConnectionCount::new(&shared);
-        let (shared, http, watcher, tls) = (
+        let guard = Drain::enter(&shared);
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
             shared.clone(),
-            http.clone(),
-            graceful.watcher(),
+            stream,
+            peer,
             tls.clone(),
-        );
-        let info = Arc::new(ConnInfo::new(peer, tls.is_some()));
-        // The first request head must arrive within the header timeout of the accept, TLS
-        // handshake included (see `serve_client`).
-        let deadline = tokio::time::Instant::now() + header_timeout;
-        let activity = Arc::new(Activity::new());
-        let svc = {
-            let (shared, activity) = (shared.clone(), activity.clone());
-            // Boxed: hyper keeps a slot for the service future on every connection for as long
-            // as it lives, so an unboxed ~5 KB request future would cost that much per idle
-            // connection instead of once per request in flight.
-            hyper::service::service_fn(move |req| {
-                let open = OpenRequest::new(&activity);
-                let answer = handle(shared.clone(), info.clone(), req);
-                Box::pin(async move {
-                    let Ok(response) = answer.await;
-                    Ok(response.map(|body| TrackedBody { body, _open: open }))
-                })
-                    as Pin<
-                        Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>,
-                    >
-            })
-        };
-        match tls {
-            None => {
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), svc));
-                    serve_client(&shared, peer, conn, &activity, deadline, idle_timeout).await;
-                });
-            }
-            Some(acceptor) => {
-                // The handshake lives in its own task so plain connections do not carry its
-                // state; it then serves the connection in place.
-                tokio::spawn(Box::pin(async move {
-                    let _guard = guard;
-                    let tls_stream =
-                        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                shared.metrics.client_protocol_error("tls_handshake");
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                shared.metrics.client_protocol_error("header_timeout");
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let conn = watcher.watch(http.serve_connection(TokioIo::new(tls_stream), svc));
-                    serve_client(&shared, peer, conn, &activity, deadline, idle_timeout).await;
-                }));
-            }
-        }
+            guard,
+        ));
     }
 }
 
-/// Serves one client connection to its end, and counts how it ended if that was a protocol
-/// error hyper dealt with before any request reached `handle`.
-///
-/// A connection that has not delivered a complete request head by `deadline` is dropped.
-/// hyper's own header timeout covers HTTP/1 heads (and keep-alive idleness), but it starts
-/// only once the connection is known to be HTTP/1: before that, while hyper-util reads the
-/// first bytes to tell HTTP/1 from the HTTP/2 preface, nothing bounds a client that sends
-/// nothing, or trickles the preface or its first HTTP/2 header block — each such connection
-/// would be held forever, and enough of them exhaust `max_connections`.
-///
-/// After that, a connection with no request open for `idle_timeout` is closed (zero: never).
-/// hyper bounds idle HTTP/1 connections by its header timeout, but has no idle timeout for
-/// HTTP/2, where one request would otherwise buy a connection forever.
-async fn serve_client<C>(
-    shared: &Shared,
+/// Tells HTTP/2 (ALPN `h2`, or the h2c preface) from HTTP/1.1 and serves the connection.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
     peer: SocketAddr,
-    conn: C,
-    activity: &Activity,
-    deadline: tokio::time::Instant,
-    idle_timeout: Duration,
-) where
-    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-{
-    tokio::pin!(conn);
-    // The next look at the connection: the first-request deadline, and every time it could
-    // have been idle for `idle_timeout`; none once a request came and there is no idle limit.
-    let next_check = |now: tokio::time::Instant, idle_in: Duration| {
-        let idle_at = (!idle_timeout.is_zero()).then(|| now + idle_in);
-        if activity.any_request() {
-            idle_at
-        } else {
-            Some(idle_at.map_or(deadline, |at| at.min(deadline)))
-        }
-    };
-    let mut check_at = next_check(tokio::time::Instant::now(), idle_timeout);
-    let ended = loop {
-        let Some(at) = check_at else { break conn.await };
-        tokio::select! {
-            ended = &mut conn => break ended,
-            _ = tokio::time::sleep_until(at) => {
-                let now = tokio::time::Instant::now();
-                if !activity.any_request() && now >= deadline {
-                    shared.metrics.client_protocol_error("header_timeout");
-                    tracing::debug!(%peer, "no request head within the header timeout; closing");
+    tls: Option<TlsAcceptor>,
+    _guard: DrainGuard,
+) {
+    let config = shared.router.load().config.clone();
+    // The first request head must arrive within the header timeout of the accept, TLS
+    // handshake and protocol sniffing included.
+    let first_deadline = tokio::time::Instant::now() + config.timeouts.client_header;
+    let stream = match tls {
+        None => match sniff_h2c(&stream, first_deadline).await {
+            Ok(true) => {
+                let info = ConnInfo::new(peer, false);
+                return crate::h2::serve(shared, stream, info, &config, first_deadline).await;
+            }
+            Ok(false) => ClientStream::Plain(stream),
+            Err(_) => {
+                shared.metrics.client_protocol_error("header_timeout");
+                return;
+            }
+        },
+        Some(acceptor) => {
+            match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
+                Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    let info = ConnInfo::new(peer, true);
+                    return crate::h2::serve(shared, s, info, &config, first_deadline).await;
+                }
+                Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    shared.metrics.client_protocol_error("tls_handshake");
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
-                let idle_in = match activity.idle_for() {
-                    Some(idle) if !idle_timeout.is_zero() && idle >= idle_timeout => {
-                        tracing::debug!(%peer, ?idle, "connection idle; closing");
-                        return;
-                    }
-                    Some(idle) => idle_timeout.saturating_sub(idle),
-                    None => idle_timeout,
-                };
-                check_at = next_check(now, idle_in);
+                Err(_) => {
+                    shared.metrics.client_protocol_error("header_timeout");
+                    return;
+                }
             }
         }
     };
-    let Err(e) = ended else { return };
-    let code = find_in_chain::<hyper::Error>(e.as_ref()).and_then(protocol_error_code);
-    match code {
-        // After requests were served, hyper's header timeout is a keep-alive connection going
-        // idle: its normal end, not an error.
-        Some("header_timeout") if activity.any_request() => {}
-        Some(code) => shared.metrics.client_protocol_error(code),
-        None => {}
+    let tls = matches!(stream, ClientStream::Tls(_));
+    let mut client = H1Client {
+        stream,
+        buf: None,
+        info: ConnInfo::new(peer, tls),
+        served: 0,
+    };
+    serve_h1(&shared, &mut client, first_deadline).await;
+}
+
+/// The HTTP/2 connection preface a client speaking h2c with prior knowledge starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client starts with the HTTP/2 preface; peeks, so nothing is consumed.
+async fn sniff_h2c(stream: &TcpStream, deadline: tokio::time::Instant) -> io::Result<bool> {
+    let mut peek = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut peek))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if n == 0 || peek[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of the preface so far: wait for the rest (bounded by the deadline).
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    tracing::debug!(%peer, error = %e, "client connection ended with an error");
 }
 
-/// What one client connection is doing: requests open now, and since when none has been.
-struct Activity {
-    origin: Instant,
-    open: AtomicUsize,
-    any: AtomicBool,
-    /// Milliseconds from `origin` to the end of the last request.
-    last_end_ms: AtomicU64,
+/// A client's byte stream, plain or TLS.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            origin: Instant::now(),
-            open: AtomicUsize::new(0),
-            any: AtomicBool::new(false),
-            last_end_ms: AtomicU64::new(0),
+impl ClientStream {
+    /// Waits until reading would not block, without holding a buffer (plain TCP); a TLS
+    /// stream has its own buffering, so it reads straight away.
+    async fn ready_to_read(&self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.readable().await,
+            ClientStream::Tls(_) => Ok(()),
         }
     }
-
-    fn any_request(&self) -> bool {
-        self.any.load(Ordering::Relaxed)
-    }
-
-    /// How long the connection has had no request open; `None` while one is.
-    fn idle_for(&self) -> Option<Duration> {
-        if self.open.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let end = Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
-        Some(self.origin.elapsed().saturating_sub(end))
-    }
 }
 
-/// One request of a connection, open from its head until its response body is done or
-/// dropped (or its handling is abandoned).
-struct OpenRequest(Arc<Activity>);
-
-impl OpenRequest {
-    fn new(activity: &Arc<Activity>) -> OpenRequest {
-        activity.any.store(true, Ordering::Relaxed);
-        activity.open.fetch_add(1, Ordering::AcqRel);
-        OpenRequest(activity.clone())
-    }
-}
-
-impl Drop for OpenRequest {
-    fn drop(&mut self) {
-        let a = &self.0;
-        a.last_end_ms
-            .store(a.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
-        a.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its request counted as open until hyper is done with it.
-pub struct TrackedBody {
-    body: ClientBody,
-    _open: OpenRequest,
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// The error code for a connection hyper ended itself: the parse errors it answered with a
-/// bare 400, 414 or 431 (`Http1Transaction::on_error`), and the header timeout.
-fn protocol_error_code(e: &hyper::Error) -> Option<&'static str> {
-    if e.is_timeout() {
-        Some("header_timeout")
-    } else if e.is_parse_too_large() {
-        // One predicate covers both; only the message tells them apart.
-        Some(if e.to_string().contains("URI") {
-            "uri_too_long"
-        } else {
-            "headers_too_large"
-        })
-    } else if e.is_parse() {
-        Some("bad_request")
-    } else {
-        None
-    }
-}
-
-/// HTTP/1.1 and HTTP/2 (h2 by ALPN on TLS, h2c by prior knowledge on plain TCP).
-fn connection_builder(config: &Config) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let limits = &config.limits;
-    b.http1()
-        .timer(TokioTimer::new())
-        // hyper's timer runs from the moment a connection waits for a request head, so this
-        // bounds both slow header senders and idle keep-alive connections.
-        .header_read_timeout(config.timeouts.client_header)
-        .keep_alive(true)
-        // The parser's own hard limits sit above ours, so that requests between the two get
-        // our JSON 431 rather than hyper's bare one.
-        .max_headers(limits.max_headers * 2 + 8)
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes) * 2 + 8192);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(((limits.max_header_bytes + limits.max_uri_bytes) * 2) as u32)
-        .max_concurrent_streams(256);
-    b
-}
-
-struct ConnectionCount {
-    shared: Arc<Shared>,
-}
-
-impl ConnectionCount {
-    fn new(shared: &Arc<Shared>) -> ConnectionCount {
-        shared.connections.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.connections_open.inc();
-        ConnectionCount {
-            shared: shared.clone(),
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
-        self.shared.metrics.connections_open.dec();
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
     }
-}
 
-// ───────────────────────────── route ─────────────────────────────
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
 
-/// An answer the balancer gives itself: a status, a stable error code, a message.
-#[derive(Debug)]
-pub struct ProxyError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub retry_after: Option<u32>,
-}
-
-impl ProxyError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProxyError {
-        ProxyError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
-pub async fn handle(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Result<Response<ClientBody>, Infallible> {
+// ───────────────────────────── HTTP/1.1 clients ─────────────────────────────
+
+/// One HTTP/1.1 client connection. Between requests it holds no buffer.
+pub struct H1Client {
+    stream: ClientStream,
+    /// Bytes read and not yet used (a head being read, a body's start, pipelined requests).
+    buf: Option<Buffer>,
+    info: ConnInfo,
+    served: u64,
+}
+
+impl H1Client {
+    fn pending(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], |b| &b[..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        if let Some(b) = self.buf.as_mut() {
+            b.consume(n);
+        }
+    }
+
+    /// Reads more bytes; `Ok(0)` at the end of the stream.
+    async fn read_more(&mut self) -> io::Result<usize> {
+        self.stream.ready_to_read().await?;
+        let buf = self.buf.get_or_insert_with(Buffer::take);
+        if buf.spare() < 1024 {
+            buf.reserve(crate::buffers::SIZE);
+        }
+        self.stream.read_buf(&mut **buf).await
+    }
+
+    /// Gives the buffer back while idle, unless a pipelined request waits in it.
+    fn release_buffer(&mut self) {
+        if self.buf.as_ref().is_some_and(|b| b.is_empty()) {
+            self.buf = None;
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ClientFault> {
+        match tokio::time::timeout(idle, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ClientFault::Gone),
+            Err(_) => Err(ClientFault::WriteIdle),
+        }
+    }
+}
+
+/// Why a client connection cannot go on; never the worker's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The client closed or reset the connection.
+    Gone,
+    /// It stopped taking the response for `client_write_idle`.
+    WriteIdle,
+    /// It stopped sending its request body for `client_body_idle`.
+    BodyIdle,
+}
+
+impl ClientFault {
+    fn code(self) -> &'static str {
+        match self {
+            ClientFault::Gone => "client_gone",
+            ClientFault::WriteIdle => "client_write_idle",
+            ClientFault::BodyIdle => "client_body_idle",
+        }
+    }
+}
+
+/// Serves requests on one HTTP/1.1 connection until either side closes it.
+async fn serve_h1(
+    shared: &Arc<Shared>,
+    client: &mut H1Client,
+    first_deadline: tokio::time::Instant,
+) {
+    let mut deadline = first_deadline;
+    let mut fields = Fields::take();
+    loop {
+        let config = shared.router.load().config.clone();
+        let head = match next_head(shared, client, &mut fields, deadline, &config).await {
+            NextHead::Head(h) => h,
+            NextHead::Closed => return,
+            NextHead::Reject(e) => {
+                let _ = answer_error(client, &e, shared.ids.next(), false, &config).await;
+                return;
+            }
+        };
+        // Boxed: the connection's own future stays small while it waits for the next request.
+        let keep = Box::pin(exchange(shared, client, head, &mut fields, &config)).await;
+        client.served += 1;
+        if !keep || shared.drain.is_stopping() {
+            let _ = client.stream.shutdown().await;
+            return;
+        }
+        client.release_buffer();
+        if client.pending().is_empty() {
+            // Fields are pooled while idle too.
+            drop(std::mem::replace(&mut fields, Fields::take()));
+        }
+        let now = tokio::time::Instant::now();
+        deadline = now + config.timeouts.client_header;
+        if !config.timeouts.client_idle.is_zero() {
+            deadline = deadline.min(now + config.timeouts.client_idle);
+        }
+    }
+}
+
+/// What waiting for a request head gave.
+enum NextHead {
+    Head(RequestHead),
+    /// The connection ended (closed, idle too long, shutting down) with nothing to answer.
+    Closed,
+    /// A head that must be refused, and the connection closed after the answer.
+    Reject(ProxyError),
+}
+
+async fn next_head(
+    shared: &Shared,
+    client: &mut H1Client,
+    fields: &mut Fields,
+    deadline: tokio::time::Instant,
+    config: &Config,
+) -> NextHead {
+    let limits = codec_limits(config);
+    loop {
+        if !client.pending().is_empty() {
+            match http1::parse_request(client.pending(), &limits, fields) {
+                Ok(Some(head)) => return NextHead::Head(head),
+                Ok(None) => {}
+                Err(e) => {
+                    shared.metrics.client_protocol_error(e.code);
+                    return NextHead::Reject(ProxyError::new(
+                        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                        e.code,
+                        e.message,
+                    ));
+                }
+            }
+        }
+        let idle = client.pending().is_empty();
+        let read = tokio::select! {
+            biased;
+            r = tokio::time::timeout_at(deadline, client.read_more()) => r,
+            _ = shared.drain.stopping(), if idle => return NextHead::Closed,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return NextHead::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                // A keep-alive connection going quiet is its normal end; a head that never
+                // completed (or a first one that never came) is slowloris or a dead client.
+                if client.served == 0 || !idle {
+                    shared.metrics.client_protocol_error("header_timeout");
+                }
+                return NextHead::Closed;
+            }
+        }
+    }
+}
+
+/// The codec's hard limits sit above the configured ones, which are checked after parsing with
+/// exact figures in the answer; beyond these the codec refuses what it would not even read.
+fn codec_limits(config: &Config) -> http1::Limits {
+    let l = &config.limits;
+    http1::Limits {
+        max_head_bytes: (l.max_header_bytes + l.max_uri_bytes) * 2 + 8192,
+        max_headers: (l.max_headers * 2 + 8).min(http1::MAX_FIELDS),
+        max_uri_bytes: l.max_uri_bytes * 4,
+    }
+}
+
+/// One request on an HTTP/1.1 connection, from its parsed head to the end of its response.
+/// Returns whether the connection may serve another.
+async fn exchange(
+    shared: &Arc<Shared>,
+    client: &mut H1Client,
+    head: RequestHead,
+    fields: &mut Fields,
+    config: &Arc<Config>,
+) -> bool {
     let started = Instant::now();
     let router = shared.router.load_full();
-    let id = request_id(req.headers()).unwrap_or_else(|| shared.ids.next());
-    let result = match check_and_route(&router, &req) {
-        Err(e) => Err(e),
-        Ok(route) => forward(&shared, &router, route, &conn, req, &id, started).await,
-    };
-    Ok(match result {
-        Ok(resp) => resp,
+    let head_len = head.head_len;
+    let id = rewrite::find(fields, client.pending(), b"x-request-id")
+        .and_then(RequestId::from_client)
+        .unwrap_or_else(|| shared.ids.next());
+    let wants_close =
+        head.connection.close || (head.version == Version::Http10 && !head.connection.keep_alive);
+    let routed = check_and_route(&router, &head, fields, client.pending());
+    let route = match routed {
+        Ok(r) => r,
         Err(e) => {
             shared.metrics.error(e.code);
-            error_response(e, id)
+            client.consume(head_len);
+            // Unread body bytes would be taken for the next request: close instead.
+            let close = wants_close || head.body != BodyLength::None;
+            return answer_error(client, &e, id, close, config).await && !close;
         }
-    })
+    };
+    let out = outgoing(&head, fields, client, &id, config);
+    client.consume(head_len);
+    let body = RequestBody::H1 {
+        client,
+        length: head.body,
+        expect_continue: head.expect_continue,
+        limit: route.max_body_bytes,
+        idle: config.timeouts.client_body_idle,
+        sent: BodySent::Nothing,
+        decoder: None,
+    };
+    let mut request = Request {
+        method: &head.method,
+        head: &out,
+        body,
+        replayable: is_idempotent(&head.method) && head.body == BodyLength::None,
+    };
+    let result = forward(shared, &router, route, &mut request, started).await;
+    let RequestBody::H1 { client, sent, .. } = request.body else {
+        unreachable!("an HTTP/1.1 request keeps its HTTP/1.1 body");
+    };
+    let body_done = sent_all(head.body, sent);
+    match result {
+        Ok(fwd) => {
+            let ctx = Relay {
+                shared,
+                route,
+                id: &id,
+                config,
+                method: &head.method,
+                client_http10: head.version == Version::Http10,
+                close: wants_close || !body_done,
+                started,
+            };
+            relay_h1(client, fwd, &ctx).await
+        }
+        Err(e) => {
+            shared.metrics.error(e.code);
+            let close = wants_close || !body_done;
+            answer_error(client, &e, id, close, config).await && !close
+        }
+    }
 }
 
-fn request_timeout(limit: Duration) -> ProxyError {
-    ProxyError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "request_timeout",
-        format!("the request took longer than {limit:?}"),
-    )
-}
-
-/// A client's `x-request-id` is kept if it is plain (≤ 128 visible characters).
-fn request_id(headers: &HeaderMap) -> Option<HeaderValue> {
-    let v = headers.get(REQUEST_ID)?;
-    let ok = (1..=128).contains(&v.len())
-        && v.as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
-    ok.then(|| v.clone())
+/// Whether a request body was sent whole (so the connection is at the next request).
+fn sent_all(length: BodyLength, sent: BodySent) -> bool {
+    match length {
+        BodyLength::None => true,
+        _ => sent == BodySent::Whole,
+    }
 }
 
 /// Limits on the request head, then the route.
 fn check_and_route<'r>(
     router: &'r Router,
-    req: &Request<Incoming>,
+    head: &RequestHead,
+    fields: &Fields,
+    buf: &[u8],
 ) -> Result<&'r RouteEntry, ProxyError> {
     let limits = &router.config.limits;
-    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if uri_len > limits.max_uri_bytes {
+    let target = head.target.of(buf);
+    if target.len() > limits.max_uri_bytes {
         return Err(ProxyError::new(
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             format!(
-                "the request target is {uri_len} bytes; the limit is {}",
+                "the request target is {} bytes; the limit is {}",
+                target.len(),
                 limits.max_uri_bytes
             ),
         ));
     }
-    if req.headers().len() > limits.max_headers {
+    if fields.len() > limits.max_headers {
         return Err(ProxyError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_many_headers",
             format!(
                 "{} header fields; the limit is {}",
-                req.headers().len(),
+                fields.len(),
                 limits.max_headers
             ),
         ));
     }
-    let header_bytes: usize = req
-        .headers()
+    let header_bytes: usize = fields
         .iter()
-        .map(|(n, v)| n.as_str().len() + v.len())
+        .map(|f| f.name.of(buf).len() + f.value.of(buf).len())
         .sum();
     if header_bytes > limits.max_header_bytes {
         return Err(ProxyError::new(
@@ -569,7 +676,7 @@ fn check_and_route<'r>(
             ),
         ));
     }
-    let path = req.uri().path();
+    let path = path_of(head, buf);
     let route = router.route(path).ok_or_else(|| {
         ProxyError::new(
             StatusCode::NOT_FOUND,
@@ -577,12 +684,7 @@ fn check_and_route<'r>(
             format!("no route matches `{path}`"),
         )
     })?;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(len) = declared {
+    if let BodyLength::Length(len) = head.body {
         if len > route.max_body_bytes {
             return Err(body_too_large(route.max_body_bytes));
         }
@@ -590,31 +692,254 @@ fn check_and_route<'r>(
     Ok(route)
 }
 
-fn body_too_large(limit: u64) -> ProxyError {
-    ProxyError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
-        format!("the request body exceeds this route's limit of {limit} bytes"),
-    )
+/// The path a request is routed by: the target's, without its query.
+fn path_of<'b>(head: &RequestHead, buf: &'b [u8]) -> &'b str {
+    let target = match head.target_form {
+        TargetForm::Absolute { path_and_query, .. } => path_and_query.of(buf),
+        TargetForm::Origin => head.target.of(buf),
+        _ => b"/",
+    };
+    let path = target.split(|b| *b == b'?').next().unwrap_or(b"/");
+    let path = std::str::from_utf8(path).unwrap_or("/");
+    if path.is_empty() {
+        "/"
+    } else {
+        path
+    }
+}
+
+/// The head workers get for this request, as bytes.
+fn outgoing(
+    head: &RequestHead,
+    fields: &Fields,
+    client: &H1Client,
+    id: &RequestId,
+    _config: &Config,
+) -> Buffer {
+    let buf = client.pending();
+    let target = match head.target_form {
+        TargetForm::Absolute { path_and_query, .. } => path_and_query.of(buf),
+        _ => head.target.of(buf),
+    };
+    let target: &[u8] = if target.is_empty() { b"/" } else { target };
+    let framing = match head.body {
+        BodyLength::None => OutFraming::None,
+        BodyLength::Length(n) => OutFraming::Length(n),
+        BodyLength::Chunked => {
+            OutFraming::Chunked(head.transfer_codings.map_or(&b"chunked"[..], |s| s.of(buf)))
+        }
+    };
+    let mut out = Buffer::take();
+    // `Expect: 100-continue` is answered here, when the body is wanted: the worker gets the
+    // body either way.
+    let fields_iter =
+        rewrite::pairs(fields, buf).filter(|(n, _)| !n.eq_ignore_ascii_case(b"expect"));
+    rewrite::request_head(
+        &mut out,
+        &RequestParts {
+            method: head.method.as_str().as_bytes(),
+            target,
+            host: head.host.map(|h| h.of(buf)),
+            version: if head.version == Version::Http10 {
+                "1.0"
+            } else {
+                "1.1"
+            },
+            request_id: id.as_bytes(),
+            framing,
+            upgrade: head
+                .upgrade
+                .map(|u| u.of(buf))
+                .filter(|u| !u.eq_ignore_ascii_case(b"h2c")),
+        },
+        fields_iter,
+        &client.info.hop,
+    );
+    out
 }
 
 // ───────────────────────────── forward ─────────────────────────────
 
-/// The request head as it goes to workers (rebuilt for each attempt).
-struct UpstreamHead {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// A request on its way to a worker: the head workers get, and where its body comes from.
+pub struct Request<'a, 'c> {
+    pub method: &'a Method,
+    pub head: &'a [u8],
+    pub body: RequestBody<'c>,
+    /// Safe to send again after a failure that may have reached the worker.
+    pub replayable: bool,
 }
 
-impl UpstreamHead {
-    fn request(&self, body: UpBody) -> Request<UpBody> {
-        let mut r = Request::new(body);
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
+/// How far a request body got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySent {
+    Nothing,
+    Part,
+    Whole,
+}
+
+/// Where a request body comes from.
+pub enum RequestBody<'c> {
+    H1 {
+        client: &'c mut H1Client,
+        length: BodyLength,
+        expect_continue: bool,
+        limit: u64,
+        idle: Duration,
+        sent: BodySent,
+        decoder: Option<ChunkedDecoder>,
+    },
+    H2(crate::h2::H2Body),
+}
+
+/// Why a request body did not reach the worker whole.
+pub enum BodyFailure {
+    /// The client's side: gone, too slow, too large, or malformed.
+    Client(ProxyError),
+    /// The worker stopped taking it.
+    Worker(io::Error),
+}
+
+impl RequestBody<'_> {
+    fn started(&self) -> bool {
+        match self {
+            RequestBody::H1 { sent, length, .. } => {
+                *length != BodyLength::None && *sent != BodySent::Nothing
+            }
+            RequestBody::H2(b) => b.started(),
+        }
     }
+
+    /// Sends the body after the head, both on `conn`.
+    async fn send(&mut self, head: &[u8], conn: &mut WorkerConn) -> Result<(), BodyFailure> {
+        match self {
+            RequestBody::H2(b) => b.send(head, conn).await,
+            RequestBody::H1 {
+                client,
+                length,
+                expect_continue,
+                limit,
+                idle,
+                sent,
+                decoder,
+            } => {
+                if std::mem::take(expect_continue) && client.pending().is_empty() {
+                    client
+                        .write(b"HTTP/1.1 100 Continue\r\n\r\n", *idle)
+                        .await
+                        .map_err(|f| BodyFailure::Client(client_fault_error(f)))?;
+                }
+                conn.write_all(head).await.map_err(BodyFailure::Worker)?;
+                let r = pump_h1_body(client, *length, *limit, *idle, decoder, conn).await;
+                *sent = match &r {
+                    Ok(()) => BodySent::Whole,
+                    Err(_) => BodySent::Part,
+                };
+                r
+            }
+        }
+    }
+}
+
+/// Copies an HTTP/1.1 request body from the client to the worker, bytes as received (a
+/// chunked body is validated on the way, so both ends agree where it ends).
+async fn pump_h1_body(
+    client: &mut H1Client,
+    length: BodyLength,
+    limit: u64,
+    idle: Duration,
+    decoder: &mut Option<ChunkedDecoder>,
+    conn: &mut WorkerConn,
+) -> Result<(), BodyFailure> {
+    let mut left = match length {
+        BodyLength::None => return Ok(()),
+        BodyLength::Length(n) => n,
+        BodyLength::Chunked => {
+            *decoder = Some(ChunkedDecoder::new(limit));
+            u64::MAX
+        }
+    };
+    while left > 0 {
+        if client.pending().is_empty() {
+            match tokio::time::timeout(idle, client.read_more()).await {
+                Err(_) => {
+                    return Err(BodyFailure::Client(client_fault_error(
+                        ClientFault::BodyIdle,
+                    )))
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err(BodyFailure::Client(client_fault_error(ClientFault::Gone)))
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        let (take, done) = match decoder.as_mut() {
+            None => ((left.min(client.pending().len() as u64)) as usize, false),
+            Some(d) => {
+                let step = d
+                    .feed(client.pending())
+                    .map_err(|e| BodyFailure::Client(chunk_error(e)))?;
+                (step.consumed, step.done)
+            }
+        };
+        conn.write_all(&client.pending()[..take])
+            .await
+            .map_err(BodyFailure::Worker)?;
+        client.consume(take);
+        left = if decoder.is_some() {
+            if done {
+                0
+            } else {
+                u64::MAX
+            }
+        } else {
+            left - take as u64
+        };
+    }
+    Ok(())
+}
+
+fn chunk_error(e: http1::ChunkError) -> ProxyError {
+    if e.is_too_large() {
+        ProxyError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body exceeds this route's limit",
+        )
+    } else {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+            format!(
+                "the request body's chunked framing is invalid: {}",
+                e.message()
+            ),
+        )
+    }
+}
+
+fn client_fault_error(f: ClientFault) -> ProxyError {
+    match f {
+        ClientFault::BodyIdle => ProxyError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "client_body_idle",
+            "the request body stopped arriving",
+        ),
+        _ => ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+            "the client closed the connection before its request body ended",
+        ),
+    }
+}
+
+/// A worker's answer, ready to be relayed: its head (parsed, in the connection's buffer), the
+/// connection to read its body from, and the in-flight slot it holds.
+pub struct Forwarded {
+    pub conn: WorkerConn,
+    pub head: ResponseHead,
+    pub fields: Fields,
+    pub flight: InFlight,
+    pub group: Arc<Group>,
 }
 
 /// Why one attempt failed, and whether another worker may be tried.
@@ -622,175 +947,600 @@ enum AttemptFailure {
     /// The whole request ran out of time.
     Deadline,
     /// The request never reached the worker: safe to retry for any method.
-    NotSent(ProxyError, Option<UpBody>),
+    NotSent(ProxyError),
     /// The worker's address refused the connection: not sent either, and a sure sign that
     /// nothing listens there, which ejects the worker at once.
-    Refused(ProxyError, UpBody),
+    Refused(ProxyError),
     /// It may have reached the worker: retry only if safe to repeat.
     Sent(ProxyError),
+    /// The client's side failed: no retry, and not the worker's fault.
+    Client(ProxyError),
 }
 
-async fn forward(
+/// Picks a worker and forwards, retrying on another worker within the budget when safe.
+pub async fn forward(
     shared: &Arc<Shared>,
     router: &Router,
     route: &RouteEntry,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-    id: &HeaderValue,
+    req: &mut Request<'_, '_>,
     started: Instant,
-) -> Result<Response<ClientBody>, ProxyError> {
+) -> Result<Forwarded, ProxyError> {
     let group = &route.group;
-    let settings = &group.settings;
-    let forward_load_header = router.config.telemetry.forward_load_header;
-    // One deadline bounds the whole request (queueing, connecting, every attempt), so a single
-    // timer is armed per attempt rather than one per stage.
+    // One deadline bounds the whole request (queueing, connecting, every attempt).
     let limit = router.config.timeouts.request;
     let deadline = tokio::time::Instant::from_std(started) + limit;
-    let (mut parts, incoming) = req.into_parts();
-    let replayable = is_idempotent(&parts.method) && incoming.is_end_stream();
-    let streamed_body = !incoming.is_end_stream();
-    let head = upstream_head(&mut parts, conn, id);
-    let mut body = Some(if streamed_body {
-        UpBody::stream(incoming, route.max_body_bytes)
-    } else {
-        UpBody::empty()
-    });
-
     group.budget.on_request();
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last_error: Option<ProxyError> = None;
-    let mut retry_paid = false;
-    let mut retry_reason: &'static str = "other";
-    for attempt in 0..settings.retry.max_attempts {
-        // No body to send means the last failure may not be repeated.
-        let Some(this_body) = body.take() else { break };
-        if attempt > 0 && !retry_paid && !group.budget.try_retry() {
+    let mut state = Attempts {
+        tried: Vec::new(),
+        last_error: None,
+        reason: "other",
+        paid: false,
+    };
+    for attempt in 0..group.settings.retry.max_attempts {
+        if attempt > 0 && !std::mem::take(&mut state.paid) && !group.budget.try_retry() {
             count_retry_denied(shared, group);
             break;
         }
-        retry_paid = false;
-        let flight = match group.acquire(&tried, &shared.fleet.signal, deadline).await {
+        let flight = match group
+            .acquire(&state.tried, &shared.fleet.signal, deadline)
+            .await
+        {
             Ok(f) => f,
             Err(PickError::NoOtherWorker) => break,
             Err(PickError::Deadline) => return Err(request_timeout(limit)),
-            Err(PickError::Overloaded) => {
-                let mut e = ProxyError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    format!(
-                        "every worker of target group `{}` is at its in-flight limit and the wait queue is full or timed out",
-                        group.name
-                    ),
-                );
-                e.retry_after = Some(1);
-                return Err(e);
-            }
+            Err(PickError::Overloaded) => return Err(overloaded(group)),
             Err(PickError::NoHealthyWorkers) => {
-                return Err(last_error.unwrap_or_else(|| no_healthy_workers(group)));
+                return Err(state
+                    .last_error
+                    .unwrap_or_else(|| no_healthy_workers(group)));
             }
         };
-        // Counted once it has a worker to go to: with none left untried it is no retry.
         if attempt > 0 {
-            count_retry(shared, group, retry_reason);
+            count_retry(shared, group, state.reason);
         }
         let worker = flight.worker().clone();
-        tried.push(worker.addr);
+        state.tried.push(worker.addr);
         let t0 = Instant::now();
-
-        let result = attempt_once(&worker, settings, &head, this_body, deadline).await;
+        let result = attempt_once(&worker, group, req, deadline).await;
         let latency = t0.elapsed();
         match result {
-            Ok((resp, upstream)) => {
-                let status = resp.status();
-                let worker_error = status.is_server_error();
-                // A 502/503/504 from an idempotent request is worth another worker while
-                // attempts, budget and untried workers remain; the answer is then dropped
-                // unread. With no other worker, the client gets this one's answer.
-                let retry_wanted = matches!(status.as_u16(), 502..=504)
-                    && replayable
-                    && settings.retry.retry_idempotent_on_status
-                    && attempt + 1 < settings.retry.max_attempts
-                    && group.has_untried(&tried);
-                if retry_wanted && !group.budget.try_retry() {
+            Ok((conn, head, fields)) => {
+                if wants_status_retry(req, group, &head, attempt, &state.tried) {
+                    if group.budget.try_retry() {
+                        record_outcome(shared, group, &worker, Outcome::Failure, latency);
+                        state.failed(
+                            worker_error(group, &format!("it answered {}", head.status)),
+                            "status",
+                        );
+                        state.paid = true;
+                        continue;
+                    }
                     // Counted like any other refused retry: a spent budget must show.
                     count_retry_denied(shared, group);
-                } else if retry_wanted {
-                    record_outcome(shared, group, &worker, Outcome::Failure, latency);
-                    retry_reason = "status";
-                    retry_paid = true;
-                    body = Some(UpBody::empty());
-                    last_error = Some(ProxyError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "worker_error",
-                        format!("worker {} answered {status}", worker.addr),
-                    ));
-                    continue;
                 }
-                record_outcome(
-                    shared,
-                    group,
-                    &worker,
-                    if worker_error {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    },
-                    latency,
-                );
-                record_response(shared, route, &worker, &resp, started);
-                let finish = Finish {
-                    upstream,
-                    pool_cap: settings.max_in_flight_per_worker,
-                    flight,
+                let outcome = if head.status >= 500 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
                 };
-                return Ok(client_response(resp, finish, id, forward_load_header));
+                record_outcome(shared, group, &worker, outcome, latency);
+                return Ok(Forwarded {
+                    conn,
+                    head,
+                    fields,
+                    flight,
+                    group: group.clone(),
+                });
             }
             Err(AttemptFailure::Deadline) => {
                 record_outcome(shared, group, &worker, Outcome::Failure, latency);
                 return Err(request_timeout(limit));
             }
-            Err(AttemptFailure::NotSent(e, returned)) => {
-                record_outcome(shared, group, &worker, Outcome::Failure, latency);
-                if e.code == "worker_error" {
-                    check_still_listening(shared, group, &worker);
-                }
-                tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed before sending");
-                last_error = Some(e);
-                body = returned;
-                retry_reason = "not_sent";
-            }
-            Err(AttemptFailure::Refused(e, returned)) => {
-                record_outcome(shared, group, &worker, Outcome::Refused, latency);
-                tracing::debug!(worker = %worker.addr, error = %e.message, "connection refused");
-                last_error = Some(e);
-                body = Some(returned);
-                retry_reason = "not_sent";
-            }
-            Err(AttemptFailure::Sent(e)) => {
-                if e.code == "body_too_large" || e.code == "bad_request_body" {
-                    // The client's fault, not the worker's: no retry, no penalty.
-                    return Err(e);
-                }
-                record_outcome(shared, group, &worker, Outcome::Failure, latency);
-                if e.code == "worker_error" {
-                    check_still_listening(shared, group, &worker);
-                }
-                tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed after sending");
-                last_error = Some(e);
-                if replayable {
-                    body = Some(UpBody::empty());
-                    retry_reason = "reset_or_timeout";
+            Err(AttemptFailure::Client(e)) => return Err(e),
+            Err(failure) => {
+                if !after_failure(shared, group, &worker, failure, latency, req, &mut state) {
+                    break;
                 }
             }
         }
     }
-    let e = last_error.unwrap_or_else(|| no_healthy_workers(group));
-    // Every worker unreachable and none healthy: that is "no healthy workers", whatever the
-    // last connect error said.
+    let e = state
+        .last_error
+        .unwrap_or_else(|| no_healthy_workers(group));
+    // Every worker unreachable and none healthy: that is "no healthy workers".
     if e.code == "worker_unreachable" && !group.any_available() {
         return Err(no_healthy_workers(group));
     }
     Err(e)
+}
+
+/// What the attempts of one request have learnt so far.
+struct Attempts {
+    tried: Vec<SocketAddr>,
+    last_error: Option<ProxyError>,
+    /// Why the next attempt would be a retry (for the metric).
+    reason: &'static str,
+    /// The next retry was already taken from the budget.
+    paid: bool,
+}
+
+impl Attempts {
+    fn failed(&mut self, e: ProxyError, reason: &'static str) {
+        self.last_error = Some(e);
+        self.reason = reason;
+    }
+}
+
+/// Records a failed attempt; `true` if another worker may be tried.
+fn after_failure(
+    shared: &Arc<Shared>,
+    group: &Arc<Group>,
+    worker: &Arc<Worker>,
+    failure: AttemptFailure,
+    latency: Duration,
+    req: &Request<'_, '_>,
+    state: &mut Attempts,
+) -> bool {
+    match failure {
+        AttemptFailure::Refused(e) => {
+            record_outcome(shared, group, worker, Outcome::Refused, latency);
+            state.failed(e, "not_sent");
+            true
+        }
+        AttemptFailure::NotSent(e) => {
+            record_outcome(shared, group, worker, Outcome::Failure, latency);
+            check_still_listening(shared, group, worker);
+            state.failed(e, "not_sent");
+            true
+        }
+        AttemptFailure::Sent(e) => {
+            record_outcome(shared, group, worker, Outcome::Failure, latency);
+            if e.code == "worker_error" {
+                check_still_listening(shared, group, worker);
+            }
+            tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed after sending");
+            state.failed(e, "reset_or_timeout");
+            req.replayable && !req.body.started()
+        }
+        AttemptFailure::Deadline | AttemptFailure::Client(_) => false,
+    }
+}
+
+/// A 502/503/504 to a request that is safe to repeat is worth another worker while attempts
+/// and untried workers remain; with none, the client gets this worker's own answer.
+fn wants_status_retry(
+    req: &Request<'_, '_>,
+    group: &Group,
+    head: &ResponseHead,
+    attempt: u32,
+    tried: &[SocketAddr],
+) -> bool {
+    let retry = &group.settings.retry;
+    matches!(head.status, 502..=504)
+        && req.replayable
+        && !req.body.started()
+        && retry.retry_idempotent_on_status
+        && attempt + 1 < retry.max_attempts
+        && group.has_untried(tried)
+}
+
+/// One try on one worker: a connection (pooled or new), the request, the response head, all
+/// bounded by `deadline`. A pooled connection the worker closed while it sat idle (the
+/// keep-alive race) is replaced by a new one once, when nothing of the request went out.
+async fn attempt_once(
+    worker: &Worker,
+    group: &Group,
+    req: &mut Request<'_, '_>,
+    deadline: tokio::time::Instant,
+) -> Result<(WorkerConn, ResponseHead, Fields), AttemptFailure> {
+    let settings = &group.settings;
+    let mut fresh_tried = false;
+    loop {
+        let mut conn = match worker.pool.checkout(settings.pool_idle_timeout) {
+            Some(c) if !fresh_tried => c,
+            _ => connect(worker, group, deadline).await?,
+        };
+        let reused = conn.reused;
+        let sending = tokio::time::timeout_at(deadline, req.body.send(req.head, &mut conn)).await;
+        match sending {
+            Err(_) => return Err(AttemptFailure::Deadline),
+            Ok(Err(BodyFailure::Client(e))) => return Err(AttemptFailure::Client(e)),
+            Ok(Err(BodyFailure::Worker(_))) if reused && !req.body.started() && !fresh_tried => {
+                fresh_tried = true;
+                continue;
+            }
+            Ok(Err(BodyFailure::Worker(e))) => {
+                return Err(sent_or_not(
+                    req,
+                    worker_error(group, &format!("sending the request: {e}")),
+                ))
+            }
+            Ok(Ok(())) => {}
+        }
+        // The response timeout runs from the end of the request body: a slow upload is the
+        // client's time, not the worker's.
+        let head_deadline = deadline.min(tokio::time::Instant::now() + settings.response_timeout);
+        let mut fields = Fields::take();
+        match conn.read_head(req.method, &mut fields, head_deadline).await {
+            Ok(head) => return Ok((conn, head, fields)),
+            Err(HeadError::ClosedBeforeAnswer) if reused && req.replayable && !fresh_tried => {
+                fresh_tried = true;
+                continue;
+            }
+            Err(HeadError::Timeout) if head_deadline == deadline => {
+                return Err(AttemptFailure::Deadline)
+            }
+            Err(HeadError::Timeout) => {
+                return Err(AttemptFailure::Sent(ProxyError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "worker_timeout",
+                    format!(
+                        "a worker of target group `{}` sent no response head within {:?}",
+                        group.name, settings.response_timeout
+                    ),
+                )))
+            }
+            Err(e) => return Err(AttemptFailure::Sent(worker_error(group, &e.to_string()))),
+        }
+    }
+}
+
+/// A failure while sending: retryable as "not sent" only if no body byte went out and the
+/// request is safe to repeat.
+fn sent_or_not(req: &Request<'_, '_>, e: ProxyError) -> AttemptFailure {
+    if !req.body.started() && req.replayable {
+        AttemptFailure::NotSent(e)
+    } else {
+        AttemptFailure::Sent(e)
+    }
+}
+
+async fn connect(
+    worker: &Worker,
+    group: &Group,
+    deadline: tokio::time::Instant,
+) -> Result<WorkerConn, AttemptFailure> {
+    let timeout = group.settings.connect_timeout;
+    let connect = worker.pool.connect(worker.addr, timeout);
+    match tokio::time::timeout_at(deadline, connect).await {
+        Err(_) => Err(AttemptFailure::Deadline),
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            let refused =
+                matches!(&e, ConnectError::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused);
+            tracing::debug!(worker = %worker.addr, error = %e, "connect failed");
+            let pe = ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "worker_unreachable",
+                format!(
+                    "a worker of target group `{}` could not be reached: {e}",
+                    group.name
+                ),
+            );
+            Err(if refused {
+                AttemptFailure::Refused(pe)
+            } else {
+                AttemptFailure::NotSent(pe)
+            })
+        }
+    }
+}
+
+// ───────────────────────────── relay ─────────────────────────────
+
+/// What relaying a response needs besides the response.
+struct Relay<'a> {
+    shared: &'a Arc<Shared>,
+    route: &'a RouteEntry,
+    id: &'a RequestId,
+    config: &'a Config,
+    method: &'a Method,
+    client_http10: bool,
+    /// The client connection closes after this response.
+    close: bool,
+    started: Instant,
+}
+
+/// Relays a worker's response to an HTTP/1.1 client: head, then body as it comes, then the
+/// worker connection back to its pool. Returns whether the client connection may go on.
+async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) -> bool {
+    let head = fwd.head;
+    record_response(
+        ctx.shared,
+        ctx.route,
+        fwd.flight.worker(),
+        &head,
+        &fwd.fields,
+        fwd.conn.pending(),
+        ctx.started,
+    );
+    if head.status == 101 {
+        return tunnel(client, fwd, ctx).await;
+    }
+    // A chunked body reaches an HTTP/1.0 client de-chunked, ended by the close.
+    let dechunk = ctx.client_http10 && head.body == ResponseBody::Chunked;
+    let close = ctx.close || dechunk || head.body == ResponseBody::UntilClose;
+    let codings = head
+        .transfer_codings
+        .map(|s| s.of(fwd.conn.pending()).to_vec());
+    let framing = match head.body {
+        _ if dechunk => OutFraming::Close,
+        ResponseBody::None if *ctx.method == Method::HEAD => OutFraming::AsSent,
+        ResponseBody::None => OutFraming::None,
+        ResponseBody::Length(n) => OutFraming::Length(n),
+        ResponseBody::Chunked => OutFraming::Chunked(codings.as_deref().unwrap_or(b"chunked")),
+        ResponseBody::UntilClose => OutFraming::Close,
+    };
+    let mut out = Buffer::take();
+    let pending = fwd.conn.pending();
+    rewrite::response_head(
+        &mut out,
+        &ResponseParts {
+            status: head.status,
+            reason: reason(head.status),
+            request_id: ctx.id.as_bytes(),
+            framing,
+            forward_load_header: ctx.config.telemetry.forward_load_header,
+            close,
+            upgrade: false,
+        },
+        rewrite::pairs(&fwd.fields, pending),
+    );
+    if ctx.client_http10 && !close {
+        // An HTTP/1.0 client keeps the connection only when told so.
+        let end = out.len() - 2;
+        out.truncate(end);
+        out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
+    }
+    fwd.conn.consume(head.head_len);
+    drop(fwd.fields);
+    let mut reader = BodyReader::for_response(head.body);
+    let written = relay_body(
+        client,
+        &mut fwd.conn,
+        &mut reader,
+        out,
+        dechunk,
+        ctx,
+        &fwd.group,
+    )
+    .await;
+    match written {
+        Ok(reusable) => {
+            if reusable && !head.connection.close {
+                fwd.conn.release_buffer();
+                fwd.flight
+                    .worker()
+                    .pool
+                    .checkin(fwd.conn, fwd.group.settings.max_in_flight_per_worker);
+            }
+            !close
+        }
+        Err(fault) => {
+            ctx.shared
+                .metrics
+                .abandoned
+                .get_or_create(&crate::metrics::ErrorLabels { error: fault })
+                .inc();
+            false
+        }
+    }
+}
+
+/// Streams the body (after the head in `out`) from the worker to the client. `Ok(reusable)`
+/// when the response ended; `Err(code)` names whoever stalled or broke it.
+async fn relay_body(
+    client: &mut H1Client,
+    conn: &mut WorkerConn,
+    reader: &mut BodyReader,
+    mut out: Buffer,
+    dechunk: bool,
+    ctx: &Relay<'_>,
+    group: &Group,
+) -> Result<bool, &'static str> {
+    let write_idle = ctx.config.timeouts.client_write_idle;
+    let body_idle = group.settings.worker_body_idle;
+    loop {
+        // Whatever the worker sent along with its head goes out in the same write.
+        let piece = if out.len() < crate::buffers::SIZE {
+            match reader
+                .next(
+                    conn,
+                    if out.is_empty() {
+                        body_idle
+                    } else {
+                        Duration::ZERO
+                    },
+                )
+                .await
+            {
+                Ok(p) => Some(p),
+                Err(BodyFault::Idle) if !out.is_empty() => None,
+                Err(BodyFault::Idle) => return Err("worker_body_idle"),
+                Err(_) => return Err("worker_body_error"),
+            }
+        } else {
+            None
+        };
+        match piece {
+            Some(BodyPiece::Bytes { len, data }) => {
+                let pending = conn.pending();
+                match (dechunk, data) {
+                    (false, _) => out.extend_from_slice(&pending[..len]),
+                    (true, Some(d)) => out.extend_from_slice(d.of(pending)),
+                    (true, None) => {}
+                }
+                conn.consume(len);
+            }
+            Some(BodyPiece::End { reusable }) => {
+                if !out.is_empty() {
+                    client
+                        .write(&out, write_idle)
+                        .await
+                        .map_err(ClientFault::code)?;
+                }
+                return Ok(reusable);
+            }
+            None => {
+                client
+                    .write(&out, write_idle)
+                    .await
+                    .map_err(ClientFault::code)?;
+                out.clear();
+            }
+        }
+    }
+}
+
+/// After a `101 Switching Protocols`: bytes both ways until either side closes or nothing
+/// moves for `tunnel_idle`. The worker connection is not reused.
+async fn tunnel(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) -> bool {
+    let mut out = Buffer::take();
+    let pending = fwd.conn.pending();
+    rewrite::response_head(
+        &mut out,
+        &ResponseParts {
+            status: 101,
+            reason: b"Switching Protocols",
+            request_id: ctx.id.as_bytes(),
+            framing: OutFraming::None,
+            forward_load_header: false,
+            close: false,
+            upgrade: true,
+        },
+        rewrite::pairs(&fwd.fields, pending),
+    );
+    let head_len = fwd.head.head_len;
+    out.extend_from_slice(&fwd.conn.pending()[head_len..]);
+    fwd.conn.consume(fwd.conn.pending().len());
+    let metrics = &ctx.shared.metrics;
+    metrics.tunnels_opened.inc();
+    metrics.tunnels_open.inc();
+    let idle = ctx.config.timeouts.tunnel_idle;
+    let to_worker: Vec<u8> = client.pending().to_vec();
+    client.consume(to_worker.len());
+    let carried = crate::h2::tunnel_streams(
+        &mut client.stream,
+        &mut fwd.conn.stream,
+        &out,
+        &to_worker,
+        idle,
+    )
+    .await;
+    metrics.tunnel_bytes.inc_by(carried);
+    metrics.tunnels_open.dec();
+    drop(fwd.flight);
+    false
+}
+
+fn reason(status: u16) -> &'static [u8] {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+        .as_bytes()
+}
+
+// ───────────────────────────── errors ─────────────────────────────
+
+/// An answer the balancer gives itself: a status, a stable error code, a message.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u32>,
+}
+
+impl ProxyError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProxyError {
+        ProxyError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// The error's JSON body.
+pub fn error_body(e: &ProxyError, id: &RequestId) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": e.code,
+        "message": e.message,
+        "request_id": id.as_str(),
+    });
+    serde_json::to_vec(&body).expect("JSON values serialize")
+}
+
+/// Writes a JSON error answer; `false` if the client is gone.
+async fn answer_error(
+    client: &mut H1Client,
+    e: &ProxyError,
+    id: RequestId,
+    close: bool,
+    config: &Config,
+) -> bool {
+    let body = error_body(e, &id);
+    let mut out = Buffer::take();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(e.status.as_u16()).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(e.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(id.as_bytes());
+    if let Some(s) = e.retry_after {
+        out.extend_from_slice(b"\r\nretry-after: ");
+        out.extend_from_slice(itoa::Buffer::new().format(s).as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"\r\nconnection: close");
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+    client
+        .write(&out, config.timeouts.client_write_idle)
+        .await
+        .is_ok()
+}
+
+fn request_timeout(limit: Duration) -> ProxyError {
+    ProxyError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "request_timeout",
+        format!("the request took longer than {limit:?}"),
+    )
+}
+
+fn overloaded(group: &Group) -> ProxyError {
+    let mut e = ProxyError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!(
+            "every worker of target group `{}` is at its in-flight limit and the wait queue is full or timed out",
+            group.name
+        ),
+    );
+    e.retry_after = Some(1);
+    e
+}
+
+fn worker_error(group: &Group, what: &str) -> ProxyError {
+    ProxyError::new(
+        StatusCode::BAD_GATEWAY,
+        "worker_error",
+        format!("a worker of target group `{}` failed: {what}", group.name),
+    )
+}
+
+pub fn body_too_large(limit: u64) -> ProxyError {
+    ProxyError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body exceeds this route's limit of {limit} bytes"),
+    )
 }
 
 fn no_healthy_workers(group: &Group) -> ProxyError {
@@ -824,216 +1574,11 @@ fn count_retry(shared: &Shared, group: &Group, reason: &'static str) {
         .inc();
 }
 
-/// One try on one worker: a connection (pooled or new), the request, the response head, all
-/// bounded by `deadline`.
-async fn attempt_once(
-    worker: &Worker,
-    settings: &crate::config::TargetGroup,
-    head: &UpstreamHead,
-    body: UpBody,
-    deadline: tokio::time::Instant,
-) -> Result<(Response<Incoming>, Upstream), AttemptFailure> {
-    let mut upstream = match worker.pool.checkout(settings.pool_idle_timeout).await {
-        Some(u) => u,
-        None => match worker
-            .pool
-            .connect(worker.addr, settings.connect_timeout)
-            .await
-        {
-            Ok(u) => u,
-            Err(e) => {
-                let refused = matches!(&e, ConnectError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
-                let pe = ProxyError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "worker_unreachable",
-                    format!("worker {}: {e}", worker.addr),
-                );
-                return Err(if refused {
-                    AttemptFailure::Refused(pe, body)
-                } else {
-                    AttemptFailure::NotSent(pe, Some(body))
-                });
-            }
-        },
-    };
-    let started_flag = body.started_flag();
-    let response_deadline = deadline.min(tokio::time::Instant::now() + settings.response_timeout);
-    let sent = tokio::time::timeout_at(response_deadline, upstream.send(head.request(body))).await;
-    match sent {
-        Ok(Ok(resp)) => Ok((resp, upstream)),
-        Err(_) if response_deadline == deadline => Err(AttemptFailure::Deadline),
-        Err(_) => Err(AttemptFailure::Sent(ProxyError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "worker_timeout",
-            format!(
-                "worker {} sent no response headers within {:?}",
-                worker.addr, settings.response_timeout
-            ),
-        ))),
-        Ok(Err(failure)) => {
-            if let Some(body_err) = find_body_error(failure.error.as_ref()) {
-                return Err(AttemptFailure::Sent(match body_err {
-                    BodyError::TooLarge(limit) => body_too_large(*limit),
-                    BodyError::Client(inner) => ProxyError::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request_body",
-                        format!("the request body could not be read: {inner}"),
-                    ),
-                }));
-            }
-            let pe = ProxyError::new(
-                StatusCode::BAD_GATEWAY,
-                "worker_error",
-                format!("worker {}: {}", worker.addr, failure.error),
-            );
-            match failure.unsent {
-                // hyper hands the request back when the connection closed before it went out.
-                Some(req) if !started_flag.load(Ordering::Relaxed) => {
-                    Err(AttemptFailure::NotSent(pe, Some(req.into_body())))
-                }
-                _ => Err(AttemptFailure::Sent(pe)),
-            }
-        }
-    }
-}
-
-fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
-    find_in_chain::<BodyError>(err)
-}
-
-/// The first error of type `T` in `err`'s source chain.
-fn find_in_chain<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<T>() {
-            return Some(b);
-        }
-        source = s.source();
-    }
-    None
-}
-
-fn is_idempotent(m: &Method) -> bool {
+pub fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names avoids nine hashed removals.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-fn upstream_head(parts: &mut Parts, conn: &ConnInfo, id: &HeaderValue) -> UpstreamHead {
-    let mut headers = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut headers);
-    // HTTP/2 carries the host in `:authority`; workers speak HTTP/1.1 and need `Host`.
-    if !headers.contains_key(header::HOST) {
-        if let Some(h) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, h);
-        }
-    }
-    let host = headers.get(header::HOST);
-    let forwarded = conn.forwarded(host);
-    match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        None => {
-            headers.insert(X_FORWARDED_FOR, conn.xff.clone());
-        }
-        Some(_) => append(&mut headers, X_FORWARDED_FOR, &conn.peer.ip().to_string()),
-    }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    match headers.get(FORWARDED) {
-        None => {
-            headers.insert(FORWARDED, forwarded);
-        }
-        Some(_) => append(
-            &mut headers,
-            FORWARDED,
-            forwarded.to_str().unwrap_or_default(),
-        ),
-    }
-    match headers.get(header::VIA) {
-        None => {
-            headers.insert(header::VIA, HeaderValue::from_static(via(parts.version)));
-        }
-        Some(_) => append(&mut headers, header::VIA, via(parts.version)),
-    }
-    headers.insert(REQUEST_ID, id.clone());
-    let uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| Uri::from(pq.clone()))
-        .unwrap_or_else(|| Uri::from_static("/"));
-    UpstreamHead {
-        method: parts.method.clone(),
-        uri,
-        headers,
-    }
-}
-
-fn via(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_2 => "2 fulcrum",
-        Version::HTTP_10 => "1.0 fulcrum",
-        _ => "1.1 fulcrum",
-    }
-}
-
-/// Appends to a list-valued header, or sets it. A list may arrive over several field lines,
-/// which together are one comma-separated list (RFC 9110 §5.3): every line's elements stay,
-/// in order, before the new one.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut joined = String::new();
-    for old in headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        joined.push_str(old);
-        joined.push_str(", ");
-    }
-    joined.push_str(value);
-    if let Ok(v) = HeaderValue::try_from(joined) {
-        headers.insert(name, v);
-    }
 }
 
 // ───────────────────────────── record ─────────────────────────────
@@ -1052,19 +1597,18 @@ fn record_outcome(
 
 /// After a connection to `worker` broke before any answer, checks at once whether anything
 /// still listens at its address. A worker that died refuses connections and is ejected now,
-/// not when a policy next happens to pick it (cpu-aware, already counting the broken request
-/// as a failure, may not for seconds) nor when health checks catch up. One check per worker at
-/// a time; a worker that still listens (a keep-alive race, a restart) is left alone.
+/// not when a policy next happens to pick it nor when health checks catch up. One check per
+/// worker at a time; a worker that still listens (a keep-alive race, a restart) is left alone.
 fn check_still_listening(shared: &Arc<Shared>, group: &Arc<Group>, worker: &Arc<Worker>) {
     if !worker.claim_listen_check() {
         return;
     }
     let (shared, group, worker) = (shared.clone(), group.clone(), worker.clone());
     tokio::spawn(async move {
-        let connect = tokio::net::TcpStream::connect(worker.addr);
+        let connect = TcpStream::connect(worker.addr);
         let refused = matches!(
             tokio::time::timeout(group.settings.connect_timeout, connect).await,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused
         );
         if refused {
             eject_refused(&shared, &group, &worker);
@@ -1113,28 +1657,27 @@ fn passive_ejection(
 }
 
 /// In-band telemetry, identity and metrics from a worker's response head.
-fn record_response(
+pub fn record_response(
     shared: &Shared,
     route: &RouteEntry,
     worker: &Worker,
-    resp: &Response<Incoming>,
+    head: &ResponseHead,
+    fields: &[http1::Field],
+    buf: &[u8],
     started: Instant,
 ) {
-    let h = resp.headers();
     let now = now_us();
-    if let Some(report) = h
-        .get(LOAD_REPORT)
-        .and_then(|v| v.to_str().ok())
+    if let Some(report) = rewrite::find(fields, buf, b"endpoint-load-metrics")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| LoadReport::parse(v).ok())
     {
         worker.store_report(crate::config::TelemetrySource::Inband, &report, now);
     }
-    if let Some(instance) = h.get(INSTANCE) {
-        let cluster = h
-            .get(CLUSTER)
-            .and_then(|v| v.to_str().ok())
+    if let Some(instance) = rewrite::find(fields, buf, b"x-fulcrum-instance") {
+        let cluster = rewrite::find(fields, buf, b"x-fulcrum-cluster")
+            .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse().ok());
-        worker.note_identity(instance.as_bytes(), cluster);
+        worker.note_identity(instance, cluster);
     }
     shared
         .metrics
@@ -1143,7 +1686,7 @@ fn record_response(
             route: route.label.clone(),
             target_group: route.group.label.clone(),
             worker: worker.label.clone(),
-            code: resp.status().as_u16(),
+            code: head.status,
         })
         .inc();
     shared
@@ -1156,96 +1699,28 @@ fn record_response(
         .observe(started.elapsed().as_secs_f64());
 }
 
-fn client_response(
-    resp: Response<Incoming>,
-    finish: Finish,
-    id: &HeaderValue,
-    forward_load_header: bool,
-) -> Response<ClientBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if !forward_load_header {
-        parts.headers.remove(LOAD_REPORT);
+/// Routes an HTTP/2 request's path, checking the route's body limit against a declared length.
+pub fn check_route_path<'r>(
+    router: &'r Router,
+    path: &str,
+    declared: Option<u64>,
+) -> Result<&'r RouteEntry, ProxyError> {
+    let route = router.route(path).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no route matches `{path}`"),
+        )
+    })?;
+    if declared.is_some_and(|len| len > route.max_body_bytes) {
+        return Err(body_too_large(route.max_body_bytes));
     }
-    match parts.headers.get(header::VIA) {
-        None => {
-            parts
-                .headers
-                .insert(header::VIA, HeaderValue::from_static("1.1 fulcrum"));
-        }
-        Some(_) => append(&mut parts.headers, header::VIA, "1.1 fulcrum"),
-    }
-    parts.headers.insert(REQUEST_ID, id.clone());
-    Response::from_parts(parts, ClientBody::proxied(body, finish))
+    Ok(route)
 }
 
-/// The balancer's own error answer: JSON with a stable code and the request id.
-pub fn error_response(e: ProxyError, id: HeaderValue) -> Response<ClientBody> {
-    let body = serde_json::json!({
-        "error": e.code,
-        "message": e.message,
-        "request_id": id.to_str().unwrap_or_default(),
-    });
-    let mut r = Response::new(ClientBody::from(Bytes::from(
-        serde_json::to_vec(&body).expect("JSON values serialize"),
-    )));
-    *r.status_mut() = e.status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(REQUEST_ID, id);
-    if let Some(s) = e.retry_after {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-    }
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_including_those_named_by_connection() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-    }
-
-    #[test]
-    fn forwarding_lists_keep_every_line_the_client_sent() {
-        let mut h = HeaderMap::new();
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        h.append(
-            X_FORWARDED_FOR,
-            HeaderValue::from_static("198.51.100.7, 192.0.2.1"),
-        );
-        append(&mut h, X_FORWARDED_FOR, "127.0.0.1");
-        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
-        assert_eq!(all, ["203.0.113.9, 198.51.100.7, 192.0.2.1, 127.0.0.1"]);
-        append(&mut h, header::VIA, "1.1 fulcrum");
-        assert_eq!(h[header::VIA], "1.1 fulcrum");
-    }
-
-    #[test]
-    fn request_ids_are_kept_only_when_plain() {
-        let mut h = HeaderMap::new();
-        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h).unwrap(), "abc-123");
-        h.insert(REQUEST_ID, HeaderValue::from_static("a b"));
-        assert!(request_id(&h).is_none());
-    }
+/// A request id for an HTTP/2 request: the client's if plain, else a new one.
+pub fn next_id(shared: &Shared, client: Option<&[u8]>) -> RequestId {
+    client
+        .and_then(RequestId::from_client)
+        .unwrap_or_else(|| shared.ids.next())
 }

@@ -256,6 +256,12 @@ impl Group {
             return Err(PickError::Overloaded);
         }
         signal.waiting.fetch_add(1, Ordering::Relaxed);
+        // Undone however the wait ends, the request's future dropped included (its client
+        // went away): a count left behind would fill the queue for good.
+        let _queued = Queued {
+            group: self,
+            signal,
+        };
         let queue_deadline = tokio::time::Instant::now() + self.settings.queue_timeout;
         let deadline = queue_deadline.min(request_deadline);
         let result = loop {
@@ -276,8 +282,6 @@ impl Group {
                 });
             }
         };
-        signal.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.queued.fetch_sub(1, Ordering::Relaxed);
         result
     }
 
@@ -334,6 +338,19 @@ impl Group {
         };
         let i = policy::pick(&candidates, &ctx);
         Attempt::Got(candidates[i].begin())
+    }
+}
+
+/// A request counted as waiting in a group's queue.
+struct Queued<'a> {
+    group: &'a Group,
+    signal: &'a CapacitySignal,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.signal.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.group.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

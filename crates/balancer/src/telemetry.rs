@@ -16,7 +16,7 @@ use fulcrum_telemetry::LoadReport;
 
 use crate::config::TelemetrySource;
 use crate::fleet::{now_us, Worker};
-use crate::pool::Probe;
+use crate::probe::Probe;
 
 /// The part of a worker's `/load` answer the balancer reads.
 #[derive(serde::Deserialize)]

@@ -1,0 +1,386 @@
+//! HTTP/1.1 connections to workers, on fulcrum's own codec.
+//!
+//! A request goes out as the bytes of its rewritten head followed by its body, streamed; the
+//! response head is read into a pooled buffer and parsed with [`crate::http1`]; the response
+//! body is read with [`BodyReader`], which knows where the message ends (Content-Length,
+//! chunked, or the close of the connection) so the connection can be reused exactly when it
+//! is safe.
+//!
+//! Connections are checked out for exactly one request and checked back in only once that
+//! request's response has been read to its end, so a pooled connection is always idle; an idle
+//! connection holds no buffer. The number of connections to a worker is bounded by its
+//! in-flight cap: a connection is opened only for a request holding one of the worker's
+//! in-flight slots, and only when no idle one is left. Idle lists are per runtime thread: a
+//! connection is registered with the reactor of the thread that opened it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Method;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::buffers::Buffer;
+use crate::fleet::now_us;
+use crate::http1::{self, ChunkStep, ChunkedDecoder, Field, ResponseBody, ResponseHead, Span};
+
+/// Longest response head a worker may send.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// One HTTP/1.1 connection to a worker.
+pub struct WorkerConn {
+    pub stream: TcpStream,
+    /// What has been read and not yet used: a response head, body bytes after it.
+    buf: Option<Buffer>,
+    /// It served an earlier request (so a close before any answer may be the keep-alive race).
+    pub reused: bool,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for WorkerConn {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How reading a response head failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// The connection closed before the worker sent a byte of the response.
+    #[error("the worker closed the connection before answering")]
+    ClosedBeforeAnswer,
+    #[error("the worker's connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the worker's response is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the worker sent no response head in time")]
+    Timeout,
+}
+
+impl WorkerConn {
+    /// Bytes read and not yet used.
+    pub fn pending(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], |b| &b[..])
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        if let Some(b) = self.buf.as_mut() {
+            b.consume(n);
+        }
+    }
+
+    /// Gives the buffer back if nothing is waiting in it.
+    pub fn release_buffer(&mut self) {
+        if self.buf.as_ref().is_some_and(|b| b.is_empty()) {
+            self.buf = None;
+        }
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads more bytes into the buffer, for callers that poll (a response body relayed to an
+    /// HTTP/2 client); `Ok(0)` at the end of the stream.
+    pub fn poll_read_more(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.stream.poll_read_ready(cx))?;
+            let buf = self.buf.get_or_insert_with(Buffer::take);
+            if buf.spare() < 1024 {
+                buf.reserve(crate::buffers::SIZE);
+            }
+            match self.stream.try_read_buf(&mut **buf) {
+                Ok(n) => return std::task::Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        loop {
+            self.stream.readable().await?;
+            let buf = self.buf.get_or_insert_with(Buffer::take);
+            if buf.spare() < 1024 {
+                buf.reserve(crate::buffers::SIZE);
+            }
+            match self.stream.try_read_buf(&mut **buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads and parses the response head to `request_method`, by `deadline`. Interim 1xx
+    /// responses other than 101 are skipped (fulcrum never sends `Expect: 100-continue` on).
+    pub async fn read_head(
+        &mut self,
+        request_method: &Method,
+        fields: &mut Vec<Field>,
+        deadline: Instant,
+    ) -> Result<ResponseHead, HeadError> {
+        loop {
+            let parsed = http1::parse_response(self.pending(), request_method, fields)
+                .map_err(|e| HeadError::Malformed(e.message))?;
+            match parsed {
+                Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
+                    self.consume(head.head_len);
+                    continue;
+                }
+                Some(head) => return Ok(head),
+                None if self.pending().len() >= MAX_RESPONSE_HEAD => {
+                    return Err(HeadError::Malformed("response head too large"))
+                }
+                None => {}
+            }
+            let nothing_yet = self.pending().is_empty();
+            match tokio::time::timeout_at(deadline, self.read_more()).await {
+                Err(_) => return Err(HeadError::Timeout),
+                Ok(Ok(0)) if nothing_yet => return Err(HeadError::ClosedBeforeAnswer),
+                Ok(Ok(0)) => return Err(HeadError::Malformed("the worker closed mid-head")),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if nothing_yet && e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(HeadError::ClosedBeforeAnswer)
+                }
+                Ok(Err(e)) => return Err(HeadError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Where a response body ends, and how far it has been read.
+pub enum BodyReader {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// What [`BodyReader::next`] found.
+pub enum BodyPiece {
+    /// `bytes` of the connection's buffer belong to the message; `data` is the part of them
+    /// that is payload (for chunked bodies the rest is framing).
+    Bytes { len: usize, data: Option<Span> },
+    /// The message is complete; the connection may be reused if `reusable`.
+    End { reusable: bool },
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyFault {
+    #[error("the connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the connection closed before the body ended")]
+    Truncated,
+    #[error("the body's chunked framing is invalid: {0}")]
+    Framing(&'static str),
+    #[error("no body bytes for longer than the idle timeout")]
+    Idle,
+}
+
+impl BodyReader {
+    pub fn for_response(body: ResponseBody) -> BodyReader {
+        match body {
+            ResponseBody::None => BodyReader::Done,
+            ResponseBody::Length(0) => BodyReader::Done,
+            ResponseBody::Length(n) => BodyReader::Length(n),
+            ResponseBody::Chunked => BodyReader::Chunked(ChunkedDecoder::new(u64::MAX)),
+            ResponseBody::UntilClose => BodyReader::UntilClose,
+        }
+    }
+
+    /// The next piece of the body from `conn`, reading when its buffer has nothing for us;
+    /// each read must come within `idle`.
+    pub async fn next(
+        &mut self,
+        conn: &mut WorkerConn,
+        idle: Duration,
+    ) -> Result<BodyPiece, BodyFault> {
+        loop {
+            if let Some(piece) = self.buffered(conn)? {
+                return Ok(piece);
+            }
+            let n = tokio::time::timeout(idle, conn.read_more())
+                .await
+                .map_err(|_| BodyFault::Idle)??;
+            if n == 0 {
+                return self.at_eof();
+            }
+        }
+    }
+
+    /// The worker closed the connection: the end of a body that ends so, else a truncation.
+    pub fn at_eof(&mut self) -> Result<BodyPiece, BodyFault> {
+        match self {
+            BodyReader::UntilClose => {
+                *self = BodyReader::Done;
+                Ok(BodyPiece::End { reusable: false })
+            }
+            _ => Err(BodyFault::Truncated),
+        }
+    }
+
+    /// A piece from what is already buffered, if there is one.
+    pub fn buffered(&mut self, conn: &WorkerConn) -> Result<Option<BodyPiece>, BodyFault> {
+        let pending = conn.pending();
+        match self {
+            BodyReader::Done => Ok(Some(BodyPiece::End { reusable: true })),
+            _ if pending.is_empty() => Ok(None),
+            BodyReader::Length(left) => {
+                let len = (*left).min(pending.len() as u64) as usize;
+                *left -= len as u64;
+                if *left == 0 {
+                    *self = BodyReader::Done;
+                }
+                Ok(Some(BodyPiece::Bytes {
+                    len,
+                    data: Some(Span::new(0, len)),
+                }))
+            }
+            BodyReader::UntilClose => Ok(Some(BodyPiece::Bytes {
+                len: pending.len(),
+                data: Some(Span::new(0, pending.len())),
+            })),
+            BodyReader::Chunked(decoder) => {
+                let ChunkStep {
+                    consumed,
+                    data,
+                    done,
+                } = decoder
+                    .feed(pending)
+                    .map_err(|e| BodyFault::Framing(e.message()))?;
+                if done {
+                    *self = BodyReader::Done;
+                }
+                if consumed == 0 && !done {
+                    return Ok(None);
+                }
+                Ok(Some(BodyPiece::Bytes {
+                    len: consumed,
+                    data,
+                }))
+            }
+        }
+    }
+}
+
+/// Runtime threads get their own idle lists up to this many; more threads share.
+const SHARDS: usize = 16;
+
+thread_local! {
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the calling thread's runtime, for the pools' per-runtime idle lists.
+pub fn set_runtime_index(i: usize) {
+    SHARD.with(|s| s.set(i % SHARDS));
+}
+
+struct Idle {
+    conn: WorkerConn,
+    since_us: u64,
+}
+
+/// A worker's idle connections.
+#[derive(Default)]
+pub struct Pool {
+    idle: [Mutex<Vec<Idle>>; SHARDS],
+    open: Arc<AtomicUsize>,
+}
+
+/// Why a connection could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Pool {
+    fn shard(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[SHARD.with(|s| s.get())]
+    }
+
+    /// The most recently used idle connection that is still open and not older than
+    /// `idle_timeout`. Most-recent-first keeps a few connections warm instead of many lukewarm.
+    pub fn checkout(&self, idle_timeout: Duration) -> Option<WorkerConn> {
+        let max_age = idle_timeout.as_micros() as u64;
+        loop {
+            let idle = self.shard().lock().expect("never poisoned").pop()?;
+            if now_us().saturating_sub(idle.since_us) > max_age || !still_open(&idle.conn) {
+                continue; // dropping it closes the connection
+            }
+            return Some(idle.conn);
+        }
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub fn checkin(&self, mut conn: WorkerConn, cap: usize) {
+        if !conn.pending().is_empty() {
+            return; // bytes after the response: the worker is not speaking HTTP/1.1 as we are
+        }
+        conn.buf = None;
+        conn.reused = true;
+        let mut idle = self.shard().lock().expect("never poisoned");
+        if idle.len() < cap {
+            idle.push(Idle {
+                conn,
+                since_us: now_us(),
+            });
+        }
+    }
+
+    /// Opens a new connection to `addr`, giving up at `timeout`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<WorkerConn, ConnectError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        let _ = stream.set_nodelay(true);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(WorkerConn {
+            stream,
+            buf: None,
+            reused: false,
+            open: self.open.clone(),
+        })
+    }
+
+    /// Connections open now (idle or busy).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|s| s.lock().expect("never poisoned").len())
+            .sum::<usize>()
+    }
+
+    pub fn close_idle(&self) {
+        for s in &self.idle {
+            s.lock().expect("never poisoned").clear();
+        }
+    }
+}
+
+/// Whether an idle connection is still open: nothing to read (the worker has not closed it,
+/// nor sent anything unasked).
+fn still_open(conn: &WorkerConn) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
