@@ -392,6 +392,21 @@ impl Worker {
         self.eject_after_failure(&mut ej, outcome == Outcome::Refused, now, outlier)
     }
 
+    /// Notes that a response the worker had begun failed afterwards (its body stalled or was
+    /// cut short): a failure for its estimates and ejection, the request already counted.
+    /// Returns `true` if this ejected the worker.
+    pub fn record_late_failure(&self, now: u64, outlier: &OutlierSettings) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut e = self.estimates(now);
+            let decayed = decay(e.err, e.err_at, now, ERR_TAU_US);
+            e.err = decayed * 0.9 + 0.1;
+            e.err_at = now;
+        }
+        let mut ej = self.ejection.lock().expect("never poisoned");
+        self.eject_after_failure(&mut ej, false, now, outlier)
+    }
+
     /// Notes that the worker's address refused a connection made outside any request (the
     /// check after a broken connection, in `proxy.rs`): it ejects as a refused request would,
     /// without counting a request. Returns `true` if this ejected the worker.

@@ -259,7 +259,10 @@ async fn serve_connection(
         None => match sniff_h2c(&stream, first_deadline).await {
             Ok(true) => {
                 let info = ConnInfo::new(peer, false);
-                return crate::h2::serve(shared, stream, info, &config, first_deadline).await;
+                // Boxed, like every protocol's future here: a connection's task is as large
+                // as the largest state it can be in, and most connections are HTTP/1.1.
+                let h2 = crate::h2::serve(shared, stream, info, &config, first_deadline);
+                return Box::pin(h2).await;
             }
             Ok(false) => ClientStream::Plain(stream),
             Err(_) => {
@@ -268,10 +271,12 @@ async fn serve_connection(
             }
         },
         Some(acceptor) => {
-            match tokio::time::timeout_at(first_deadline, acceptor.accept(stream)).await {
+            let handshake = Box::pin(acceptor.accept(stream));
+            match tokio::time::timeout_at(first_deadline, handshake).await {
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
                     let info = ConnInfo::new(peer, true);
-                    return crate::h2::serve(shared, s, info, &config, first_deadline).await;
+                    let h2 = crate::h2::serve(shared, s, info, &config, first_deadline);
+                    return Box::pin(h2).await;
                 }
                 Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
                 Ok(Err(e)) => {
@@ -456,9 +461,9 @@ async fn serve_h1(
     first_deadline: tokio::time::Instant,
 ) {
     let mut deadline = first_deadline;
-    let mut fields = Fields::take();
     loop {
         let config = shared.router.load().config.clone();
+        let mut fields = None;
         let head = match next_head(shared, client, &mut fields, deadline, &config).await {
             NextHead::Head(h) => h,
             NextHead::Closed => return,
@@ -467,18 +472,17 @@ async fn serve_h1(
                 return;
             }
         };
+        let mut fields = fields.expect("a parsed head has its fields");
         // Boxed: the connection's own future stays small while it waits for the next request.
         let keep = Box::pin(exchange(shared, client, head, &mut fields, &config)).await;
+        // Pooled again while the connection is idle.
+        drop(fields);
         client.served += 1;
         if !keep || shared.drain.is_stopping() {
             let _ = client.stream.shutdown().await;
             return;
         }
         client.release_buffer();
-        if client.pending().is_empty() {
-            // Fields are pooled while idle too.
-            drop(std::mem::replace(&mut fields, Fields::take()));
-        }
         let now = tokio::time::Instant::now();
         deadline = now + config.timeouts.client_header;
         if !config.timeouts.client_idle.is_zero() {
@@ -499,13 +503,14 @@ enum NextHead {
 async fn next_head(
     shared: &Shared,
     client: &mut H1Client,
-    fields: &mut Fields,
+    fields: &mut Option<Fields>,
     deadline: tokio::time::Instant,
     config: &Config,
 ) -> NextHead {
     let limits = codec_limits(config);
     loop {
         if !client.pending().is_empty() {
+            let fields = fields.get_or_insert_with(Fields::take);
             match http1::parse_request(client.pending(), &limits, fields) {
                 Ok(Some(head)) => return NextHead::Head(head),
                 Ok(None) => {}
@@ -1322,6 +1327,13 @@ async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) ->
                 .abandoned
                 .get_or_create(&crate::metrics::ErrorLabels { error: fault })
                 .inc();
+            // Only what the worker did counts against it; a client that went away does not.
+            if fault.starts_with("worker_") {
+                let worker = fwd.flight.worker();
+                passive_ejection(ctx.shared, &fwd.group, worker, |now, outlier| {
+                    worker.record_late_failure(now, outlier)
+                });
+            }
             false
         }
     }
@@ -1633,7 +1645,7 @@ fn passive_ejection(
     observe: impl FnOnce(u64, &OutlierSettings) -> bool,
 ) {
     let now = now_us();
-    let may_eject = |_: &Worker| group.may_eject(now);
+    let may_eject = |w: &Worker| group.may_eject(w, now);
     let outlier = OutlierSettings {
         consecutive_failures: group.settings.outlier.consecutive_failures,
         base_ejection: group.settings.outlier.base_ejection,

@@ -95,9 +95,9 @@ pub fn request_head<'f>(
         line(out, b"host", host);
     }
     let named = connection_tokens(fields.clone());
-    let mut forwarded_lists = ForwardingLists::default();
-    for (name, value) in fields {
+    for (name, value) in fields.clone() {
         if is_hop_by_hop(name, &named)
+            || is_list(name)
             || eq(name, b"host")
             || eq(name, b"content-length")
             || eq(name, b"x-request-id")
@@ -105,18 +105,30 @@ pub fn request_head<'f>(
         {
             continue;
         }
-        if !forwarded_lists.collect(name, value) {
-            line(out, name, value);
-        }
+        line(out, name, value);
     }
-    forwarded_lists.write_request(out, hop, parts);
+    list_line(out, b"x-forwarded-for", fields.clone(), |out| {
+        out.extend_from_slice(hop.client_ip.as_bytes())
+    });
+    list_line(out, b"forwarded", fields.clone(), |out| {
+        out.extend_from_slice(hop.forwarded_for.as_bytes());
+        if let Some(h) = parts.host {
+            out.extend_from_slice(b";host=\"");
+            out.extend(h.iter().copied().filter(|b| *b != b'"' && *b != b'\\'));
+            out.push(b'"');
+        }
+    });
+    list_line(out, b"via", fields, |out| {
+        out.extend_from_slice(parts.version.as_bytes());
+        out.extend_from_slice(b" fulcrum");
+    });
     line(out, b"x-forwarded-proto", hop.proto.as_bytes());
     line(out, b"x-request-id", parts.request_id);
     if let Some(u) = parts.upgrade {
         line(out, b"connection", b"upgrade");
         line(out, b"upgrade", u);
     }
-    framing(out, parts.framing, &[]);
+    framing(out, parts.framing);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -146,98 +158,77 @@ pub fn response_head<'f>(
     out.extend_from_slice(parts.reason);
     out.extend_from_slice(b"\r\n");
     let named = connection_tokens(fields.clone());
-    let mut via: Option<Vec<u8>> = None;
-    let mut as_sent: Vec<(&[u8], &[u8])> = Vec::new();
-    for (name, value) in fields {
+    for (name, value) in fields.clone() {
         let framing_field = eq(name, b"content-length") || eq(name, b"transfer-encoding");
-        if framing_field && parts.framing == OutFraming::AsSent {
-            as_sent.push((name, value));
-            continue;
-        }
         let passes_upgrade = parts.upgrade && eq(name, b"upgrade");
         if (is_hop_by_hop(name, &named) && !passes_upgrade)
             || framing_field
+            || eq(name, b"via")
             || eq(name, b"x-request-id")
             || (!parts.forward_load_header && eq(name, b"endpoint-load-metrics"))
         {
             continue;
         }
-        if eq(name, b"via") {
-            join(via.get_or_insert_with(Vec::new), value);
-            continue;
-        }
         line(out, name, value);
     }
-    let mut v = via.unwrap_or_default();
-    join(&mut v, b"1.1 fulcrum");
-    line(out, b"via", &v);
+    list_line(out, b"via", fields.clone(), |out| {
+        out.extend_from_slice(b"1.1 fulcrum")
+    });
     line(out, b"x-request-id", parts.request_id);
     if parts.upgrade {
         line(out, b"connection", b"upgrade");
     } else if parts.close {
         line(out, b"connection", b"close");
     }
-    framing(out, parts.framing, &as_sent);
+    match parts.framing {
+        // A response to HEAD announces, as the worker sent them, the framing of a body it
+        // does not carry.
+        OutFraming::AsSent => {
+            for (name, value) in fields {
+                if eq(name, b"content-length") || eq(name, b"transfer-encoding") {
+                    line(out, name, value);
+                }
+            }
+        }
+        f => framing(out, f),
+    }
     out.extend_from_slice(b"\r\n");
 }
 
-/// The list-valued forwarding fields, gathered across every line the client sent (RFC 9110
-/// §5.3: several lines are one comma-separated list), to be written once with this hop added.
-#[derive(Default)]
-struct ForwardingLists {
-    xff: Vec<u8>,
-    forwarded: Vec<u8>,
-    via: Vec<u8>,
+/// The forwarding lists a request carries, which this hop appends to.
+fn is_list(name: &[u8]) -> bool {
+    eq(name, b"x-forwarded-for") || eq(name, b"forwarded") || eq(name, b"via")
 }
 
-impl ForwardingLists {
-    /// Takes the field if it is one of the lists; `false` if it is not.
-    fn collect(&mut self, name: &[u8], value: &[u8]) -> bool {
-        let list = if eq(name, b"x-forwarded-for") {
-            &mut self.xff
-        } else if eq(name, b"forwarded") {
-            &mut self.forwarded
-        } else if eq(name, b"via") {
-            &mut self.via
-        } else {
-            return false;
-        };
-        join(list, value);
-        true
-    }
-
-    fn write_request(&mut self, out: &mut Vec<u8>, hop: &Hop, parts: &RequestParts<'_>) {
-        join(&mut self.xff, hop.client_ip.as_bytes());
-        line(out, b"x-forwarded-for", &self.xff);
-        let mut element = hop.forwarded_for.clone().into_bytes();
-        if let Some(h) = parts.host {
-            element.extend_from_slice(b";host=\"");
-            element.extend(h.iter().copied().filter(|b| *b != b'"' && *b != b'\\'));
-            element.push(b'"');
+/// Writes one `name` line holding every element the client sent over all its `name` lines (RFC
+/// 9110 §5.3: several lines are one comma-separated list), then this hop's, written by `ours`.
+fn list_line<'f>(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+    ours: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for (n, value) in fields {
+        if eq(n, name) && !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
         }
-        join(&mut self.forwarded, &element);
-        line(out, b"forwarded", &self.forwarded);
-        let mut via = parts.version.as_bytes().to_vec();
-        via.extend_from_slice(b" fulcrum");
-        join(&mut self.via, &via);
-        line(out, b"via", &self.via);
     }
+    ours(out);
+    out.extend_from_slice(b"\r\n");
 }
 
-fn framing(out: &mut Vec<u8>, f: OutFraming<'_>, as_sent: &[(&[u8], &[u8])]) {
+fn framing(out: &mut Vec<u8>, f: OutFraming<'_>) {
     match f {
-        OutFraming::None | OutFraming::Close => {}
+        OutFraming::None | OutFraming::Close | OutFraming::AsSent => {}
         OutFraming::Length(n) => line(
             out,
             b"content-length",
             itoa::Buffer::new().format(n).as_bytes(),
         ),
         OutFraming::Chunked(codings) => line(out, b"transfer-encoding", codings),
-        OutFraming::AsSent => {
-            for (name, value) in as_sent {
-                line(out, name, value);
-            }
-        }
     }
 }
 
@@ -246,14 +237,6 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `value` to a comma-separated list.
-fn join(list: &mut Vec<u8>, value: &[u8]) {
-    if !list.is_empty() {
-        list.extend_from_slice(b", ");
-    }
-    list.extend_from_slice(value);
 }
 
 fn eq(name: &[u8], lower: &[u8]) -> bool {

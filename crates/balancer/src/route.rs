@@ -215,12 +215,16 @@ impl Group {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Whether one more of this group's workers may be ejected without exceeding the cap.
-    pub fn may_eject(&self, now: u64) -> bool {
+    /// Whether `candidate` may be ejected: within the cap, and never the group's last
+    /// available worker (ejection must not empty a group; health checks decide that).
+    pub fn may_eject(&self, candidate: &Worker, now: u64) -> bool {
         let ws = self.workers();
         let ejected = ws.iter().filter(|w| w.is_ejected(now)).count();
         let cap = (ws.len() * self.settings.outlier.max_ejected_percent as usize / 100).max(1);
-        ejected < cap
+        let another = ws
+            .iter()
+            .any(|w| w.addr != candidate.addr && w.is_available(now));
+        ejected < cap && another
     }
 
     /// Whether some worker of the group could take traffic (health and ejection permitting).

@@ -104,20 +104,16 @@ impl WorkerConn {
         }
     }
 
-    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream. Through
+    /// `AsyncRead`, which takes a short read as the socket drained (as nginx does): the next
+    /// read waits for readiness instead of trying a `recv` bound to fail.
     pub async fn read_more(&mut self) -> io::Result<usize> {
-        loop {
-            self.stream.readable().await?;
-            let buf = self.buf.get_or_insert_with(Buffer::take);
-            if buf.spare() < 1024 {
-                buf.reserve(crate::buffers::SIZE);
-            }
-            match self.stream.try_read_buf(&mut **buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+        use tokio::io::AsyncReadExt as _;
+        let buf = self.buf.get_or_insert_with(Buffer::take);
+        if buf.spare() < 1024 {
+            buf.reserve(crate::buffers::SIZE);
         }
+        self.stream.read_buf(&mut **buf).await
     }
 
     /// Reads and parses the response head to `request_method`, by `deadline`. Interim 1xx

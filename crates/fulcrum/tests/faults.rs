@@ -2,24 +2,16 @@
 //! frozen, down or failing fast; slow, malformed and oversized clients; overload; SIGTERM,
 //! SIGHUP and discovery changes while serving; the retry budget.
 //!
-//! Every answer the balancer gives itself is JSON with `error` and `request_id` and is
-//! counted in `/metrics` (`fulcrum_balancer_errors_total{error}`). A few protocol errors are
-//! answered by hyper before any of the balancer's code sees a request, with an empty body
-//! and `connection: close`; they are counted in `fulcrum_balancer_client_protocol_errors_total`
-//! instead:
-//! - 400: a request line or header that does not parse (bad method, URI or version, a header
-//!   line without a colon, an invalid or conflicting `content-length`, a bad
-//!   `transfer-encoding`);
-//! - 414: a request target longer than 65 534 bytes (hyper's own cap; shorter targets over
-//!   `limits.max_uri_bytes` get the balancer's JSON 414);
-//! - 431: a request head larger than hyper's read buffer (about twice `max_header_bytes +
-//!   max_uri_bytes`) while still incomplete, or with more than `2 × max_headers + 8` fields
-//!   (below those, the balancer's own JSON 431 answers);
-//! - no answer at all, the connection closed: a request head not complete within
-//!   `timeouts.client_header` (slowloris), and HTTP/2 protocol errors (a GOAWAY or a
-//!   RST_STREAM, as HTTP/2 has no error responses before a request exists);
-//! - no answer either: a connection beyond `limits.max_connections`, closed at accept
-//!   (`fulcrum_balancer_connections_rejected_total`).
+//! Every answer the balancer gives itself is JSON with `error` and `request_id`. Requests its
+//! HTTP/1.1 codec refuses before they reach a route (a malformed request line or field, an
+//! ambiguous or invalid length, a bad Host, a head beyond the codec's hard limits) are counted in
+//! `fulcrum_balancer_client_protocol_errors_total` and the connection is closed after the
+//! answer; everything later (the configured limits, routing, workers) in
+//! `fulcrum_balancer_errors_total`. No answer at all, the connection closed: a request head not
+//! complete within `timeouts.client_header` (slowloris), HTTP/2 protocol errors (a GOAWAY or a
+//! RST_STREAM), and a connection beyond `limits.max_connections`, closed at accept
+//! (`fulcrum_balancer_connections_rejected_total`). Each phase of an exchange has its own
+//! timeout, blamed on whoever stalls; only the worker's failures count towards its ejection.
 //!
 //! Tests that keep CPUs busy on purpose have `under_load` or `busy` in their names (nextest's
 //! one-at-a-time `cpu-heavy` group).
@@ -1162,4 +1154,286 @@ discovery_file = "workers.json"
         "{:?}",
         by_instance(shots.iter().filter_map(|s| s.result.as_ref().ok()))
     );
+}
+
+// ───────────────────────────── each phase's timeout, and its blame ─────────────────────────────
+
+/// A worker on a raw socket, scripted per request: `/health` is always a 200; anything else
+/// gets what `answer` writes for the request's path (it may stall, or write megabytes).
+struct RawWorker {
+    addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RawWorker {
+    fn start(answer: fn(&str, &mut std::net::TcpStream)) -> RawWorker {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let counted = counted.clone();
+                std::thread::spawn(move || loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if path == "/health" {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                        continue;
+                    }
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    answer(&path, &mut s);
+                });
+            }
+        });
+        RawWorker { addr, requests }
+    }
+}
+
+fn raw_answer_small(s: &mut std::net::TcpStream) {
+    use std::io::Write as _;
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nsmall");
+}
+
+#[test]
+fn a_worker_stalling_mid_body_is_cut_off_and_blamed() {
+    let w = RawWorker::start(|path, s| {
+        use std::io::Write as _;
+        if path == "/stall" {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly ten b");
+            std::thread::sleep(Duration::from_secs(10));
+        } else {
+            raw_answer_small(s);
+        }
+    });
+    let b = Balancer::start(&one_group(
+        &[w.addr],
+        "",
+        "max_in_flight_per_worker = 1\nworker_body_idle = \"500ms\"\nhealth = { interval = \"30s\" }",
+    ));
+    let t0 = Instant::now();
+    let got = fixture::raw_exchange(
+        b.proc.addr,
+        b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let took = t0.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("only ten b"),
+        "the client saw the body cut short: {text}"
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "closed {took:?} after the request, worker_body_idle is 500 ms"
+    );
+    // The slot is free again: the only worker, capped at one request, answers the next.
+    assert_eq!(get(&b.url("/small")).status, 200);
+    let m = b.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "fulcrum_balancer_abandoned_total",
+            &["error=\"worker_body_idle\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    let ws = b.worker_status(w.addr).unwrap();
+    assert_eq!(
+        ws["failures"], 1,
+        "a stalled body is the worker's failure: {ws}"
+    );
+}
+
+#[test]
+fn clients_that_stop_reading_lose_their_slot_not_the_worker() {
+    let w = RawWorker::start(|path, s| {
+        use std::io::Write as _;
+        if path == "/big" {
+            let body = vec![b'x'; 32 << 20];
+            let _ = s.write_all(
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+            );
+            let _ = s.write_all(&body);
+        } else {
+            raw_answer_small(s);
+        }
+    });
+    let b = Balancer::start(&one_group(
+        &[w.addr],
+        "[timeouts]\nclient_write_idle = \"1s\"",
+        "max_in_flight_per_worker = 2\nqueue = 0\nhealth = { interval = \"30s\" }",
+    ));
+    // Two clients ask for 32 MB each and never read a byte.
+    let stuck: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect(b.proc.addr).unwrap();
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // While they hold both slots, others are turned away...
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&b.url("/small")).status, 503);
+    // ...until the balancer gives up on them.
+    assert!(
+        eventually(Duration::from_secs(5), || get(&b.url("/small")).status
+            == 200),
+        "the stalled clients' slots were never freed"
+    );
+    let m = b.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "fulcrum_balancer_abandoned_total",
+            &["error=\"client_write_idle\""]
+        ),
+        2.0,
+        "{m}"
+    );
+    let ws = b.worker_status(w.addr).unwrap();
+    assert_eq!(
+        ws["failures"], 0,
+        "a client that stops reading is not the worker's failure: {ws}"
+    );
+    drop(stuck);
+}
+
+#[test]
+fn a_slow_upload_is_the_clients_time_not_the_workers() {
+    use std::io::{Read as _, Write as _};
+    let stub = Stub::start(stub_status(200));
+    let b = Balancer::start(&one_group(
+        &[stub.addr],
+        "[timeouts]\nclient_body_idle = \"2s\"",
+        "response_timeout = \"500ms\"\noutlier = { consecutive_failures = 1 }",
+    ));
+    let mut s = std::net::TcpStream::connect(b.proc.addr).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        .unwrap();
+    // 8 bytes over 1.6 s: three times the response timeout, each gap well inside client_body_idle.
+    for byte in b"abcdefgh" {
+        std::thread::sleep(Duration::from_millis(200));
+        s.write_all(&[*byte]).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 512];
+    let n = s.read(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let ws = b.worker_status(stub.addr).unwrap();
+    assert_eq!(ws["failures"], 0, "{ws}");
+    // A client that stops sending its body altogether gets 408 after client_body_idle.
+    let mut s = std::net::TcpStream::connect(b.proc.addr).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nabc")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("\"error\":\"client_body_idle\""), "{out}");
+    let ws = b.worker_status(stub.addr).unwrap();
+    assert_eq!(ws["failures"], 0, "{ws}");
+}
+
+#[test]
+fn ejection_never_takes_a_groups_last_worker() {
+    let failing = Stub::start(stub_status(500));
+    let b = Balancer::start(&one_group(
+        &[failing.addr],
+        "",
+        "outlier = { consecutive_failures = 1, max_ejected_percent = 100 }",
+    ));
+    for _ in 0..20 {
+        // The worker's own answer each time, never "no healthy workers".
+        assert_eq!(get(&b.url("/x")).status, 500);
+    }
+    let m = b.metrics();
+    assert_eq!(
+        metric_sum(&m, "fulcrum_balancer_ejections_total", &[]),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(failing.hits(), 20);
+}
+
+#[test]
+fn websocket_upgrades_are_tunnelled_both_ways() {
+    use std::io::{Read as _, Write as _};
+    let w = RawWorker::start(|path, s| {
+        if path != "/ws" {
+            return raw_answer_small(s);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n",
+        );
+        // Echo whatever comes, then close after a second of silence.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    });
+    let b = Balancer::start(&one_group(&[w.addr], "", "health = { interval = \"30s\" }"));
+    let mut s = std::net::TcpStream::connect(b.proc.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed before the 101 ended");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    for frame in [&b"hello"[..], b"second frame"] {
+        s.write_all(frame).unwrap();
+        let mut echoed = vec![0u8; frame.len()];
+        s.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, frame);
+    }
+    let m = b.metrics();
+    assert_eq!(
+        metric_sum(&m, "fulcrum_balancer_tunnels_opened_total", &[]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "fulcrum_balancer_tunnels_open", &[]),
+        1.0,
+        "{m}"
+    );
+    // The worker closes after a second of silence; so does the tunnel, and the count drops.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(eventually(Duration::from_secs(3), || {
+        metric_sum(&b.metrics(), "fulcrum_balancer_tunnels_open", &[]) == 0.0
+    }));
+    assert!(metric_sum(&b.metrics(), "fulcrum_balancer_tunnel_bytes_total", &[]) >= 34.0);
 }

@@ -14,9 +14,11 @@ pub(super) fn field_slots<'b>() -> FieldSlots<'b> {
 }
 
 /// A line ending that is not CRLF: a bare LF (which httparse accepts as a line end) or a CR
-/// followed by anything but LF.
+/// followed by anything but LF, at offset `at`.
 #[derive(Debug)]
-pub(super) struct BareLineEnd;
+pub(super) struct BareLineEnd {
+    pub at: usize,
+}
 
 /// Skips the empty lines RFC 9112 §2.2 lets a server ignore before a request line.
 pub(super) fn skip_empty_lines(buf: &[u8]) -> usize {
@@ -35,12 +37,12 @@ pub(super) fn find_head_end(buf: &[u8], start: usize) -> Result<Option<usize>, B
     let mut i = start;
     while i < buf.len() {
         match buf[i] {
-            b'\n' => return Err(BareLineEnd),
+            b'\n' => return Err(BareLineEnd { at: i }),
             b'\r' => {
                 match buf.get(i + 1) {
                     None => return Ok(None),
                     Some(b'\n') => {}
-                    Some(_) => return Err(BareLineEnd),
+                    Some(_) => return Err(BareLineEnd { at: i }),
                 }
                 if i == line_start && i > start {
                     return Ok(Some(i + 2));

@@ -6,8 +6,8 @@ use httparse::{ParserConfig, Status};
 
 use super::grammar::{self, is_tchar, list_elements, Authority};
 use super::head::{
-    field_name, field_slots, find_head_end, record_fields, skip_empty_lines, span_in, FieldName,
-    Framing, FramingError,
+    field_name, field_slots, find_head_end, record_fields, skip_empty_lines, span_in, BareLineEnd,
+    FieldName, Framing, FramingError,
 };
 use super::{target, BodyLength, ConnectionOptions, Field, Span, Version, MAX_FIELDS};
 
@@ -156,8 +156,10 @@ pub fn parse_request(
     if target_run(window, start, limits.max_uri_bytes) > limits.max_uri_bytes {
         return Err(URI_TOO_LONG);
     }
-    let end = find_head_end(window, start)
-        .map_err(|_| bad_request("a line of the head ends in a bare LF or CR, not CRLF"))?;
+    let end = match find_head_end(window, start) {
+        Ok(end) => end,
+        Err(BareLineEnd { at }) => return Err(bare_line_end(&window[..=at], start, limits)),
+    };
     let mut slots = field_slots();
     let slots = &mut slots[..limits.max_headers.min(MAX_FIELDS)];
     let mut parsed = httparse::Request::new(&mut []);
@@ -168,7 +170,7 @@ pub fn parse_request(
         Ok(Status::Complete(n)) if Some(n) == end => {}
         Ok(Status::Partial) if end.is_none() => return incomplete(buf, limits),
         Ok(_) => return Err(bad_request("the head's end is ambiguous")),
-        Err(e) => return parse_error(e, window, start, buf, limits),
+        Err(e) => return refusal(e, &window[start..]).map_or_else(|| incomplete(buf, limits), Err),
     }
     record_fields(window, parsed.headers, fields);
     let head = RequestLine::of(window, &parsed)?;
@@ -197,18 +199,28 @@ fn incomplete(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, Reques
     }
 }
 
-fn parse_error(
-    error: httparse::Error,
-    window: &[u8],
-    start: usize,
-    buf: &[u8],
-    limits: &Limits,
-) -> Result<Option<RequestHead>, RequestError> {
+/// The answer to a head whose first line ending that is not CRLF is the last byte of `upto`:
+/// whatever httparse refuses before it, so that the answer is the same when only `upto` has
+/// arrived.
+fn bare_line_end(upto: &[u8], start: usize, limits: &Limits) -> RequestError {
+    let bare = bad_request("a line of the head ends in a bare LF or CR, not CRLF");
+    let mut slots = field_slots();
+    let slots = &mut slots[..limits.max_headers.min(MAX_FIELDS)];
+    let mut parsed = httparse::Request::new(&mut []);
+    match ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, upto, slots) {
+        Err(e) => refusal(e, &upto[start..]).unwrap_or(bare),
+        Ok(_) => bare,
+    }
+}
+
+/// The error for what httparse refused in a head whose start line is `line`; `None` when it
+/// is a version that may still become a well-formed one.
+fn refusal(error: httparse::Error, line: &[u8]) -> Option<RequestError> {
     use httparse::Error as E;
-    Err(match error {
+    Some(match error {
         E::TooManyHeaders => TOO_MANY_HEADERS,
-        E::Version => match version_shape(&window[start..]) {
-            VersionShape::Incomplete => return incomplete(buf, limits),
+        E::Version => match version_shape(line) {
+            VersionShape::Incomplete => return None,
             VersionShape::Other => VERSION_NOT_SUPPORTED,
             VersionShape::Malformed => bad_request("the request line's HTTP version is malformed"),
         },

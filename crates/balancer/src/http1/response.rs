@@ -4,7 +4,7 @@
 use http::Method;
 use httparse::{ParserConfig, Status};
 
-use super::head::{field_name, field_slots, find_head_end, record_fields, Framing};
+use super::head::{field_name, field_slots, find_head_end, record_fields, BareLineEnd, Framing};
 use super::{ConnectionOptions, Field, Span, Version};
 
 /// Bytes a response head may take, final CRLFCRLF included.
@@ -114,8 +114,10 @@ fn parse_head(
     if matches!(window.first(), Some(b'\r' | b'\n')) {
         return Err(bad_response("an empty line precedes the status line"));
     }
-    let end = find_head_end(window, 0)
-        .map_err(|_| bad_response("a line of the head ends in a bare LF or CR, not CRLF"))?;
+    let end = match find_head_end(window, 0) {
+        Ok(end) => end,
+        Err(BareLineEnd { at }) => return Err(bare_line_end(&window[..=at])),
+    };
     let mut slots = field_slots();
     let mut parsed = httparse::Response::new(&mut []);
     let scanned = &window[..end.unwrap_or(window.len())];
@@ -125,8 +127,7 @@ fn parse_head(
         Ok(Status::Complete(n)) if Some(n) == end => {}
         Ok(Status::Partial) if end.is_none() => return Ok(None),
         Ok(_) => return Err(bad_response("the head's end is ambiguous")),
-        Err(httparse::Error::TooManyHeaders) => return Err(TOO_LARGE),
-        Err(_) => return Err(bad_response("the status line or a field line is malformed")),
+        Err(e) => return Err(refusal(e)),
     }
     record_fields(window, parsed.headers, fields);
     let status = parsed.code.unwrap_or_default();
@@ -141,6 +142,26 @@ fn parse_head(
         StatusLine { status, version },
         end.unwrap_or_default(),
     )))
+}
+
+/// The answer to a head whose first line ending that is not CRLF is the last byte of `upto`:
+/// whatever httparse refuses before it, so that the answer is the same when only `upto` has
+/// arrived.
+fn bare_line_end(upto: &[u8]) -> ResponseError {
+    let mut slots = field_slots();
+    let mut parsed = httparse::Response::new(&mut []);
+    match ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, upto, &mut slots)
+    {
+        Err(e) => refusal(e),
+        Ok(_) => bad_response("a line of the head ends in a bare LF or CR, not CRLF"),
+    }
+}
+
+fn refusal(error: httparse::Error) -> ResponseError {
+    match error {
+        httparse::Error::TooManyHeaders => TOO_LARGE,
+        _ => bad_response("the status line or a field line is malformed"),
+    }
 }
 
 fn read_framing(buf: &[u8], fields: &[Field]) -> Result<Framing, ResponseError> {

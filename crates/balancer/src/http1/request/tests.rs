@@ -685,3 +685,24 @@ fn unsupported_transfer_coding() {
         );
     }
 }
+
+// ---- Inputs the fuzzer found.
+
+/// httparse refuses the first bytes before the bare LF that comes later: a client that sent
+/// only those bytes got httparse's answer, so the whole head must get it too.
+#[test]
+fn fuzz_earliest_refusal_wins_over_a_later_bare_lf() {
+    let raw = b"\xb1\xb2TIONS * HTTP/1.0\r\nConnection: Upgrade, blose\n\rprhttp://api.example:80agUde: wepbsocket\r\n\r\n";
+    assert_eq!(code(raw), "bad_request");
+    let limits = Limits {
+        max_headers: 1,
+        ..Limits::default()
+    };
+    let many_then_bare = get("Host: a\r\nB: c\r\nD: e\n");
+    assert_eq!(
+        parse_with(&many_then_bare, &limits).unwrap_err().code,
+        "too_many_headers"
+    );
+    let version_then_bare = b"GET / HTTP/2.0\r\nHost: a\n\r\n";
+    assert_eq!(code(version_then_bare), "version_not_supported");
+}
