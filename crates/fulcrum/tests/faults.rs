@@ -1241,6 +1241,8 @@ fn a_worker_stalling_mid_body_is_cut_off_and_blamed() {
     );
     // The slot is free again: the only worker, capped at one request, answers the next.
     assert_eq!(get(&b.url("/small")).status, 200);
+    let asked = w.requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(asked, 2, "no retry of a response already under way");
     let m = b.metrics();
     assert_eq!(
         metric_sum(
