@@ -18,32 +18,80 @@ pub const SIZE: usize = 16 * 1024;
 const KEEP: usize = 256;
 
 thread_local! {
-    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FREE_BYTES: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static FREE_FIELDS: RefCell<Vec<Vec<Field>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Parsed header fields, on loan from this thread's pool like [`Buffer`]s.
-pub struct Fields {
-    list: Vec<Field>,
+/// What can be pooled: a vector of some element, kept below a size.
+pub trait Pooled: Sized + 'static {
+    /// Elements a new one has room for.
+    const CAPACITY: usize;
+    /// Larger ones go back to the allocator rather than the pool.
+    const KEEP_BELOW: usize;
+    fn free_list() -> &'static std::thread::LocalKey<RefCell<Vec<Vec<Self>>>>;
 }
 
-impl Fields {
-    pub fn take() -> Fields {
-        let list = FREE_FIELDS
-            .with(|f| f.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(64));
-        Fields { list }
+impl Pooled for u8 {
+    const CAPACITY: usize = SIZE;
+    const KEEP_BELOW: usize = 4 * SIZE + 1;
+    fn free_list() -> &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>> {
+        &FREE_BYTES
     }
 }
 
-impl Drop for Fields {
+impl Pooled for Field {
+    const CAPACITY: usize = 64;
+    const KEEP_BELOW: usize = 1025;
+    fn free_list() -> &'static std::thread::LocalKey<RefCell<Vec<Vec<Field>>>> {
+        &FREE_FIELDS
+    }
+}
+
+/// A vector on loan from this thread's pool; it goes back, emptied, when dropped.
+pub struct Loan<T: Pooled> {
+    list: Vec<T>,
+}
+
+/// An I/O buffer.
+pub type Buffer = Loan<u8>;
+/// Parsed header fields.
+pub type Fields = Loan<Field>;
+
+impl<T: Pooled> Loan<T> {
+    /// An empty one with room for at least `T::CAPACITY` elements.
+    pub fn take() -> Loan<T> {
+        let list = T::free_list()
+            .with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(T::CAPACITY));
+        Loan { list }
+    }
+}
+
+impl Buffer {
+    /// Room left before the buffer must grow.
+    pub fn spare(&self) -> usize {
+        self.list.capacity() - self.list.len()
+    }
+
+    /// Drops the first `n` bytes, keeping the rest at the front.
+    pub fn consume(&mut self, n: usize) {
+        if n >= self.list.len() {
+            self.list.clear();
+        } else {
+            self.list.drain(..n);
+        }
+    }
+}
+
+impl<T: Pooled> Drop for Loan<T> {
     fn drop(&mut self) {
         let mut list = std::mem::take(&mut self.list);
-        if list.capacity() > 1024 {
+        // One that grew for an unusual message is not kept at that size.
+        if list.capacity() >= T::KEEP_BELOW {
             return;
         }
         list.clear();
-        FREE_FIELDS.with(|f| {
+        T::free_list().with(|f| {
             let mut f = f.borrow_mut();
             if f.len() < KEEP {
                 f.push(list);
@@ -52,75 +100,16 @@ impl Drop for Fields {
     }
 }
 
-impl Deref for Fields {
-    type Target = Vec<Field>;
-    fn deref(&self) -> &Vec<Field> {
+impl<T: Pooled> Deref for Loan<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
         &self.list
     }
 }
 
-impl DerefMut for Fields {
-    fn deref_mut(&mut self) -> &mut Vec<Field> {
+impl<T: Pooled> DerefMut for Loan<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
         &mut self.list
-    }
-}
-
-/// A buffer on loan from this thread's pool; it goes back when dropped.
-pub struct Buffer {
-    bytes: Vec<u8>,
-}
-
-impl Buffer {
-    /// An empty buffer with room for at least [`SIZE`] bytes.
-    pub fn take() -> Buffer {
-        let bytes = FREE
-            .with(|f| f.borrow_mut().pop())
-            .unwrap_or_else(|| Vec::with_capacity(SIZE));
-        Buffer { bytes }
-    }
-
-    /// Room left before the buffer must grow.
-    pub fn spare(&self) -> usize {
-        self.bytes.capacity() - self.bytes.len()
-    }
-
-    /// Drops the first `n` bytes, keeping the rest at the front.
-    pub fn consume(&mut self, n: usize) {
-        if n >= self.bytes.len() {
-            self.bytes.clear();
-        } else {
-            self.bytes.drain(..n);
-        }
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        // A buffer that grew for an unusual message is not kept at that size.
-        if bytes.capacity() > 4 * SIZE {
-            return;
-        }
-        bytes.clear();
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < KEEP {
-                f.push(bytes);
-            }
-        });
-    }
-}
-
-impl Deref for Buffer {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
-        &self.bytes
-    }
-}
-
-impl DerefMut for Buffer {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.bytes
     }
 }
 

@@ -570,29 +570,9 @@ impl Shootout<'_> {
         Ok(run)
     }
 
-    /// Waits (at most `settle`) until no worker has requests in flight, so one run's backlog
-    /// does not spill into the next, whoever balanced it.
+    /// Waits (bounded) until no worker has requests in flight, whoever balanced them.
     fn settle(&self) {
-        let deadline = Instant::now() + self.timing.settle;
-        let addrs: Vec<SocketAddr> = self
-            .target
-            .deployment
-            .instances
-            .iter()
-            .filter_map(|i| i.address.parse().ok())
-            .collect();
-        while Instant::now() < deadline {
-            let busy: u64 = addrs
-                .iter()
-                .filter_map(|&a| probe::get(a, "/load", Duration::from_millis(300)).ok())
-                .filter_map(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-                .map(|l| l["in_flight"].as_u64().unwrap_or(0))
-                .sum();
-            if busy == 0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::settle(self.target, self.timing.settle);
     }
 
     fn total_cores(&self) -> f64 {
