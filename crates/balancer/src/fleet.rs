@@ -5,20 +5,30 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fulcrum_telemetry::LoadReport;
 use tokio::task::JoinHandle;
 
+pub use crate::clock::now_us;
 use crate::config::TelemetrySource;
-use crate::route::CapacitySignal;
 use crate::upstream::Pool;
 
-/// Monotonic microseconds since the balancer started; 0 is reserved for "never".
-pub fn now_us() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+/// Wakes requests waiting for a free in-flight slot. One per balancer: any slot freed on any
+/// worker may be the one a queued request can use.
+#[derive(Default)]
+pub struct CapacitySignal {
+    pub notify: tokio::sync::Notify,
+    pub waiting: AtomicUsize,
+}
+
+impl CapacitySignal {
+    pub fn freed(&self) {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 /// Peak-EWMA decay constant (Finagle and Linkerd use 10 s).

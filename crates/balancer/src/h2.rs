@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request as HttpRequest, Response, StatusCode};
+use http::{Request as HttpRequest, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -27,41 +27,49 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::buffers::Buffer;
-use crate::config::Config;
+use crate::drain::Drain;
+use crate::errors::{ErrorCode, ProxyError};
 use crate::fleet::InFlight;
-use crate::http1::{encode_chunk_header, ResponseBody};
-use crate::proxy::{
-    self, check_route_path, error_body, forward, next_id, BodyFailure, ConnInfo, Forwarded,
-    ProxyError, Request, RequestBody, RequestId, Shared,
-};
-use crate::rewrite::{self, OutFraming, RequestParts};
-use crate::upstream::{BodyPiece, BodyReader, WorkerConn};
+use crate::http1::encode_chunk_header;
+use crate::metrics::Metrics;
+use crate::rewrite::OutFraming;
+use crate::upstream::{BodyFailure, BodyPiece, BodyReader, WorkerConn};
 
 /// Request bodies declared up to this size are read whole before a worker is chosen.
 const WHOLE_BODY: u64 = 64 * 1024;
 
-/// Serves one HTTP/2 connection until it ends. It must open its first stream by
-/// `first_deadline`: nothing else bounds a client trickling its first frames.
-pub async fn serve<I>(
-    shared: Arc<Shared>,
+/// What serving an HTTP/2 connection needs from the balancer.
+pub struct H2Settings {
+    pub max_header_list_size: u32,
+    /// A connection with no stream open this long gets GOAWAY (zero: never).
+    pub idle: Duration,
+    /// It must open its first stream by then: nothing else bounds a client trickling its
+    /// first frames.
+    pub first_deadline: tokio::time::Instant,
+}
+
+/// Serves one HTTP/2 connection until it ends, each request answered by `handle`.
+pub async fn serve<I, H, F>(
     io: I,
-    info: ConnInfo,
-    config: &Config,
-    first_deadline: tokio::time::Instant,
+    settings: H2Settings,
+    drain: &Drain,
+    metrics: &Metrics,
+    handle: H,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(HttpRequest<Incoming>) -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Response<H2Response>> + Send + 'static,
 {
-    let info = Arc::new(info);
     let open = Arc::new(AtomicUsize::new(0));
     let any = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
-        let (shared, info, open, any) = (shared.clone(), info.clone(), open.clone(), any.clone());
+        let (open, any) = (open.clone(), any.clone());
         hyper::service::service_fn(move |req| {
             any.store(true, Ordering::Relaxed);
             let open = OpenStream::new(&open);
-            let answer = handle(shared.clone(), info.clone(), req);
+            let answer = handle(req);
             Box::pin(async move {
-                let Ok(response) = answer.await;
+                let response = answer.await;
                 Ok::<_, Infallible>(response.map(|b| Tracked {
                     body: b,
                     _open: open,
@@ -75,14 +83,12 @@ pub async fn serve<I>(
                 >
         })
     };
-    let limits = &config.limits;
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_header_list_size(((limits.max_header_bytes + limits.max_uri_bytes) * 2) as u32)
+        .max_header_list_size(settings.max_header_list_size)
         .max_concurrent_streams(256)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let idle_limit = config.timeouts.client_idle;
     let mut idle_since = Instant::now();
     let mut closing = false;
     loop {
@@ -90,26 +96,23 @@ pub async fn serve<I>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    shared.metrics.client_protocol_error("h2");
-                    tracing::debug!(peer = %info.peer, error = %e, "HTTP/2 connection ended with an error");
+                    metrics.client_protocol_error("h2");
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
                 }
                 return;
             }
-            _ = shared.drain.stopping(), if !closing => {
+            _ = drain.stopping(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
             _ = check, if !closing => {
-                if !any.load(Ordering::Relaxed) && tokio::time::Instant::now() >= first_deadline {
-                    shared.metrics.client_protocol_error("header_timeout");
+                if !any.load(Ordering::Relaxed) && tokio::time::Instant::now() >= settings.first_deadline {
+                    metrics.client_protocol_error("header_timeout");
                     return;
                 }
-                if idle_limit.is_zero() {
-                    continue;
-                }
-                if open.load(Ordering::Relaxed) > 0 {
+                if open.load(Ordering::Relaxed) > 0 || settings.idle.is_zero() {
                     idle_since = Instant::now();
-                } else if idle_since.elapsed() >= idle_limit {
+                } else if idle_since.elapsed() >= settings.idle {
                     // GOAWAY first, so the client knows no stream was lost.
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -161,121 +164,10 @@ impl http_body::Body for Tracked {
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
-    req: HttpRequest<Incoming>,
-) -> Result<Response<H2Response>, Infallible> {
-    let started = Instant::now();
-    let router = shared.router.load_full();
-    let id = next_id(
-        &shared,
-        req.headers().get("x-request-id").map(|v| v.as_bytes()),
-    );
-    let result = async {
-        let declared = declared_length(req.headers())?;
-        let route = check_route_path(&router, req.uri().path(), declared)?;
-        let (parts, incoming) = req.into_parts();
-        let body = H2Body::read(incoming, declared, route.max_body_bytes).await?;
-        let head = outgoing(&parts, &info, &id, body.framing());
-        let mut request = Request {
-            method: &parts.method,
-            head: &head,
-            body: RequestBody::H2(body),
-            replayable: proxy::is_idempotent(&parts.method),
-        };
-        request.replayable &= !request.body_may_stream();
-        let fwd = forward(&shared, &router, route, &mut request, started).await?;
-        Ok::<_, ProxyError>((route, fwd, parts.method))
-    }
-    .await;
-    Ok(match result {
-        Ok((route, fwd, method)) => {
-            respond(&shared, route, fwd, &id, &router.config, started, &method)
-        }
-        Err(e) => {
-            shared.metrics.error(e.code);
-            error_response(&e, &id)
-        }
-    })
-}
-
-impl Request<'_, '_> {
-    /// Whether the body streams from the client (and so cannot be sent twice).
-    fn body_may_stream(&self) -> bool {
-        matches!(&self.body, RequestBody::H2(b) if b.streaming())
-    }
-}
-
-/// The `content-length` a request declares, if any; several or a malformed one is an error.
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    let bad = || {
-        ProxyError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_content_length",
-            "the content-length is not one non-negative integer",
-        )
-    };
-    if values.next().is_some() {
-        return Err(bad());
-    }
-    let text = first.to_str().map_err(|_| bad())?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    text.parse().map(Some).map_err(|_| bad())
-}
-
-/// The HTTP/1.1 head a worker gets for an HTTP/2 request.
-fn outgoing(
-    parts: &http::request::Parts,
-    info: &ConnInfo,
-    id: &RequestId,
-    framing: OutFraming<'_>,
-) -> Buffer {
-    // `:authority` wins; a `host` field is used only when there is none.
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().as_bytes().to_vec());
-    let host = authority.or_else(|| {
-        parts
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes().to_vec())
-    });
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let fields = parts
-        .headers
-        .iter()
-        .filter(|(n, _)| *n != http::header::HOST && *n != http::header::EXPECT)
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    let mut out = Buffer::take();
-    rewrite::request_head(
-        &mut out,
-        &RequestParts {
-            method: parts.method.as_str().as_bytes(),
-            target: target.as_bytes(),
-            host: host.as_deref(),
-            version: "2",
-            request_id: id.as_bytes(),
-            framing,
-            upgrade: None,
-        },
-        fields.collect::<Vec<_>>().into_iter(),
-        &info.hop,
-    );
-    out
-}
-
 /// An HTTP/2 request body on its way to a worker: read whole when small and declared, else
 /// streamed (chunked when its length is unknown).
 pub struct H2Body {
-    whole: Option<Bytes>,
+    pub whole: Option<Bytes>,
     stream: Option<Incoming>,
     declared: Option<u64>,
     limit: u64,
@@ -283,7 +175,7 @@ pub struct H2Body {
 }
 
 impl H2Body {
-    async fn read(
+    pub async fn read(
         mut incoming: Incoming,
         declared: Option<u64>,
         limit: u64,
@@ -321,7 +213,7 @@ impl H2Body {
         })
     }
 
-    fn framing(&self) -> OutFraming<'static> {
+    pub fn framing(&self) -> OutFraming<'static> {
         match (&self.whole, self.declared) {
             (Some(b), _) if b.is_empty() && self.declared.is_none() => OutFraming::None,
             (Some(b), _) => OutFraming::Length(b.len() as u64),
@@ -334,7 +226,7 @@ impl H2Body {
         self.started
     }
 
-    fn streaming(&self) -> bool {
+    pub fn streaming(&self) -> bool {
         self.stream.is_some()
     }
 
@@ -362,7 +254,13 @@ impl H2Body {
             };
             seen += data.len() as u64;
             if seen > self.limit {
-                return Err(BodyFailure::Client(proxy::body_too_large(self.limit)));
+                return Err(BodyFailure::Client(ProxyError::new(
+                    ErrorCode::BodyTooLarge,
+                    format!(
+                        "the request body exceeds this route's limit of {} bytes",
+                        self.limit
+                    ),
+                )));
             }
             self.started = true;
             let mut out = Buffer::take();
@@ -386,106 +284,9 @@ impl H2Body {
 
 fn bad_body(why: &str) -> ProxyError {
     ProxyError::new(
-        StatusCode::BAD_REQUEST,
-        "bad_request_body",
+        ErrorCode::BadRequestBody,
         format!("the request body could not be read: {why}"),
     )
-}
-
-/// The response an HTTP/2 client gets for a worker's answer.
-fn respond(
-    shared: &Arc<Shared>,
-    route: &crate::route::RouteEntry,
-    fwd: Forwarded,
-    id: &RequestId,
-    config: &Config,
-    started: Instant,
-    method: &http::Method,
-) -> Response<H2Response> {
-    let Forwarded {
-        mut conn,
-        head,
-        fields,
-        flight,
-        group,
-        ..
-    } = fwd;
-    let buf = conn.pending();
-    proxy::record_response(shared, route, flight.worker(), &head, &fields, buf, started);
-    let mut response = Response::builder().status(head.status);
-    let forward_load = config.telemetry.forward_load_header;
-    let mut out = Buffer::take();
-    // The same rules as for HTTP/1.1 clients, then parsed back into a map for hyper.
-    rewrite::response_head(
-        &mut out,
-        &rewrite::ResponseParts {
-            status: head.status,
-            reason: b"",
-            request_id: id.as_bytes(),
-            framing: OutFraming::None,
-            forward_load_header: forward_load,
-            close: false,
-            upgrade: false,
-        },
-        rewrite::pairs(&fields, buf),
-    );
-    for line in out.split(|b| *b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        // HTTP/2 forbids connection-specific fields.
-        if name.eq_ignore_ascii_case(b"connection") {
-            continue;
-        }
-        response = response.header(name, value);
-    }
-    if let (ResponseBody::Length(n), false) = (head.body, *method == http::Method::HEAD) {
-        response = response.header(http::header::CONTENT_LENGTH, n);
-    }
-    conn.consume(head.head_len);
-    drop(fields);
-    let reader = BodyReader::for_response(if *method == http::Method::HEAD {
-        ResponseBody::None
-    } else {
-        head.body
-    });
-    let body = H2Response::Proxied(Box::new(WorkerBody {
-        conn: Some(conn),
-        reader,
-        flight: Some(flight),
-        cap: group.settings.max_in_flight_per_worker,
-        idle: group.settings.worker_body_idle,
-        sleep: Box::pin(tokio::time::sleep(group.settings.worker_body_idle)),
-    }));
-    response.body(body).unwrap_or_else(|_| {
-        error_response(
-            &ProxyError::new(
-                StatusCode::BAD_GATEWAY,
-                "worker_error",
-                "the worker's response head cannot be relayed over HTTP/2",
-            ),
-            id,
-        )
-    })
-}
-
-fn error_response(e: &ProxyError, id: &RequestId) -> Response<H2Response> {
-    let mut r = Response::new(H2Response::Full(Some(Bytes::from(error_body(e, id)))));
-    *r.status_mut() = e.status;
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = http::HeaderValue::from_bytes(id.as_bytes()) {
-        h.insert("x-request-id", v);
-    }
-    if let Some(s) = e.retry_after {
-        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
-    }
-    r
 }
 
 /// A response body for an HTTP/2 client.
@@ -503,6 +304,27 @@ pub struct WorkerBody {
     cap: usize,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerBody {
+    /// The body of the response whose head was just read from `conn`; `cap` idle connections
+    /// the worker's pool keeps, `idle` the longest wait for more bytes.
+    pub fn new(
+        conn: WorkerConn,
+        reader: BodyReader,
+        flight: InFlight,
+        cap: usize,
+        idle: Duration,
+    ) -> WorkerBody {
+        WorkerBody {
+            conn: Some(conn),
+            reader,
+            flight: Some(flight),
+            cap,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
 }
 
 impl WorkerBody {

@@ -16,8 +16,11 @@
 
 mod admin;
 mod buffers;
+mod clock;
 pub mod config;
 mod discovery;
+mod drain;
+mod errors;
 pub mod extension;
 mod fleet;
 mod h2;

@@ -24,21 +24,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fulcrum_telemetry::LoadReport;
-use http::{Method, StatusCode};
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request as HttpRequest, Response, StatusCode};
+use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::buffers::{Buffer, Fields};
 use crate::config::Config;
+use crate::drain::Drain;
+use crate::errors::{ErrorCode, ProxyError};
 use crate::fleet::{now_us, Fleet, InFlight, Outcome, OutlierSettings, Worker};
+use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{
     self, BodyLength, ChunkedDecoder, RequestHead, ResponseBody, ResponseHead, TargetForm, Version,
 };
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
 use crate::rewrite::{self, Hop, OutFraming, RequestParts, ResponseParts};
 use crate::route::{Group, PickError, RouteEntry, Router};
-use crate::upstream::{BodyFault, BodyPiece, BodyReader, ConnectError, HeadError, WorkerConn};
+use crate::upstream::{
+    BodyFailure, BodyFault, BodyPiece, BodyReader, ConnectError, HeadError, WorkerConn,
+};
 
 /// What every request handler shares.
 pub struct Shared {
@@ -125,81 +134,33 @@ impl RequestId {
     }
 }
 
-/// Graceful shutdown: connections finish what they are doing, take no new request, and the
-/// balancer waits (bounded) until every one has gone.
-pub struct Drain {
-    stopping: tokio::sync::watch::Sender<bool>,
-    active: AtomicUsize,
-    gone: tokio::sync::Notify,
-}
-
-impl Default for Drain {
-    fn default() -> Drain {
-        Drain {
-            stopping: tokio::sync::watch::channel(false).0,
-            active: AtomicUsize::new(0),
-            gone: tokio::sync::Notify::new(),
-        }
-    }
-}
-
-impl Drain {
-    /// No new requests from now on.
-    pub fn begin(&self) {
-        self.stopping.send_replace(true);
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-
-    /// Resolves once shutdown has begun.
-    pub async fn stopping(&self) {
-        let mut rx = self.stopping.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-
-    /// Resolves when no connection is left.
-    pub async fn drained(&self) {
-        loop {
-            let gone = self.gone.notified();
-            if self.active.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            gone.await;
-        }
-    }
-
-    fn enter(shared: &Arc<Shared>) -> DrainGuard {
-        shared.drain.active.fetch_add(1, Ordering::AcqRel);
-        DrainGuard(shared.clone())
-    }
-}
-
 /// One open client connection, as the drain and `max_connections` count it.
-pub struct DrainGuard(Arc<Shared>);
+pub struct ConnectionGuard(Arc<Shared>);
 
-impl Drop for DrainGuard {
+impl ConnectionGuard {
+    fn new(shared: &Arc<Shared>) -> ConnectionGuard {
+        shared.drain.enter();
+        ConnectionGuard(shared.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let s = &self.0;
         s.connections.fetch_sub(1, Ordering::Relaxed);
         s.metrics.connections_open.dec();
-        if s.drain.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            s.drain.gone.notify_waiters();
-        }
+        s.drain.leave();
     }
 }
 
 /// Who is on the other end of a client connection.
 pub struct ConnInfo {
-    pub peer: SocketAddr,
     pub hop: Hop,
 }
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
         ConnInfo {
-            peer,
             hop: Hop::new(peer, tls),
         }
     }
@@ -231,7 +192,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option
         }
         shared.metrics.connections_open.inc();
         shared.metrics.connections_accepted.inc();
-        let guard = Drain::enter(&shared);
+        let guard = ConnectionGuard::new(&shared);
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             shared.clone(),
@@ -249,7 +210,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    _guard: DrainGuard,
+    _guard: ConnectionGuard,
 ) {
     let config = shared.router.load().config.clone();
     // The first request head must arrive within the header timeout of the accept, TLS
@@ -258,10 +219,15 @@ async fn serve_connection(
     let stream = match tls {
         None => match sniff_h2c(&stream, first_deadline).await {
             Ok(true) => {
-                let info = ConnInfo::new(peer, false);
                 // Boxed, like every protocol's future here: a connection's task is as large
                 // as the largest state it can be in, and most connections are HTTP/1.1.
-                let h2 = crate::h2::serve(shared, stream, info, &config, first_deadline);
+                let h2 = serve_h2(
+                    shared,
+                    stream,
+                    ConnInfo::new(peer, false),
+                    &config,
+                    first_deadline,
+                );
                 return Box::pin(h2).await;
             }
             Ok(false) => ClientStream::Plain(stream),
@@ -274,8 +240,13 @@ async fn serve_connection(
             let handshake = Box::pin(acceptor.accept(stream));
             match tokio::time::timeout_at(first_deadline, handshake).await {
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    let info = ConnInfo::new(peer, true);
-                    let h2 = crate::h2::serve(shared, s, info, &config, first_deadline);
+                    let h2 = serve_h2(
+                        shared,
+                        s,
+                        ConnInfo::new(peer, true),
+                        &config,
+                        first_deadline,
+                    );
                     return Box::pin(h2).await;
                 }
                 Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
@@ -425,7 +396,16 @@ impl H1Client {
     }
 
     async fn write(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ClientFault> {
-        match tokio::time::timeout(idle, self.stream.write_all(bytes)).await {
+        // Most writes fit the socket's buffer at once: a timer only for one that does not.
+        let written = match &self.stream {
+            ClientStream::Plain(s) => crate::upstream::write_now(s, bytes).map_err(|_| ClientFault::Gone)?,
+            ClientStream::Tls(_) => 0,
+        };
+        let rest = &bytes[written..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(idle, self.stream.write_all(rest)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(ClientFault::Gone),
             Err(_) => Err(ClientFault::WriteIdle),
@@ -517,8 +497,7 @@ async fn next_head(
                 Err(e) => {
                     shared.metrics.client_protocol_error(e.code);
                     return NextHead::Reject(ProxyError::new(
-                        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-                        e.code,
+                        ErrorCode::from_codec(e.code),
                         e.message,
                     ));
                 }
@@ -577,7 +556,7 @@ async fn exchange(
     let route = match routed {
         Ok(r) => r,
         Err(e) => {
-            shared.metrics.error(e.code);
+            shared.metrics.error(e.code.as_str());
             client.consume(head_len);
             // Unread body bytes would be taken for the next request: close instead.
             let close = wants_close || head.body != BodyLength::None;
@@ -621,7 +600,7 @@ async fn exchange(
             relay_h1(client, fwd, &ctx).await
         }
         Err(e) => {
-            shared.metrics.error(e.code);
+            shared.metrics.error(e.code.as_str());
             let close = wants_close || !body_done;
             answer_error(client, &e, id, close, config).await && !close
         }
@@ -647,8 +626,7 @@ fn check_and_route<'r>(
     let target = head.target.of(buf);
     if target.len() > limits.max_uri_bytes {
         return Err(ProxyError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             format!(
                 "the request target is {} bytes; the limit is {}",
                 target.len(),
@@ -658,8 +636,7 @@ fn check_and_route<'r>(
     }
     if fields.len() > limits.max_headers {
         return Err(ProxyError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too_many_headers",
+            ErrorCode::TooManyHeaders,
             format!(
                 "{} header fields; the limit is {}",
                 fields.len(),
@@ -673,8 +650,7 @@ fn check_and_route<'r>(
         .sum();
     if header_bytes > limits.max_header_bytes {
         return Err(ProxyError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             format!(
                 "{header_bytes} bytes of headers; the limit is {}",
                 limits.max_header_bytes
@@ -682,13 +658,9 @@ fn check_and_route<'r>(
         ));
     }
     let path = path_of(head, buf);
-    let route = router.route(path).ok_or_else(|| {
-        ProxyError::new(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            format!("no route matches `{path}`"),
-        )
-    })?;
+    let route = router
+        .route(path)
+        .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
     if let BodyLength::Length(len) = head.body {
         if len > route.max_body_bytes {
             return Err(body_too_large(route.max_body_bytes));
@@ -796,14 +768,6 @@ pub enum RequestBody<'c> {
     H2(crate::h2::H2Body),
 }
 
-/// Why a request body did not reach the worker whole.
-pub enum BodyFailure {
-    /// The client's side: gone, too slow, too large, or malformed.
-    Client(ProxyError),
-    /// The worker stopped taking it.
-    Worker(io::Error),
-}
-
 impl RequestBody<'_> {
     fn started(&self) -> bool {
         match self {
@@ -906,14 +870,12 @@ async fn pump_h1_body(
 fn chunk_error(e: http1::ChunkError) -> ProxyError {
     if e.is_too_large() {
         ProxyError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             "the request body exceeds this route's limit",
         )
     } else {
         ProxyError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request_body",
+            ErrorCode::BadRequestBody,
             format!(
                 "the request body's chunked framing is invalid: {}",
                 e.message()
@@ -925,13 +887,11 @@ fn chunk_error(e: http1::ChunkError) -> ProxyError {
 fn client_fault_error(f: ClientFault) -> ProxyError {
     match f {
         ClientFault::BodyIdle => ProxyError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "client_body_idle",
+            ErrorCode::ClientBodyIdle,
             "the request body stopped arriving",
         ),
         _ => ProxyError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request_body",
+            ErrorCode::BadRequestBody,
             "the client closed the connection before its request body ended",
         ),
     }
@@ -1053,7 +1013,7 @@ pub async fn forward(
         .last_error
         .unwrap_or_else(|| no_healthy_workers(group));
     // Every worker unreachable and none healthy: that is "no healthy workers".
-    if e.code == "worker_unreachable" && !group.any_available() {
+    if e.code == ErrorCode::WorkerUnreachable && !group.any_available() {
         return Err(no_healthy_workers(group));
     }
     Err(e)
@@ -1100,7 +1060,7 @@ fn after_failure(
         }
         AttemptFailure::Sent(e) => {
             record_outcome(shared, group, worker, Outcome::Failure, latency);
-            if e.code == "worker_error" {
+            if e.code == ErrorCode::WorkerError {
                 check_still_listening(shared, group, worker);
             }
             tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed after sending");
@@ -1177,8 +1137,7 @@ async fn attempt_once(
             }
             Err(HeadError::Timeout) => {
                 return Err(AttemptFailure::Sent(ProxyError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "worker_timeout",
+                    ErrorCode::WorkerTimeout,
                     format!(
                         "a worker of target group `{}` sent no response head within {:?}",
                         group.name, settings.response_timeout
@@ -1215,8 +1174,7 @@ async fn connect(
                 matches!(&e, ConnectError::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused);
             tracing::debug!(worker = %worker.addr, error = %e, "connect failed");
             let pe = ProxyError::new(
-                StatusCode::BAD_GATEWAY,
-                "worker_unreachable",
+                ErrorCode::WorkerUnreachable,
                 format!(
                     "a worker of target group `{}` could not be reached: {e}",
                     group.name
@@ -1455,36 +1413,6 @@ fn reason(status: u16) -> &'static [u8] {
 
 // ───────────────────────────── errors ─────────────────────────────
 
-/// An answer the balancer gives itself: a status, a stable error code, a message.
-#[derive(Debug)]
-pub struct ProxyError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    pub retry_after: Option<u32>,
-}
-
-impl ProxyError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ProxyError {
-        ProxyError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-}
-
-/// The error's JSON body.
-pub fn error_body(e: &ProxyError, id: &RequestId) -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": e.code,
-        "message": e.message,
-        "request_id": id.as_str(),
-    });
-    serde_json::to_vec(&body).expect("JSON values serialize")
-}
-
 /// Writes a JSON error answer; `false` if the client is gone.
 async fn answer_error(
     client: &mut H1Client,
@@ -1493,12 +1421,12 @@ async fn answer_error(
     close: bool,
     config: &Config,
 ) -> bool {
-    let body = error_body(e, &id);
+    let body = e.body(id.as_str());
     let mut out = Buffer::take();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(e.status.as_u16()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(e.status().as_u16()).as_bytes());
     out.push(b' ');
-    out.extend_from_slice(e.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(e.status().canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\nx-request-id: ");
@@ -1520,49 +1448,42 @@ async fn answer_error(
 
 fn request_timeout(limit: Duration) -> ProxyError {
     ProxyError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "request_timeout",
+        ErrorCode::RequestTimeout,
         format!("the request took longer than {limit:?}"),
     )
 }
 
 fn overloaded(group: &Group) -> ProxyError {
-    let mut e = ProxyError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
+    ProxyError::new(
+        ErrorCode::Overloaded,
         format!(
             "every worker of target group `{}` is at its in-flight limit and the wait queue is full or timed out",
             group.name
         ),
-    );
-    e.retry_after = Some(1);
-    e
+    )
+    .retry_after(1)
 }
 
 fn worker_error(group: &Group, what: &str) -> ProxyError {
     ProxyError::new(
-        StatusCode::BAD_GATEWAY,
-        "worker_error",
+        ErrorCode::WorkerError,
         format!("a worker of target group `{}` failed: {what}", group.name),
     )
 }
 
 pub fn body_too_large(limit: u64) -> ProxyError {
     ProxyError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         format!("the request body exceeds this route's limit of {limit} bytes"),
     )
 }
 
 fn no_healthy_workers(group: &Group) -> ProxyError {
-    let mut e = ProxyError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_healthy_workers",
+    ProxyError::new(
+        ErrorCode::NoHealthyWorkers,
         format!("target group `{}` has no healthy worker", group.name),
-    );
-    e.retry_after = Some(1);
-    e
+    )
+    .retry_after(1)
 }
 
 fn count_retry_denied(shared: &Shared, group: &Group) {
@@ -1591,6 +1512,242 @@ pub fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+// ───────────────────────────── HTTP/2 requests ─────────────────────────────
+
+/// Serves an HTTP/2 connection (hyper's), its requests forwarded like HTTP/1.1 ones.
+async fn serve_h2<I>(
+    shared: Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    config: &Config,
+    first_deadline: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &config.limits;
+    let settings = H2Settings {
+        max_header_list_size: ((limits.max_header_bytes + limits.max_uri_bytes) * 2) as u32,
+        idle: config.timeouts.client_idle,
+        first_deadline,
+    };
+    let info = Arc::new(info);
+    let handler = {
+        let shared = shared.clone();
+        move |req| {
+            let (shared, info) = (shared.clone(), info.clone());
+            async move {
+                let Ok(response) = handle_h2(shared, info, req).await;
+                response
+            }
+        }
+    };
+    crate::h2::serve(io, settings, &shared.drain, &shared.metrics, handler).await;
+}
+
+async fn handle_h2(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<H2Response>, Infallible> {
+    let started = Instant::now();
+    let router = shared.router.load_full();
+    let id = next_id(
+        &shared,
+        req.headers().get("x-request-id").map(|v| v.as_bytes()),
+    );
+    let result = async {
+        let declared = declared_length(req.headers())?;
+        let route = check_route_path(&router, req.uri().path(), declared)?;
+        let (parts, incoming) = req.into_parts();
+        let body = H2Body::read(incoming, declared, route.max_body_bytes).await?;
+        let head = h2_outgoing(&parts, &info, &id, body.framing());
+        let mut request = Request {
+            method: &parts.method,
+            head: &head,
+            body: RequestBody::H2(body),
+            replayable: is_idempotent(&parts.method),
+        };
+        request.replayable &= !request.body_may_stream();
+        let fwd = forward(&shared, &router, route, &mut request, started).await?;
+        Ok::<_, ProxyError>((route, fwd, parts.method))
+    }
+    .await;
+    Ok(match result {
+        Ok((route, fwd, method)) => {
+            respond_h2(&shared, route, fwd, &id, &router.config, started, &method)
+        }
+        Err(e) => {
+            shared.metrics.error(e.code.as_str());
+            h2_error_response(&e, &id)
+        }
+    })
+}
+
+impl Request<'_, '_> {
+    /// Whether the body streams from the client (and so cannot be sent twice).
+    fn body_may_stream(&self) -> bool {
+        matches!(&self.body, RequestBody::H2(b) if b.streaming())
+    }
+}
+
+/// The `content-length` a request declares, if any; several or a malformed one is an error.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let bad = || {
+        ProxyError::new(
+            ErrorCode::BadContentLength,
+            "the content-length is not one non-negative integer",
+        )
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let text = first.to_str().map_err(|_| bad())?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    text.parse().map(Some).map_err(|_| bad())
+}
+
+/// The HTTP/1.1 head a worker gets for an HTTP/2 request.
+fn h2_outgoing(
+    parts: &http::request::Parts,
+    info: &ConnInfo,
+    id: &RequestId,
+    framing: OutFraming<'_>,
+) -> Buffer {
+    // `:authority` wins; a `host` field is used only when there is none.
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec());
+    let host = authority.or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes().to_vec())
+    });
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let fields = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| *n != http::header::HOST && *n != http::header::EXPECT)
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let mut out = Buffer::take();
+    rewrite::request_head(
+        &mut out,
+        &RequestParts {
+            method: parts.method.as_str().as_bytes(),
+            target: target.as_bytes(),
+            host: host.as_deref(),
+            version: "2",
+            request_id: id.as_bytes(),
+            framing,
+            upgrade: None,
+        },
+        fields.collect::<Vec<_>>().into_iter(),
+        &info.hop,
+    );
+    out
+}
+
+/// The response an HTTP/2 client gets for a worker's answer.
+fn respond_h2(
+    shared: &Arc<Shared>,
+    route: &crate::route::RouteEntry,
+    fwd: Forwarded,
+    id: &RequestId,
+    config: &Config,
+    started: Instant,
+    method: &http::Method,
+) -> Response<H2Response> {
+    let Forwarded {
+        mut conn,
+        head,
+        fields,
+        flight,
+        group,
+        ..
+    } = fwd;
+    let buf = conn.pending();
+    record_response(shared, route, flight.worker(), &head, &fields, buf, started);
+    let mut response = Response::builder().status(head.status);
+    let forward_load = config.telemetry.forward_load_header;
+    let mut out = Buffer::take();
+    // The same rules as for HTTP/1.1 clients, then parsed back into a map for hyper.
+    rewrite::response_head(
+        &mut out,
+        &rewrite::ResponseParts {
+            status: head.status,
+            reason: b"",
+            request_id: id.as_bytes(),
+            framing: OutFraming::None,
+            forward_load_header: forward_load,
+            close: false,
+            upgrade: false,
+        },
+        rewrite::pairs(&fields, buf),
+    );
+    for line in out.split(|b| *b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        // HTTP/2 forbids connection-specific fields.
+        if name.eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
+        response = response.header(name, value);
+    }
+    if let (ResponseBody::Length(n), false) = (head.body, *method == http::Method::HEAD) {
+        response = response.header(http::header::CONTENT_LENGTH, n);
+    }
+    conn.consume(head.head_len);
+    drop(fields);
+    let reader = BodyReader::for_response(if *method == http::Method::HEAD {
+        ResponseBody::None
+    } else {
+        head.body
+    });
+    let body = H2Response::Proxied(Box::new(WorkerBody::new(
+        conn,
+        reader,
+        flight,
+        group.settings.max_in_flight_per_worker,
+        group.settings.worker_body_idle,
+    )));
+    response.body(body).unwrap_or_else(|_| {
+        h2_error_response(
+            &ProxyError::new(
+                ErrorCode::WorkerError,
+                "the worker's response head cannot be relayed over HTTP/2",
+            ),
+            id,
+        )
+    })
+}
+
+fn h2_error_response(e: &ProxyError, id: &RequestId) -> Response<H2Response> {
+    let mut r = Response::new(H2Response::Full(Some(Bytes::from(e.body(id.as_str())))));
+    *r.status_mut() = e.status();
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = http::HeaderValue::from_bytes(id.as_bytes()) {
+        h.insert("x-request-id", v);
+    }
+    if let Some(s) = e.retry_after {
+        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
+    }
+    r
 }
 
 // ───────────────────────────── record ─────────────────────────────
@@ -1717,13 +1874,9 @@ pub fn check_route_path<'r>(
     path: &str,
     declared: Option<u64>,
 ) -> Result<&'r RouteEntry, ProxyError> {
-    let route = router.route(path).ok_or_else(|| {
-        ProxyError::new(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            format!("no route matches `{path}`"),
-        )
-    })?;
+    let route = router
+        .route(path)
+        .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
     if declared.is_some_and(|len| len > route.max_body_bytes) {
         return Err(body_too_large(route.max_body_bytes));
     }

@@ -7,27 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 
 use crate::config::{Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
-use crate::fleet::{now_us, Fleet, InFlight, Worker};
+use crate::fleet::{now_us, CapacitySignal, Fleet, InFlight, Worker};
 use crate::policy::{self, PickContext};
-
-/// Wakes requests waiting for a free in-flight slot. One per balancer: any slot freed on any
-/// worker may be the one a queued request can use.
-#[derive(Default)]
-pub struct CapacitySignal {
-    notify: Notify,
-    waiting: AtomicUsize,
-}
-
-impl CapacitySignal {
-    pub fn freed(&self) {
-        if self.waiting.load(Ordering::Relaxed) > 0 {
-            self.notify.notify_waiters();
-        }
-    }
-}
 
 /// A routing table and its target groups: one immutable generation of the configuration.
 /// Requests hold the generation they started with; a reload swaps in a new one.

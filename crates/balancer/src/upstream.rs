@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::buffers::Buffer;
-use crate::fleet::now_us;
+use crate::clock::now_us;
+use crate::errors::ProxyError;
 use crate::http1::{self, ChunkStep, ChunkedDecoder, Field, ResponseBody, ResponseHead, Span};
 
 /// Longest response head a worker may send.
@@ -81,7 +82,11 @@ impl WorkerConn {
     }
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        let written = write_now(&self.stream, bytes)?;
+        if written < bytes.len() {
+            self.stream.write_all(&bytes[written..]).await?;
+        }
+        Ok(())
     }
 
     /// Reads more bytes into the buffer, for callers that poll (a response body relayed to an
@@ -151,6 +156,14 @@ impl WorkerConn {
             }
         }
     }
+}
+
+/// Why a request body did not reach the worker whole.
+pub enum BodyFailure {
+    /// The client's side: gone, too slow, too large, or malformed.
+    Client(ProxyError),
+    /// The worker stopped taking it.
+    Worker(io::Error),
 }
 
 /// Where a response body ends, and how far it has been read.
@@ -267,6 +280,20 @@ impl BodyReader {
             }
         }
     }
+}
+
+/// Writes what the socket takes without waiting; how much that was.
+pub fn write_now(s: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match s.try_write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }
 
 /// Runtime threads get their own idle lists up to this many; more threads share.
