@@ -57,6 +57,9 @@ use crate::fleet::{Fleet, Worker};
 use crate::proxy::Shared;
 use crate::route::Router;
 
+/// How often a discovery provider is asked, unless its configuration says.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Where the configuration comes from; only a file can be reloaded.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
@@ -92,10 +95,7 @@ fn check_extensions(config: &Config, ext: &Extensions, file: &str) -> Result<(),
     };
     for g in &config.target_groups {
         if let Some(d) = &g.discovery {
-            let name = d
-                .get("provider")
-                .and_then(|p| p.as_str())
-                .unwrap_or_default();
+            let name = d.provider.as_str();
             let Some(provider) = ext.discovery.get(name) else {
                 return Err(missing(format!(
                     "target group `{}`: discovery provider `{name}` is not available in this build \
@@ -104,7 +104,7 @@ fn check_extensions(config: &Config, ext: &Extensions, file: &str) -> Result<(),
                 )));
             };
             provider
-                .create(&provider_settings(d))
+                .create(&d.settings)
                 .map_err(|e| missing(format!("target group `{}`: discovery: {e}", g.name)))?;
         }
     }
@@ -118,14 +118,6 @@ fn check_extensions(config: &Config, ext: &Extensions, file: &str) -> Result<(),
         ));
     }
     Ok(())
-}
-
-/// A discovery table without the keys the balancer itself reads.
-fn provider_settings(d: &toml::Table) -> toml::Table {
-    let mut t = d.clone();
-    t.remove("provider");
-    t.remove("interval");
-    t
 }
 
 impl Balancer {
@@ -196,21 +188,14 @@ impl Balancer {
                 ));
             }
             if let Some(d) = &group.settings.discovery {
-                let name = d
-                    .get("provider")
-                    .and_then(|p| p.as_str())
-                    .unwrap_or_default();
-                let interval = d
-                    .get("interval")
-                    .and_then(|i| i.as_str())
-                    .and_then(|i| humantime::parse_duration(i).ok())
-                    .unwrap_or(Duration::from_secs(10));
+                let name = d.provider.as_str();
+                let interval = d.interval.unwrap_or(DISCOVERY_INTERVAL);
                 // Checked at load: the provider exists and accepts these settings.
                 let found = self
                     .extensions
                     .discovery
                     .get(name)
-                    .and_then(|p| p.create(&provider_settings(d)).ok());
+                    .and_then(|p| p.create(&d.settings).ok());
                 if let Some(found) = found {
                     tasks.push(discovery::poll_provider(
                         found,

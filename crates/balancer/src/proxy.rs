@@ -398,7 +398,9 @@ impl H1Client {
     async fn write(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ClientFault> {
         // Most writes fit the socket's buffer at once: a timer only for one that does not.
         let written = match &self.stream {
-            ClientStream::Plain(s) => crate::upstream::write_now(s, bytes).map_err(|_| ClientFault::Gone)?,
+            ClientStream::Plain(s) => {
+                crate::upstream::write_now(s, bytes).map_err(|_| ClientFault::Gone)?
+            }
             ClientStream::Tls(_) => 0,
         };
         let rest = &bytes[written..];

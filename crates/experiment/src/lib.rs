@@ -610,9 +610,8 @@ pub(crate) fn settle(target: &Target, limit: Duration) {
     while Instant::now() < deadline {
         let busy: u64 = addrs
             .iter()
-            .filter_map(|&a| probe::get(a, "/load", Duration::from_millis(300)).ok())
-            .filter_map(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .map(|l| l["in_flight"].as_u64().unwrap_or(0))
+            .filter_map(|&a| probe::load(a, Duration::from_millis(300)).ok())
+            .map(|l| l.in_flight)
             .sum();
         if busy == 0 {
             return;

@@ -310,12 +310,12 @@ pub struct BalanceArgs {
     /// PREFIX=WORKER[,WORKER...] or PREFIX=@all (every worker of every other route); repeatable.
     #[arg(long)]
     pub route: Vec<String>,
-    /// Policy of every route's target group.
-    #[arg(long, value_parser = ["capacity-weighted", "round-robin", "least-outstanding", "p2c-ewma", "lowest-cpu", "cpu-aware"])]
-    pub policy: Option<String>,
-    /// Telemetry source of every target group.
-    #[arg(long, value_parser = ["inband", "poll", "cloudwatch"])]
-    pub telemetry: Option<String>,
+    /// Policy of every route's target group [default: capacity-weighted].
+    #[arg(long, value_parser = policy_name)]
+    pub policy: Option<fulcrum_balancer::Policy>,
+    /// Telemetry source of every target group (inband, poll or cloudwatch).
+    #[arg(long, value_parser = telemetry_name)]
+    pub telemetry: Option<fulcrum_balancer::TelemetrySource>,
     /// Admin listener (metrics, status page); keep it on loopback.
     #[arg(long)]
     pub admin: Option<String>,
@@ -398,6 +398,23 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Antagonist(a) => antagonist(a),
     }
+}
+
+/// A policy by its name, the names listed from the balancer's own list.
+fn policy_name(s: &str) -> Result<fulcrum_balancer::Policy, String> {
+    use fulcrum_balancer::Policy;
+    Policy::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
+        format!("one of {}", names.join(", "))
+    })
+}
+
+fn telemetry_name(s: &str) -> Result<fulcrum_balancer::TelemetrySource, String> {
+    use fulcrum_balancer::TelemetrySource;
+    TelemetrySource::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = TelemetrySource::ALL.iter().map(|t| t.name()).collect();
+        format!("one of {}", names.join(", "))
+    })
 }
 
 fn antagonist(a: AntagonistArgs) -> anyhow::Result<()> {

@@ -26,7 +26,7 @@ pub enum UsageCounter {
 }
 
 /// What bounds the CPU this process may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CapacityOrigin {
     CgroupV1Quota,

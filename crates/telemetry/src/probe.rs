@@ -12,6 +12,15 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, 
     request(addr, "GET", path, None, timeout)
 }
 
+/// A worker's `GET /load`, typed.
+pub fn load(addr: SocketAddr, timeout: Duration) -> io::Result<crate::LoadSnapshot> {
+    let (status, body) = get(addr, "/load", timeout)?;
+    if status != 200 {
+        return Err(io::Error::other(format!("/load answered {status}")));
+    }
+    serde_json::from_str(&body).map_err(io::Error::other)
+}
+
 /// `METHOD path` on `addr`, with an optional JSON body: the status code and the body.
 pub fn request(
     addr: SocketAddr,

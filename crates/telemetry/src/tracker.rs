@@ -44,8 +44,9 @@ struct Inner {
     rendered: Mutex<Arc<str>>,
 }
 
-/// A consistent view of the tracker for `/load` and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A consistent view of the tracker for `/load` and metrics; what tools read back from
+/// `/load` too.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoadSnapshot {
     /// CPU used over the window as a fraction of `cpu_cores`.
     pub cpu_utilization: f64,

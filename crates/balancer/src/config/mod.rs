@@ -75,7 +75,7 @@ pub enum Tls {
     SelfSigned,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 // `default`: a `[timeouts]` table that sets one timeout keeps the default of the other, as
 // every other table does.
 #[serde(deny_unknown_fields, default)]
@@ -116,7 +116,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// All request header names and values together.
@@ -141,7 +141,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
     /// How often the `poll` source asks each worker for `/load`.
@@ -279,7 +279,7 @@ pub struct TargetGroup {
     pub discovery_file: Option<PathBuf>,
     /// Workers are also listed by a discovery provider: `provider` names it, `interval` says how
     /// often to ask (default 10 s), the other keys are the provider's own.
-    pub discovery: Option<toml::Table>,
+    pub discovery: Option<file::DiscoverySpec>,
     pub health: HealthCheck,
     pub outlier: OutlierDetection,
     pub retry: RetryPolicy,
@@ -332,7 +332,7 @@ impl WorkerAddr {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheck {
     pub path: String,
@@ -357,7 +357,7 @@ impl Default for HealthCheck {
 }
 
 /// Passive ejection: workers that keep failing are taken out for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierDetection {
     /// Consecutive failures (connect errors, resets, timeouts, 5xx) that eject a worker. A
@@ -380,7 +380,7 @@ impl Default for OutlierDetection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Tries per request, the first included.
@@ -404,127 +404,41 @@ impl Default for RetryPolicy {
     }
 }
 
-// ----- The file schema -----
+pub mod file;
+mod quick;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default, rename = "listener")]
-    listeners: Vec<Spanned<FileListener>>,
-    admin: Option<FileAdmin>,
-    threads: Option<Spanned<usize>>,
-    #[serde(default)]
-    timeouts: Timeouts,
-    #[serde(default)]
-    limits: Limits,
-    #[serde(default)]
-    telemetry: TelemetrySettings,
-    #[serde(default, rename = "route")]
-    routes: Vec<Spanned<FileRoute>>,
-    #[serde(default, rename = "target_group")]
-    target_groups: Vec<Spanned<FileTargetGroup>>,
-    #[serde(default = "default_shutdown", with = "humantime_serde")]
-    shutdown_timeout: Duration,
-}
-
-fn default_shutdown() -> Duration {
-    Duration::from_secs(30)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileListener {
-    address: Spanned<String>,
-    tls: Option<FileTls>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTls {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    #[serde(default)]
-    self_signed: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAdmin {
-    address: Spanned<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRoute {
-    prefix: Spanned<String>,
-    target_group: Spanned<String>,
-    max_body_bytes: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTargetGroup {
-    name: Spanned<String>,
-    #[serde(default = "default_policy")]
-    policy: Policy,
-    #[serde(default = "default_source")]
-    telemetry: TelemetrySource,
-    #[serde(default)]
-    workers: Vec<Spanned<String>>,
-    discovery_file: Option<PathBuf>,
-    discovery: Option<Spanned<toml::Table>>,
-    #[serde(default)]
-    health: HealthCheck,
-    #[serde(default)]
-    outlier: OutlierDetection,
-    #[serde(default)]
-    retry: RetryPolicy,
-    #[serde(default = "default_max_in_flight")]
-    max_in_flight_per_worker: usize,
-    #[serde(default = "default_queue")]
-    queue: usize,
-    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
-    queue_timeout: Duration,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(default = "default_response_timeout", with = "humantime_serde")]
-    response_timeout: Duration,
-    #[serde(default = "default_response_timeout", with = "humantime_serde")]
-    worker_body_idle: Duration,
-    #[serde(default = "default_pool_idle", with = "humantime_serde")]
-    pool_idle_timeout: Duration,
-    #[serde(default = "default_when_all_unhealthy")]
-    when_all_unhealthy: WhenAllUnhealthy,
-}
+pub use file::BalancerFile;
+use file::{ListenerSpec, RouteSpec, TargetGroupSpec, TlsSpec};
+pub use quick::QuickConfig;
 
 /// The policy a target group gets when its configuration names none.
 pub const DEFAULT_POLICY: Policy = Policy::CapacityWeighted;
 
-fn default_policy() -> Policy {
+pub(crate) fn default_policy() -> Policy {
     DEFAULT_POLICY
 }
-fn default_source() -> TelemetrySource {
+pub(crate) fn default_source() -> TelemetrySource {
     TelemetrySource::Inband
 }
-fn default_max_in_flight() -> usize {
+pub(crate) fn default_max_in_flight() -> usize {
     128
 }
-fn default_queue() -> usize {
+pub(crate) fn default_queue() -> usize {
     1024
 }
-fn default_queue_timeout() -> Duration {
+pub(crate) fn default_queue_timeout() -> Duration {
     Duration::from_secs(1)
 }
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     Duration::from_secs(1)
 }
-fn default_response_timeout() -> Duration {
+pub(crate) fn default_response_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_pool_idle() -> Duration {
+pub(crate) fn default_pool_idle() -> Duration {
     Duration::from_secs(60)
 }
-fn default_when_all_unhealthy() -> WhenAllUnhealthy {
+pub(crate) fn default_when_all_unhealthy() -> WhenAllUnhealthy {
     WhenAllUnhealthy::FailOpen
 }
 
@@ -580,231 +494,35 @@ impl Config {
     /// Validates TOML text; `file` names it in errors, relative paths resolve against `base`.
     pub fn parse(text: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let loc = Locator::new(file, text);
-        let raw: FileConfig = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
+        let raw: BalancerFile = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
+        Config::from_file(raw, &loc, base)
+    }
+
+    /// Validates a configuration file's value, section by section; `loc` turns its positions
+    /// into `file:line:column` errors, relative paths resolve against `base`.
+    pub fn from_file(
+        raw: BalancerFile,
+        loc: &Locator,
+        base: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let resolve = |p: PathBuf| match base {
             Some(b) if p.is_relative() => b.join(p),
             _ => p,
         };
-
-        let mut listeners = Vec::new();
-        for l in &raw.listeners {
-            let address = parse_addr(&l.get_ref().address, &loc)?;
-            let tls = match &l.get_ref().tls {
-                None => None,
-                Some(FileTls {
-                    self_signed: true,
-                    cert: None,
-                    key: None,
-                }) => Some(Tls::SelfSigned),
-                Some(FileTls {
-                    self_signed: false,
-                    cert: Some(c),
-                    key: Some(k),
-                }) => Some(Tls::Files {
-                    cert: resolve(c.clone()),
-                    key: resolve(k.clone()),
-                }),
-                Some(_) => {
-                    return Err(loc.at(
-                        l.span(),
-                        "tls needs either `cert` and `key` (PEM files) or `self_signed = true`",
-                    ))
-                }
-            };
-            listeners.push(Listener { address, tls });
-        }
-        if listeners.is_empty() {
-            return Err(loc.at(0..0, "no [[listener]]: the balancer needs at least one"));
-        }
+        let listeners = listeners(&raw.listeners, loc, &resolve)?;
         let admin = raw
             .admin
             .as_ref()
-            .map(|a| parse_addr(&a.address, &loc))
+            .map(|a| parse_addr(&a.address, loc))
             .transpose()?;
         if let Some(t) = &raw.threads {
             if !(1..=256).contains(t.get_ref()) {
                 return Err(loc.at(t.span(), "threads must be between 1 and 256"));
             }
         }
-
-        // Target groups, with `@all` expanded after every explicit list is known.
-        let mut names = BTreeMap::new();
-        let mut groups = Vec::new();
-        for g in &raw.target_groups {
-            let fg = g.get_ref();
-            let name = fg.name.get_ref().clone();
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(loc.at(
-                    fg.name.span(),
-                    format!("target group name `{name}` must be non-empty letters, digits, `-`, `_` or `.`"),
-                ));
-            }
-            if names.insert(name.clone(), groups.len()).is_some() {
-                return Err(loc.at(
-                    fg.name.span(),
-                    format!("target group `{name}` is defined twice"),
-                ));
-            }
-            let mut workers = Vec::new();
-            let mut seen = HashSet::new();
-            for w in &fg.workers {
-                if w.get_ref() == ALL_WORKERS {
-                    continue;
-                }
-                let addr = WorkerAddr::parse(w.get_ref()).map_err(|m| loc.at(w.span(), m))?;
-                if !seen.insert(addr.clone()) {
-                    return Err(loc.at(w.span(), format!("worker {addr} is listed twice")));
-                }
-                workers.push(addr);
-            }
-            let has_all = fg.workers.iter().any(|w| w.get_ref() == ALL_WORKERS);
-            if fg.workers.is_empty() && fg.discovery_file.is_none() && fg.discovery.is_none() {
-                return Err(loc.at(
-                    g.span(),
-                    format!(
-                        "target group `{name}` has no `workers`, `discovery_file` or `discovery`"
-                    ),
-                ));
-            }
-            if let Some(d) = &fg.discovery {
-                if !d.get_ref().get("provider").is_some_and(|p| p.is_str()) {
-                    return Err(loc.at(d.span(), "discovery needs `provider = \"NAME\"`"));
-                }
-                if let Some(i) = d.get_ref().get("interval") {
-                    let ok = i
-                        .as_str()
-                        .and_then(|v| humantime::parse_duration(v).ok())
-                        .is_some();
-                    if !ok {
-                        return Err(loc.at(
-                            d.span(),
-                            "discovery.interval must be a duration like \"10s\"",
-                        ));
-                    }
-                }
-            }
-            check_health(&fg.health, &loc, g.span())?;
-            if fg.max_in_flight_per_worker == 0 {
-                return Err(loc.at(g.span(), "max_in_flight_per_worker must be at least 1"));
-            }
-            if fg.retry.max_attempts == 0 {
-                return Err(loc.at(
-                    g.span(),
-                    "retry.max_attempts must be at least 1 (the first try)",
-                ));
-            }
-            if fg.outlier.max_ejected_percent > 100 {
-                return Err(loc.at(g.span(), "outlier.max_ejected_percent must be at most 100"));
-            }
-            if fg.telemetry == TelemetrySource::Cloudwatch
-                && raw.telemetry.cloudwatch_period.is_zero()
-            {
-                return Err(loc.at(g.span(), "telemetry.cloudwatch_period must be positive"));
-            }
-            groups.push((
-                has_all,
-                TargetGroup {
-                    name,
-                    policy: fg.policy,
-                    telemetry: fg.telemetry,
-                    workers,
-                    discovery_file: fg.discovery_file.clone().map(resolve),
-                    discovery: fg.discovery.as_ref().map(|d| d.get_ref().clone()),
-                    health: fg.health.clone(),
-                    outlier: fg.outlier.clone(),
-                    retry: fg.retry.clone(),
-                    max_in_flight_per_worker: fg.max_in_flight_per_worker,
-                    queue: fg.queue,
-                    queue_timeout: fg.queue_timeout,
-                    connect_timeout: fg.connect_timeout,
-                    response_timeout: fg.response_timeout,
-                    worker_body_idle: fg.worker_body_idle,
-                    pool_idle_timeout: fg.pool_idle_timeout,
-                    when_all_unhealthy: fg.when_all_unhealthy,
-                },
-            ));
-        }
-        let explicit: Vec<WorkerAddr> = {
-            let mut all: Vec<WorkerAddr> = groups
-                .iter()
-                .filter(|(has_all, _)| !has_all)
-                .flat_map(|(_, g)| g.workers.iter().cloned())
-                .collect();
-            all.sort();
-            all.dedup();
-            all
-        };
-        let target_groups: Vec<TargetGroup> = groups
-            .into_iter()
-            .map(|(has_all, mut g)| {
-                if has_all {
-                    for w in &explicit {
-                        if !g.workers.contains(w) {
-                            g.workers.push(w.clone());
-                        }
-                    }
-                }
-                g
-            })
-            .collect();
-
-        let mut routes = Vec::new();
-        let mut prefixes = HashSet::new();
-        for r in &raw.routes {
-            let fr = r.get_ref();
-            let prefix = fr.prefix.get_ref().clone();
-            if !prefix.starts_with('/') {
-                return Err(loc.at(
-                    fr.prefix.span(),
-                    format!("route prefix `{prefix}` must start with `/`"),
-                ));
-            }
-            if !prefixes.insert(prefix.clone()) {
-                return Err(loc.at(
-                    fr.prefix.span(),
-                    format!("route prefix `{prefix}` is defined twice"),
-                ));
-            }
-            let group = fr.target_group.get_ref();
-            let Some(&idx) = names.get(group) else {
-                let known: Vec<&str> = names.keys().map(String::as_str).collect();
-                return Err(loc.at(
-                    fr.target_group.span(),
-                    format!(
-                        "unknown target group `{group}` (defined: {})",
-                        if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            };
-            routes.push(Route {
-                prefix,
-                target_group: idx,
-                max_body_bytes: fr.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
-            });
-        }
-        if routes.is_empty() {
-            return Err(loc.at(0..0, "no [[route]]: nothing would be served"));
-        }
-        if raw.limits.max_headers == 0
-            || raw.limits.max_header_bytes < 1024
-            || raw.limits.max_uri_bytes < 64
-        {
-            return Err(loc.at(
-                0..0,
-                "limits too small: max_headers ≥ 1, max_header_bytes ≥ 1024, max_uri_bytes ≥ 64",
-            ));
-        }
-        if raw.telemetry.poll_interval < Duration::from_millis(10) {
-            return Err(loc.at(0..0, "telemetry.poll_interval must be at least 10ms"));
-        }
+        let (names, target_groups) = target_groups(&raw, loc, &resolve)?;
+        let routes = routes(&raw, &names, loc)?;
+        check_limits(&raw, loc)?;
         Ok(Config {
             listeners,
             admin,
@@ -830,6 +548,247 @@ impl Config {
         s.dedup();
         s
     }
+}
+
+fn listeners(
+    specs: &[Spanned<ListenerSpec>],
+    loc: &Locator,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Vec<Listener>, ConfigError> {
+    let mut listeners = Vec::new();
+    for l in specs {
+        let address = parse_addr(&l.get_ref().address, loc)?;
+        let tls = match &l.get_ref().tls {
+            None => None,
+            Some(TlsSpec {
+                self_signed: true,
+                cert: None,
+                key: None,
+            }) => Some(Tls::SelfSigned),
+            Some(TlsSpec {
+                self_signed: false,
+                cert: Some(c),
+                key: Some(k),
+            }) => Some(Tls::Files {
+                cert: resolve(c.clone()),
+                key: resolve(k.clone()),
+            }),
+            Some(_) => {
+                return Err(loc.at(
+                    l.span(),
+                    "tls needs either `cert` and `key` (PEM files) or `self_signed = true`",
+                ))
+            }
+        };
+        listeners.push(Listener { address, tls });
+    }
+    if listeners.is_empty() {
+        return Err(loc.at(0..0, "no [[listener]]: the balancer needs at least one"));
+    }
+    Ok(listeners)
+}
+
+/// Every target group, by name, with `@all` expanded once every explicit list is known.
+fn target_groups(
+    raw: &BalancerFile,
+    loc: &Locator,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<(BTreeMap<String, usize>, Vec<TargetGroup>), ConfigError> {
+    let mut names = BTreeMap::new();
+    let mut groups = Vec::new();
+    for g in &raw.target_groups {
+        let group = target_group(g, raw, loc, resolve)?;
+        if names.insert(group.name.clone(), groups.len()).is_some() {
+            return Err(loc.at(
+                g.get_ref().name.span(),
+                format!("target group `{}` is defined twice", group.name),
+            ));
+        }
+        let has_all = g
+            .get_ref()
+            .workers
+            .iter()
+            .any(|w| w.get_ref() == ALL_WORKERS);
+        groups.push((has_all, group));
+    }
+    let mut explicit: Vec<WorkerAddr> = groups
+        .iter()
+        .filter(|(has_all, _)| !has_all)
+        .flat_map(|(_, g)| g.workers.iter().cloned())
+        .collect();
+    explicit.sort();
+    explicit.dedup();
+    let groups = groups
+        .into_iter()
+        .map(|(has_all, mut g)| {
+            if has_all {
+                for w in &explicit {
+                    if !g.workers.contains(w) {
+                        g.workers.push(w.clone());
+                    }
+                }
+            }
+            g
+        })
+        .collect();
+    Ok((names, groups))
+}
+
+fn target_group(
+    g: &Spanned<TargetGroupSpec>,
+    raw: &BalancerFile,
+    loc: &Locator,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<TargetGroup, ConfigError> {
+    let fg = g.get_ref();
+    let name = fg.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(loc.at(
+            fg.name.span(),
+            format!(
+                "target group name `{name}` must be non-empty letters, digits, `-`, `_` or `.`"
+            ),
+        ));
+    }
+    let workers = group_workers(fg, loc)?;
+    if fg.workers.is_empty() && fg.discovery_file.is_none() && fg.discovery.is_none() {
+        return Err(loc.at(
+            g.span(),
+            format!("target group `{name}` has no `workers`, `discovery_file` or `discovery`"),
+        ));
+    }
+    check_group_settings(fg, raw, loc, g.span())?;
+    Ok(TargetGroup {
+        name,
+        policy: fg.policy,
+        telemetry: fg.telemetry,
+        workers,
+        discovery_file: fg.discovery_file.clone().map(resolve),
+        discovery: fg.discovery.as_ref().map(|d| d.get_ref().clone()),
+        health: fg.health.clone(),
+        outlier: fg.outlier.clone(),
+        retry: fg.retry.clone(),
+        max_in_flight_per_worker: fg.max_in_flight_per_worker,
+        queue: fg.queue,
+        queue_timeout: fg.queue_timeout,
+        connect_timeout: fg.connect_timeout,
+        response_timeout: fg.response_timeout,
+        worker_body_idle: fg.worker_body_idle,
+        pool_idle_timeout: fg.pool_idle_timeout,
+        when_all_unhealthy: fg.when_all_unhealthy,
+    })
+}
+
+/// A group's explicit workers (`@all` is expanded later), each once.
+fn group_workers(fg: &TargetGroupSpec, loc: &Locator) -> Result<Vec<WorkerAddr>, ConfigError> {
+    let mut workers = Vec::new();
+    let mut seen = HashSet::new();
+    for w in &fg.workers {
+        if w.get_ref() == ALL_WORKERS {
+            continue;
+        }
+        let addr = WorkerAddr::parse(w.get_ref()).map_err(|m| loc.at(w.span(), m))?;
+        if !seen.insert(addr.clone()) {
+            return Err(loc.at(w.span(), format!("worker {addr} is listed twice")));
+        }
+        workers.push(addr);
+    }
+    Ok(workers)
+}
+
+fn check_group_settings(
+    fg: &TargetGroupSpec,
+    raw: &BalancerFile,
+    loc: &Locator,
+    span: std::ops::Range<usize>,
+) -> Result<(), ConfigError> {
+    if let Some(d) = &fg.discovery {
+        if d.get_ref().provider.is_empty() {
+            return Err(loc.at(d.span(), "discovery needs `provider = \"NAME\"`"));
+        }
+    }
+    check_health(&fg.health, loc, span.clone())?;
+    if fg.max_in_flight_per_worker == 0 {
+        return Err(loc.at(span, "max_in_flight_per_worker must be at least 1"));
+    }
+    if fg.retry.max_attempts == 0 {
+        return Err(loc.at(
+            span,
+            "retry.max_attempts must be at least 1 (the first try)",
+        ));
+    }
+    if fg.outlier.max_ejected_percent > 100 {
+        return Err(loc.at(span, "outlier.max_ejected_percent must be at most 100"));
+    }
+    if fg.telemetry == TelemetrySource::Cloudwatch && raw.telemetry.cloudwatch_period.is_zero() {
+        return Err(loc.at(span, "telemetry.cloudwatch_period must be positive"));
+    }
+    Ok(())
+}
+
+fn routes(
+    raw: &BalancerFile,
+    names: &BTreeMap<String, usize>,
+    loc: &Locator,
+) -> Result<Vec<Route>, ConfigError> {
+    let mut routes = Vec::new();
+    let mut prefixes = HashSet::new();
+    for r in &raw.routes {
+        let fr: &RouteSpec = r.get_ref();
+        let prefix = fr.prefix.get_ref().clone();
+        if !prefix.starts_with('/') {
+            return Err(loc.at(
+                fr.prefix.span(),
+                format!("route prefix `{prefix}` must start with `/`"),
+            ));
+        }
+        if !prefixes.insert(prefix.clone()) {
+            return Err(loc.at(
+                fr.prefix.span(),
+                format!("route prefix `{prefix}` is defined twice"),
+            ));
+        }
+        let group = fr.target_group.get_ref();
+        let Some(&idx) = names.get(group) else {
+            let known: Vec<&str> = names.keys().map(String::as_str).collect();
+            let defined = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            return Err(loc.at(
+                fr.target_group.span(),
+                format!("unknown target group `{group}` (defined: {defined})"),
+            ));
+        };
+        routes.push(Route {
+            prefix,
+            target_group: idx,
+            max_body_bytes: fr.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
+        });
+    }
+    if routes.is_empty() {
+        return Err(loc.at(0..0, "no [[route]]: nothing would be served"));
+    }
+    Ok(routes)
+}
+
+fn check_limits(raw: &BalancerFile, loc: &Locator) -> Result<(), ConfigError> {
+    let l = &raw.limits;
+    if l.max_headers == 0 || l.max_header_bytes < 1024 || l.max_uri_bytes < 64 {
+        return Err(loc.at(
+            0..0,
+            "limits too small: max_headers ≥ 1, max_header_bytes ≥ 1024, max_uri_bytes ≥ 64",
+        ));
+    }
+    if raw.telemetry.poll_interval < Duration::from_millis(10) {
+        return Err(loc.at(0..0, "telemetry.poll_interval must be at least 10ms"));
+    }
+    Ok(())
 }
 
 fn parse_addr(s: &Spanned<String>, loc: &Locator) -> Result<SocketAddr, ConfigError> {
@@ -862,123 +821,6 @@ fn check_health(
         return Err(loc.at(span, "health thresholds must be at least 1"));
     }
     Ok(())
-}
-
-/// The quick form: `--listen`, `--route PREFIX=WORKERS|@all`, `--policy`, ... turned into the
-/// same TOML a file would hold, so both paths share one validator.
-#[derive(Debug, Clone, Default)]
-pub struct QuickConfig {
-    pub listen: Vec<String>,
-    pub routes: Vec<String>,
-    pub policy: Option<String>,
-    pub telemetry: Option<String>,
-    pub admin: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub self_signed: bool,
-    pub threads: Option<usize>,
-}
-
-impl QuickConfig {
-    pub fn to_toml(&self) -> Result<String, ConfigError> {
-        let flag_err = |message: String| ConfigError {
-            file: "command line".into(),
-            line: 0,
-            column: 0,
-            message,
-        };
-        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        let mut out = String::new();
-        if let Some(t) = self.threads {
-            out.push_str(&format!("threads = {t}\n"));
-        }
-        if self.listen.is_empty() {
-            return Err(flag_err("--listen is required without --config".into()));
-        }
-        for l in &self.listen {
-            out.push_str(&format!("[[listener]]\naddress = {}\n", q(l)));
-            match (&self.tls_cert, &self.tls_key, self.self_signed) {
-                (Some(c), Some(k), false) => out.push_str(&format!(
-                    "tls = {{ cert = {}, key = {} }}\n",
-                    q(&c.display().to_string()),
-                    q(&k.display().to_string())
-                )),
-                (None, None, true) => out.push_str("tls = { self_signed = true }\n"),
-                (None, None, false) => {}
-                _ => {
-                    return Err(flag_err(
-                        "use --tls-cert with --tls-key, or --self-signed alone".into(),
-                    ))
-                }
-            }
-        }
-        if let Some(a) = &self.admin {
-            out.push_str(&format!("[admin]\naddress = {}\n", q(a)));
-        }
-        let mut seen = HashSet::new();
-        for r in &self.routes {
-            let (prefix, workers) = r.split_once('=').ok_or_else(|| {
-                flag_err(format!(
-                    "--route `{r}` is not PREFIX=WORKER[,WORKER...] or PREFIX=@all"
-                ))
-            })?;
-            let name = group_name(prefix);
-            if !seen.insert(name.clone()) {
-                return Err(flag_err(format!(
-                    "--route `{r}`: prefix `{prefix}` is given twice"
-                )));
-            }
-            out.push_str(&format!(
-                "[[route]]\nprefix = {}\ntarget_group = {}\n",
-                q(prefix),
-                q(&name)
-            ));
-            out.push_str(&format!("[[target_group]]\nname = {}\n", q(&name)));
-            if let Some(p) = &self.policy {
-                out.push_str(&format!("policy = {}\n", q(p)));
-            }
-            if let Some(t) = &self.telemetry {
-                out.push_str(&format!("telemetry = {}\n", q(t)));
-            }
-            let list: Vec<String> = workers
-                .split(',')
-                .filter(|w| !w.is_empty())
-                .map(q)
-                .collect();
-            out.push_str(&format!("workers = [{}]\n", list.join(", ")));
-        }
-        Ok(out)
-    }
-
-    pub fn build(&self) -> Result<Config, ConfigError> {
-        let text = self.to_toml()?;
-        // Positions in the generated TOML would mean nothing to the user: drop them.
-        Config::parse(&text, "command line", None).map_err(|e| ConfigError {
-            line: 0,
-            column: 0,
-            ..e
-        })
-    }
-}
-
-/// A target-group name for a route prefix: `/cluster1` → `cluster1`, `/` → `root`.
-fn group_name(prefix: &str) -> String {
-    let name: String = prefix
-        .trim_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        "root".into()
-    } else {
-        name
-    }
 }
 
 #[cfg(test)]
@@ -1094,7 +936,7 @@ workers = ["@all"]
                 "/cluster2=http://127.0.0.1:9101".into(),
                 "/=@all".into(),
             ],
-            policy: Some("lowest-cpu".into()),
+            policy: Some(Policy::LowestCpu),
             admin: Some("127.0.0.1:9900".into()),
             ..Default::default()
         };
@@ -1112,14 +954,8 @@ workers = ["@all"]
             ..Default::default()
         };
         assert!(bad.build().unwrap_err().message.contains("PREFIX=WORKER"));
-        let bad_policy = QuickConfig {
-            policy: Some("best".into()),
-            ..q
-        };
-        assert!(bad_policy
-            .build()
-            .unwrap_err()
-            .message
-            .contains("unknown variant `best`"));
+        // Written out as TOML and read back, the same configuration.
+        let text = q.to_file().unwrap().to_toml();
+        assert_eq!(Config::parse(&text, "b.toml", None).unwrap(), c, "{text}");
     }
 }
