@@ -418,45 +418,8 @@ impl BoundBalancer {
         let config = balancer.shared.router.load().config.clone();
         balancer.install((*config).clone());
         let shared = balancer.shared.clone();
-        // Thread-per-core, as nginx's worker processes: every extra thread runs its own
-        // single-threaded runtime accepting on a duplicate of each listening socket, so a client
-        // connection and the worker connections it uses stay on one thread and one reactor.
         let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
-        let mut extra = Vec::new();
-        for index in 1..threads {
-            let mut dups = Vec::new();
-            for (listener, tls) in &listeners {
-                dups.push((duplicate(listener)?, tls.clone()));
-            }
-            let (shared, drained_rx) = (shared.clone(), drained_rx.clone());
-            let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name(format!("fulcrum-proxy-{index}"))
-                .spawn(move || {
-                    upstream::set_runtime_index(index);
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a proxy runtime");
-                    rt.block_on(async move {
-                        let mut loops = Vec::new();
-                        for (l, tls) in dups {
-                            let l =
-                                TcpListener::from_std(l).expect("a duplicated listener registers");
-                            loops.push(tokio::spawn(proxy::accept_loop(shared.clone(), l, tls)));
-                        }
-                        for l in loops {
-                            let _ = l.await;
-                        }
-                        let _ = accepting_tx.send(());
-                        // Keep driving this thread's connections until they have drained.
-                        let mut drained_rx = drained_rx;
-                        let _ = drained_rx.wait_for(|d| *d).await;
-                    });
-                })
-                .context("cannot start a proxy thread")?;
-            extra.push((thread, accepting_rx));
-        }
+        let extra = spawn_proxy_threads(&shared, &listeners, threads, drained_rx)?;
         let mut accepts = Vec::new();
         for (listener, tls) in listeners {
             accepts.push(tokio::spawn(proxy::accept_loop(
@@ -482,31 +445,93 @@ impl BoundBalancer {
             }
         }
 
-        tracing::info!("shutting down: no new connections; draining in-flight requests");
-        shared.drain.begin();
-        for a in accepts {
-            let _ = a.await;
-        }
-        let mut threads = Vec::new();
-        for (thread, accepting) in extra {
-            let _ = accepting.await;
-            threads.push(thread);
-        }
-        let limit = shared.router.load().config.shutdown_timeout;
-        tokio::select! {
-            _ = shared.drain.drained() => tracing::info!("drained; exiting"),
-            _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
-        }
-        let _ = drained_tx.send(true);
-        tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await
-        .ok();
+        drain(&shared, accepts, extra, drained_tx).await;
         Ok(())
     }
+}
+
+/// A proxy thread, and the signal that its accept loops have stopped.
+type ProxyThread = (
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
+/// Thread-per-core, as nginx's worker processes: every extra thread runs its own
+/// single-threaded runtime accepting on a duplicate of each listening socket, so a client
+/// connection and the worker connections it uses stay on one thread and one reactor. Each keeps
+/// driving its connections until `drained` says every one has gone.
+fn spawn_proxy_threads(
+    shared: &Arc<Shared>,
+    listeners: &[(TcpListener, Option<TlsAcceptor>)],
+    threads: usize,
+    drained: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<ProxyThread>> {
+    let mut extra = Vec::new();
+    for index in 1..threads {
+        let mut dups = Vec::new();
+        for (listener, tls) in listeners {
+            dups.push((duplicate(listener)?, tls.clone()));
+        }
+        let (shared, mut drained) = (shared.clone(), drained.clone());
+        let (accepting_tx, accepting_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("fulcrum-proxy-{index}"))
+            .spawn(move || {
+                upstream::set_runtime_index(index);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a proxy runtime");
+                rt.block_on(async move {
+                    let mut loops = Vec::new();
+                    for (l, tls) in dups {
+                        let l = TcpListener::from_std(l).expect("a duplicated listener registers");
+                        loops.push(tokio::spawn(proxy::accept_loop(shared.clone(), l, tls)));
+                    }
+                    for l in loops {
+                        let _ = l.await;
+                    }
+                    let _ = accepting_tx.send(());
+                    let _ = drained.wait_for(|d| *d).await;
+                });
+            })
+            .context("cannot start a proxy thread")?;
+        extra.push((thread, accepting_rx));
+    }
+    Ok(extra)
+}
+
+/// Stops accepting, waits (bounded by `shutdown_timeout`) for every connection to finish,
+/// then lets the proxy threads go.
+async fn drain(
+    shared: &Arc<Shared>,
+    accepts: Vec<tokio::task::JoinHandle<()>>,
+    extra: Vec<ProxyThread>,
+    drained_tx: tokio::sync::watch::Sender<bool>,
+) {
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    shared.drain.begin();
+    for a in accepts {
+        let _ = a.await;
+    }
+    let mut threads = Vec::new();
+    for (thread, accepting) in extra {
+        let _ = accepting.await;
+        threads.push(thread);
+    }
+    let limit = shared.router.load().config.shutdown_timeout;
+    tokio::select! {
+        _ = shared.drain.drained() => tracing::info!("drained; exiting"),
+        _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
+    }
+    let _ = drained_tx.send(true);
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await
+    .ok();
 }
 
 /// Another handle on the same listening socket, for another thread's runtime to accept on.

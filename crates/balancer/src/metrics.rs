@@ -92,54 +92,49 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new(router: Arc<ArcSwap<Router>>) -> Metrics {
-        let mut registry = Registry::with_prefix("fulcrum_balancer");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
-        let errors = Family::<ErrorLabels, Counter>::default();
-        let client_protocol_errors = Family::<ErrorLabels, Counter>::default();
-        let retries = Family::<RetryLabels, Counter>::default();
-        let retries_denied = Family::<GroupLabels, Counter>::default();
-        let ejections = Family::<WorkerLabels, Counter>::default();
-        let connections_open = Gauge::default();
-        let connections_accepted = Counter::default();
-        let connections_rejected = Counter::default();
-        let config_reloads = Family::<ReloadLabels, Counter>::default();
-        let config_generation = Gauge::<i64>::default();
-        let tunnels_opened = Counter::default();
-        let tunnels_open = Gauge::default();
-        let tunnel_bytes = Counter::default();
-        let abandoned = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "tunnels_opened",
-            "Upgraded connections (WebSocket and other 101 answers) tunnelled to a worker",
-            tunnels_opened.clone(),
-        );
-        registry.register("tunnels_open", "Tunnels open now", tunnels_open.clone());
-        registry.register(
-            "tunnel_bytes",
-            "Bytes carried by tunnels, both directions",
-            tunnel_bytes.clone(),
-        );
-        registry.register(
-            "abandoned",
-            "Requests given up after the worker answered, by whose fault: client_gone, \
-             client_write_idle, client_body_idle, worker_body_idle, worker_body_error",
-            abandoned.clone(),
-        );
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("fulcrum_balancer"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+            client_protocol_errors: Family::default(),
+            retries: Family::default(),
+            retries_denied: Family::default(),
+            ejections: Family::default(),
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_rejected: Counter::default(),
+            config_reloads: Family::default(),
+            config_generation: Gauge::default(),
+            tunnels_opened: Counter::default(),
+            tunnels_open: Gauge::default(),
+            tunnel_bytes: Counter::default(),
+            abandoned: Family::default(),
+        };
+        let mut registry = std::mem::take(&mut metrics.registry);
+        metrics.register_requests(&mut registry);
+        metrics.register_connections(&mut registry);
+        metrics.register_config(&mut registry);
+        registry.register_collector(Box::new(FleetCollector { router }));
+        metrics.registry = registry;
+        metrics
+    }
+
+    fn register_requests(&self, registry: &mut Registry) {
         registry.register(
             "requests",
             "Proxied requests by route, target group, worker and the worker's status code",
-            requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
             "Time from a request's arrival to its response headers, by route",
-            latency.clone(),
+            self.latency.clone(),
         );
         registry.register(
             "errors",
             "Error answers given by the balancer itself, by error code",
-            errors.clone(),
+            self.errors.clone(),
         );
         registry.register(
             "client_protocol_errors",
@@ -147,68 +142,75 @@ impl Metrics {
              rejections (bad_request, ambiguous_length, bad_host, ... answered with JSON), \
              header_timeout (closed: no complete request head in time), tls_handshake, h2 \
              (an HTTP/2 protocol error)",
-            client_protocol_errors.clone(),
+            self.client_protocol_errors.clone(),
+        );
+        registry.register(
+            "abandoned",
+            "Requests given up after the worker answered, by whose fault: client_gone, \
+             client_write_idle, client_body_idle, worker_body_idle, worker_body_error",
+            self.abandoned.clone(),
         );
         registry.register(
             "retries",
             "Retries by target group and reason",
-            retries.clone(),
+            self.retries.clone(),
         );
         registry.register(
             "retries_denied",
             "Retries refused because the target group's retry budget was spent",
-            retries_denied.clone(),
+            self.retries_denied.clone(),
         );
         registry.register(
             "ejections",
             "Passive ejections by worker",
-            ejections.clone(),
+            self.ejections.clone(),
         );
+    }
+
+    fn register_connections(&self, registry: &mut Registry) {
         registry.register(
             "connections_open",
             "Client connections open",
-            connections_open.clone(),
+            self.connections_open.clone(),
         );
         registry.register(
             "connections_accepted",
             "Client connections accepted",
-            connections_accepted.clone(),
+            self.connections_accepted.clone(),
         );
         registry.register(
             "connections_rejected",
             "Client connections closed at once because max_connections was reached",
-            connections_rejected.clone(),
+            self.connections_rejected.clone(),
         );
+        registry.register(
+            "tunnels_opened",
+            "Upgraded connections (WebSocket and other 101 answers) tunnelled to a worker",
+            self.tunnels_opened.clone(),
+        );
+        registry.register(
+            "tunnels_open",
+            "Tunnels open now",
+            self.tunnels_open.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes carried by tunnels, both directions",
+            self.tunnel_bytes.clone(),
+        );
+    }
+
+    fn register_config(&self, registry: &mut Registry) {
         registry.register(
             "config_reloads",
             "Configuration reloads by result",
-            config_reloads.clone(),
+            self.config_reloads.clone(),
         );
         registry.register(
             "config_generation",
             "Generation of the configuration in use",
-            config_generation.clone(),
+            self.config_generation.clone(),
         );
-        registry.register_collector(Box::new(FleetCollector { router }));
-        Metrics {
-            registry,
-            requests,
-            latency,
-            errors,
-            client_protocol_errors,
-            retries,
-            retries_denied,
-            ejections,
-            connections_open,
-            connections_accepted,
-            connections_rejected,
-            config_reloads,
-            config_generation,
-            tunnels_opened,
-            tunnels_open,
-            tunnel_bytes,
-            abandoned,
-        }
     }
 
     pub fn error(&self, error: &'static str) {
@@ -245,106 +247,136 @@ impl Collector for FleetCollector {
         let router = self.router.load();
         let workers = router.workers();
         let now = now_us();
-        let label = |w: &crate::fleet::Worker| WorkerLabels {
-            worker: w.label.clone(),
-        };
+        encode_worker_gauges(&mut encoder, &workers, now)?;
+        encode_picks_and_latency(&mut encoder, &workers, now)?;
+        encode_readings(&mut encoder, &workers, now)?;
+        encode_queues(&mut encoder, &router)
+    }
+}
 
-        let mut gauge = |name: &str, help: &str, value: &dyn Fn(&crate::fleet::Worker) -> i64| {
-            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for w in &workers {
-                ConstGauge::new(value(w)).encode(fam.encode_family(&label(w))?)?;
-            }
-            Ok::<_, std::fmt::Error>(())
-        };
-        gauge(
+type Workers = [Arc<crate::fleet::Worker>];
+
+fn worker_label(w: &crate::fleet::Worker) -> WorkerLabels {
+    WorkerLabels {
+        worker: w.label.clone(),
+    }
+}
+
+/// One gauge per worker for each of its state figures.
+fn encode_worker_gauges(
+    encoder: &mut DescriptorEncoder,
+    workers: &Workers,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let gauges: [(&str, &str, &dyn Fn(&crate::fleet::Worker) -> i64); 5] = [
+        (
             "worker_in_flight",
             "Requests in flight to each worker",
             &|w| w.in_flight() as i64,
-        )?;
-        gauge(
+        ),
+        (
             "worker_healthy",
             "1 if the worker is eligible (healthy or not yet checked, not ejected, not draining)",
             &|w| w.is_available(now) as i64,
-        )?;
-        gauge(
+        ),
+        (
             "worker_health_check_failing",
             "1 if active health checks mark the worker unhealthy",
             &|w| (w.health() == Health::Unhealthy) as i64,
-        )?;
-        gauge(
+        ),
+        (
             "worker_ejected",
             "1 while the worker is passively ejected",
             &|w| w.is_ejected(now) as i64,
-        )?;
-        gauge(
+        ),
+        (
             "worker_pool_connections",
             "Open connections to each worker",
             &|w| w.pool.open() as i64,
-        )?;
-
-        let mut picks = encoder.encode_descriptor(
-            "worker_picks",
-            "Times each worker was chosen by a policy (retries included)",
-            None,
-            MetricType::Counter,
-        )?;
-        for w in &workers {
-            ConstCounter::new(w.picks()).encode(picks.encode_family(&label(w))?)?;
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for w in workers {
+            ConstGauge::new(value(w)).encode(fam.encode_family(&worker_label(w))?)?;
         }
+    }
+    Ok(())
+}
 
-        let mut ewma = encoder.encode_descriptor(
-            "worker_latency_ewma_seconds",
-            "Peak-EWMA latency estimate of each worker",
-            None,
-            MetricType::Gauge,
-        )?;
-        for w in &workers {
-            ConstGauge::new(w.ewma_us(now) / 1e6).encode(ewma.encode_family(&label(w))?)?;
-        }
+fn encode_picks_and_latency(
+    encoder: &mut DescriptorEncoder,
+    workers: &Workers,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut picks = encoder.encode_descriptor(
+        "worker_picks",
+        "Times each worker was chosen by a policy (retries included)",
+        None,
+        MetricType::Counter,
+    )?;
+    for w in workers {
+        ConstCounter::new(w.picks()).encode(picks.encode_family(&worker_label(w))?)?;
+    }
+    let mut ewma = encoder.encode_descriptor(
+        "worker_latency_ewma_seconds",
+        "Peak-EWMA latency estimate of each worker",
+        None,
+        MetricType::Gauge,
+    )?;
+    for w in workers {
+        ConstGauge::new(w.ewma_us(now) / 1e6).encode(ewma.encode_family(&worker_label(w))?)?;
+    }
+    Ok(())
+}
 
-        for (name, help, pick) in [
-            (
-                "worker_cpu_utilization",
-                "Latest CPU utilization reading of each worker, by telemetry source",
-                0u8,
-            ),
-            (
-                "worker_telemetry_age_seconds",
-                "Age of the latest reading of each worker, by telemetry source",
-                1,
-            ),
-        ] {
-            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for w in &workers {
-                for source in TelemetrySource::ALL {
-                    if let Some(r) = w.slot(source).read(now) {
-                        let v = if pick == 0 {
-                            r.cpu_utilization
-                        } else {
-                            r.age.as_secs_f64()
-                        };
-                        let labels = SourceLabels {
-                            worker: w.label.clone(),
-                            source: source.name(),
-                        };
-                        ConstGauge::new(v).encode(fam.encode_family(&labels)?)?;
-                    }
+/// Each worker's latest reading from every telemetry source: its CPU, and how old it is.
+fn encode_readings(
+    encoder: &mut DescriptorEncoder,
+    workers: &Workers,
+    now: u64,
+) -> Result<(), std::fmt::Error> {
+    let figures: [(&str, &str, fn(&crate::fleet::Reading) -> f64); 2] = [
+        (
+            "worker_cpu_utilization",
+            "Latest CPU utilization reading of each worker, by telemetry source",
+            |r| r.cpu_utilization,
+        ),
+        (
+            "worker_telemetry_age_seconds",
+            "Age of the latest reading of each worker, by telemetry source",
+            |r| r.age.as_secs_f64(),
+        ),
+    ];
+    for (name, help, figure) in figures {
+        let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for w in workers {
+            for source in TelemetrySource::ALL {
+                if let Some(r) = w.slot(source).read(now) {
+                    let labels = SourceLabels {
+                        worker: w.label.clone(),
+                        source: source.name(),
+                    };
+                    ConstGauge::new(figure(&r)).encode(fam.encode_family(&labels)?)?;
                 }
             }
         }
-
-        let mut queued = encoder.encode_descriptor(
-            "target_group_queued",
-            "Requests waiting for a free worker slot, by target group",
-            None,
-            MetricType::Gauge,
-        )?;
-        for g in &router.groups {
-            let labels = GroupLabels {
-                target_group: g.label.clone(),
-            };
-            ConstGauge::new(g.queued() as i64).encode(queued.encode_family(&labels)?)?;
-        }
-        Ok(())
     }
+    Ok(())
+}
+
+fn encode_queues(encoder: &mut DescriptorEncoder, router: &Router) -> Result<(), std::fmt::Error> {
+    let mut queued = encoder.encode_descriptor(
+        "target_group_queued",
+        "Requests waiting for a free worker slot, by target group",
+        None,
+        MetricType::Gauge,
+    )?;
+    for g in &router.groups {
+        let labels = GroupLabels {
+            target_group: g.label.clone(),
+        };
+        ConstGauge::new(g.queued() as i64).encode(queued.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
