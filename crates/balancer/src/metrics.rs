@@ -255,6 +255,10 @@ impl Collector for FleetCollector {
 }
 
 type Workers = [Arc<crate::fleet::Worker>];
+/// A figure each worker has: its metric's name, help, and how to read it.
+type WorkerGauge<'a> = (&'a str, &'a str, &'a dyn Fn(&crate::fleet::Worker) -> i64);
+/// A figure of each telemetry reading: name, help, and how to read it.
+type ReadingGauge = (&'static str, &'static str, fn(&crate::fleet::Reading) -> f64);
 
 fn worker_label(w: &crate::fleet::Worker) -> WorkerLabels {
     WorkerLabels {
@@ -268,7 +272,7 @@ fn encode_worker_gauges(
     workers: &Workers,
     now: u64,
 ) -> Result<(), std::fmt::Error> {
-    let gauges: [(&str, &str, &dyn Fn(&crate::fleet::Worker) -> i64); 5] = [
+    let gauges: [WorkerGauge; 5] = [
         (
             "worker_in_flight",
             "Requests in flight to each worker",
@@ -336,7 +340,7 @@ fn encode_readings(
     workers: &Workers,
     now: u64,
 ) -> Result<(), std::fmt::Error> {
-    let figures: [(&str, &str, fn(&crate::fleet::Reading) -> f64); 2] = [
+    let figures: [ReadingGauge; 2] = [
         (
             "worker_cpu_utilization",
             "Latest CPU utilization reading of each worker, by telemetry source",
