@@ -258,7 +258,11 @@ type Workers = [Arc<crate::fleet::Worker>];
 /// A figure each worker has: its metric's name, help, and how to read it.
 type WorkerGauge<'a> = (&'a str, &'a str, &'a dyn Fn(&crate::fleet::Worker) -> i64);
 /// A figure of each telemetry reading: name, help, and how to read it.
-type ReadingGauge = (&'static str, &'static str, fn(&crate::fleet::Reading) -> f64);
+type ReadingGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::fleet::Reading) -> f64,
+);
 
 fn worker_label(w: &crate::fleet::Worker) -> WorkerLabels {
     WorkerLabels {

@@ -29,9 +29,6 @@ use crate::clock::now_us;
 use crate::errors::ProxyError;
 use crate::http1::{self, ChunkStep, ChunkedDecoder, Field, ResponseBody, ResponseHead, Span};
 
-/// Longest response head a worker may send.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
 /// One HTTP/1.1 connection to a worker.
 pub struct WorkerConn {
     pub stream: TcpStream,
@@ -138,9 +135,7 @@ impl WorkerConn {
                     continue;
                 }
                 Some(head) => return Ok(head),
-                None if self.pending().len() >= MAX_RESPONSE_HEAD => {
-                    return Err(HeadError::Malformed("response head too large"))
-                }
+                // The codec refuses a head beyond its own limit.
                 None => {}
             }
             let nothing_yet = self.pending().is_empty();

@@ -21,8 +21,9 @@ pub mod response;
 mod target;
 
 pub use chunked::{encode_chunk_header, ChunkError, ChunkStep, ChunkedDecoder, LAST_CHUNK};
-pub use request::{parse_request, Limits, RequestError, RequestHead, TargetForm};
+pub use request::{parse_request, Limits, RequestError, RequestHead};
 pub use response::{parse_response, ResponseBody, ResponseError, ResponseHead};
+pub use target::TargetForm;
 
 /// Field lines one head may hold at most, whatever a caller's limit says: httparse fills a
 /// fixed array on the stack, so parsing never allocates for them.

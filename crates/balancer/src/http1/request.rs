@@ -9,7 +9,8 @@ use super::head::{
     field_name, field_slots, find_head_end, record_fields, skip_empty_lines, span_in, BareLineEnd,
     FieldName, Framing, FramingError,
 };
-use super::{target, BodyLength, ConnectionOptions, Field, Span, Version, MAX_FIELDS};
+use super::target::{self, TargetForm};
+use super::{BodyLength, ConnectionOptions, Field, Span, Version, MAX_FIELDS};
 
 /// How much of a request head the proxy reads before giving up on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,23 +32,6 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
         }
     }
-}
-
-/// The form of a request-target (RFC 9112 §3.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetForm {
-    /// `/path?query`.
-    Origin,
-    /// `http://authority/path?query`; `path_and_query` may be empty (meaning `/`) or start
-    /// with `?`.
-    Absolute {
-        authority: Span,
-        path_and_query: Span,
-    },
-    /// `host:port`, for CONNECT.
-    Authority,
-    /// `*`, for OPTIONS.
-    Asterisk,
 }
 
 /// A parsed request head; spans point into the buffer given to [`parse_request`].

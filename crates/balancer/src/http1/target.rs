@@ -4,8 +4,24 @@
 use http::Method;
 
 use super::grammar::{authority, is_path_and_query, Authority};
-use super::request::TargetForm;
 use super::Span;
+
+/// The form of a request-target (RFC 9112 §3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetForm {
+    /// `/path?query`.
+    Origin,
+    /// `http://authority/path?query`; `path_and_query` may be empty (meaning `/`) or start
+    /// with `?`.
+    Absolute {
+        authority: Span,
+        path_and_query: Span,
+    },
+    /// `host:port`, for CONNECT.
+    Authority,
+    /// `*`, for OPTIONS.
+    Asterisk,
+}
 
 const MALFORMED: &str =
     "the request-target is not a valid origin-, absolute-, authority- or asterisk-form";
