@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Policy, TelemetrySource};
 use crate::fleet::now_us;
-use crate::proxy::Shared;
+use crate::state::Shared;
 
 const STATUS_PAGE: &str = include_str!("status.html");
 

@@ -16,6 +16,7 @@
 
 mod admin;
 mod buffers;
+mod client;
 mod clock;
 pub mod config;
 mod discovery;
@@ -23,6 +24,7 @@ mod drain;
 mod errors;
 pub mod extension;
 mod fleet;
+mod forward;
 mod h2;
 mod health;
 pub mod http1;
@@ -32,6 +34,7 @@ mod probe;
 mod proxy;
 mod rewrite;
 mod route;
+mod state;
 mod telemetry;
 mod tls;
 mod upstream;
@@ -54,8 +57,8 @@ pub use tls::install_crypto_provider;
 
 use crate::config::TelemetrySource as Source;
 use crate::fleet::{Fleet, Worker};
-use crate::proxy::Shared;
 use crate::route::Router;
+use crate::state::Shared;
 
 /// How often a discovery provider is asked, unless its configuration says.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
@@ -244,7 +247,7 @@ impl Balancer {
                 let (shared, worker) = (self.shared.clone(), w.clone());
                 move || {
                     if let Some(group) = &group {
-                        proxy::eject_refused(&shared, group, &worker);
+                        forward::eject_refused(&shared, group, &worker);
                     }
                 }
             };
