@@ -1,73 +1,36 @@
-//! The report's charts, built from results.json: latency percentiles and distributions, the
+//! The report's charts, drawn from the `Analysis`: latency percentiles and distributions, the
 //! capacity ramp, throughput and CPU over time, requests per worker, and per shoot-out scenario
 //! the contenders' p99 and the split of requests.
 //! Each builder returns `None` when the file has nothing for it, so the page can say so instead
 //! of drawing an empty frame.
 
-use fulcrum_loadgen::results::{Group, Hist, Model, Results, Run, RunKind};
+use fulcrum_loadgen::results::{Model, Run, RunKind, Second};
 
-use crate::analysis::{ContenderFigures, ScenarioAnalysis};
-use crate::figures::{self, cluster_name};
-use crate::plot::{Axis, BarChart, Bars, Chart, Dots, Line, LineChart};
-
-/// A latency histogram the charts and tables describe: one cluster in one headline run, or a
-/// whole run when responses were not attributed to clusters.
-pub struct LatencyRow<'a> {
-    pub run: &'a Run,
-    /// Cluster key, when attributed.
-    pub cluster: Option<&'a str>,
-    pub responses: u64,
-    pub errors: u64,
-    pub latency: &'a Hist,
-}
-
-pub fn latency_rows(r: &Results) -> Vec<LatencyRow<'_>> {
-    let mut rows = Vec::new();
-    for run in figures::headline_runs(r) {
-        if run.by_cluster.is_empty() {
-            rows.push(LatencyRow {
-                run,
-                cluster: None,
-                responses: run.responses,
-                errors: run.errors.total(),
-                latency: &run.latency,
-            });
-        }
-        for (k, g) in &run.by_cluster {
-            let Group {
-                responses,
-                errors,
-                latency,
-            } = g;
-            rows.push(LatencyRow {
-                run,
-                cluster: Some(k),
-                responses: *responses,
-                errors: *errors,
-                latency,
-            });
-        }
-    }
-    rows
-}
+use crate::analysis::{Analysis, ContenderFigures, LatencyRow, RunFigures, ScenarioAnalysis};
+use crate::plot::{Axis, BarChart, Bars, Chart, Dots, Line, LineChart, PALETTE};
 
 /// Legend label for a latency row: the cluster when that is unambiguous, else run and cluster.
-pub fn row_label(r: &Results, rows: &[LatencyRow<'_>], row: &LatencyRow<'_>) -> String {
+fn row_label(a: &Analysis<'_>, row: &LatencyRow<'_>) -> String {
     match row.cluster {
         Some(k) => {
-            let repeated = rows.iter().filter(|x| x.cluster == Some(k)).count() > 1;
+            let repeated = a
+                .latency_rows
+                .iter()
+                .filter(|x| x.cluster == Some(k))
+                .count()
+                > 1;
             if repeated {
-                format!("{} · {}", row.run.name, cluster_name(r, k))
+                format!("{} · {}", row.run.name, a.cluster_name(k))
             } else {
-                cluster_name(r, k)
+                a.cluster_name(k)
             }
         }
         None => row.run.name.clone(),
     }
 }
 
-pub fn latency_percentiles(r: &Results) -> Option<Chart> {
-    let rows = latency_rows(r);
+pub fn latency_percentiles(a: &Analysis<'_>) -> Option<Chart> {
+    let rows = &a.latency_rows;
     let all: Vec<f64> = rows
         .iter()
         .flat_map(|x| [x.latency.p50_ms, x.latency.max_ms])
@@ -76,7 +39,7 @@ pub fn latency_percentiles(r: &Results) -> Option<Chart> {
         .iter()
         .filter(|x| x.latency.count > 0)
         .map(|x| Bars {
-            name: row_label(r, &rows, x),
+            name: row_label(a, x),
             values: [
                 x.latency.p50_ms,
                 x.latency.p90_ms,
@@ -103,45 +66,41 @@ pub fn latency_percentiles(r: &Results) -> Option<Chart> {
     }))
 }
 
-fn spectrum_chart(title: &str, named: Vec<(String, &Hist)>) -> Option<Chart> {
-    let lines: Vec<Line> = named
-        .into_iter()
-        .filter_map(|(name, h)| Some(Line::new(name, figures::spectrum(h)?)))
+/// Ticks for a spectrum's x axis.
+fn nines_ticks(max_nines: f64) -> Vec<(f64, String)> {
+    let labels = ["p0", "p90", "p99", "p99.9", "p99.99", "p99.999"];
+    (0..labels.len())
+        .filter(|&i| i as f64 <= max_nines.ceil())
+        .map(|i| (i as f64, labels[i].to_owned()))
+        .collect()
+}
+
+pub fn latency_distribution(a: &Analysis<'_>) -> Option<Chart> {
+    let lines: Vec<Line> = a
+        .latency_rows
+        .iter()
+        .filter_map(|x| Some(Line::new(row_label(a, x), x.spectrum.clone()?)))
         .collect();
+    if lines.is_empty() {
+        return None;
+    }
     let max_nines = lines
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.0))
         .fold(0.0, f64::max);
-    if lines.is_empty() {
-        return None;
-    }
     let ys = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
     Some(Chart::Line(LineChart {
-        title: title.into(),
-        x: Axis::linear("percentile").with_ticks(figures::nines_ticks(max_nines)),
+        title: "Latency distribution (percentile spectrum from the HDR histograms)".into(),
+        x: Axis::linear("percentile").with_ticks(nines_ticks(max_nines)),
         y: Axis::auto("latency (ms)", ys, 2.0),
         lines,
         markers: false,
     }))
 }
 
-pub fn latency_distribution(r: &Results) -> Option<Chart> {
-    let rows = latency_rows(r);
-    spectrum_chart(
-        "Latency distribution (percentile spectrum from the HDR histograms)",
-        rows.iter()
-            .map(|x| (row_label(r, &rows, x), x.latency))
-            .collect(),
-    )
-}
-
 /// A run's responses per second as steps (each second's count holds for that second), at
 /// `origin + t`, ending where the run ended and then a break.
-fn rate_points(
-    run: &Run,
-    origin: f64,
-    per_second: impl Fn(&fulcrum_loadgen::results::Second) -> u64,
-) -> Vec<(f64, f64)> {
+fn rate_points(run: &Run, origin: f64, per_second: impl Fn(&Second) -> u64) -> Vec<(f64, f64)> {
     let mut pts: Vec<(f64, f64)> = run
         .timeline
         .iter()
@@ -159,78 +118,32 @@ fn rate_points(
     pts
 }
 
-fn phase(r: &Results, run: &Run) -> String {
+fn phase(f: &RunFigures<'_>) -> String {
+    let run = f.run;
     match run.kind {
         RunKind::Seed => "seed benchmark".into(),
         RunKind::Bench => format!("bench {}", run.name),
         RunKind::Shootout => "policy shoot-out".into(),
-        RunKind::Capacity => match figures::run_cluster(r, run) {
+        RunKind::Capacity => match f.cluster {
             Some(c) => format!("ramp, cluster {}", c.id),
             None => "capacity ramp".into(),
         },
     }
 }
 
-pub fn throughput_over_time(r: &Results) -> Option<Chart> {
-    let mut lines: Vec<Line> = Vec::new();
-    let timed: Vec<&Run> = r.runs.iter().filter(|x| !x.timeline.is_empty()).collect();
-    if timed.len() == 1 {
-        // One run: split it by cluster, on the run's own clock.
-        let run = timed[0];
-        lines.push(
-            Line::new("all responses", rate_points(run, 0.0, |s| s.responses))
-                .step()
-                .color("#333"),
-        );
-        let keys: std::collections::BTreeSet<&String> = run
-            .timeline
-            .iter()
-            .flat_map(|s| s.responses_by_cluster.keys())
-            .collect();
-        if keys.len() > 1 {
-            // Same colors as the per-cluster latency charts.
-            for (i, k) in keys.into_iter().enumerate() {
-                lines.push(
-                    Line::new(
-                        cluster_name(r, k),
-                        rate_points(run, 0.0, |s| {
-                            s.responses_by_cluster.get(k).copied().unwrap_or(0)
-                        }),
-                    )
-                    .step()
-                    .color(crate::plot::PALETTE[i % crate::plot::PALETTE.len()]),
-                );
-            }
-        }
+pub fn throughput_over_time(a: &Analysis<'_>) -> Option<Chart> {
+    let timed: Vec<&RunFigures<'_>> = a
+        .runs
+        .iter()
+        .filter(|f| !f.run.timeline.is_empty())
+        .collect();
+    let one = timed.len() == 1;
+    let mut lines = if one {
+        cluster_rate_lines(a, timed[0].run)
     } else {
-        for run in &timed {
-            let name = phase(r, run);
-            let pts = rate_points(run, run.started_s, |s| s.responses);
-            match lines.iter_mut().find(|l| l.name == name) {
-                Some(l) => l.points.extend(pts),
-                None => lines.push(Line::new(name, pts).step()),
-            }
-        }
-    }
-    let mut target = Vec::new();
-    for run in &timed {
-        let origin = if timed.len() == 1 { 0.0 } else { run.started_s };
-        if let Model::Open { rate, .. } = run.model {
-            target.extend([
-                (origin, rate),
-                (origin + run.duration_s, rate),
-                (f64::NAN, f64::NAN),
-            ]);
-        }
-    }
-    if !target.is_empty() {
-        lines.push(
-            Line::new("target rate", target)
-                .dashed()
-                .step()
-                .color("#555"),
-        );
-    }
+        phase_rate_lines(&timed)
+    };
+    lines.extend(target_line(&timed));
     if lines
         .iter()
         .all(|l| l.points.iter().all(|p| !p.0.is_finite()))
@@ -239,7 +152,7 @@ pub fn throughput_over_time(r: &Results) -> Option<Chart> {
     }
     Some(Chart::Line(LineChart {
         title: "Throughput over time".into(),
-        x: Axis::linear(if timed.len() == 1 {
+        x: Axis::linear(if one {
             "seconds into the run"
         } else {
             "seconds since the first run started"
@@ -250,36 +163,89 @@ pub fn throughput_over_time(r: &Results) -> Option<Chart> {
     }))
 }
 
-/// Clusters that have CPU samples anywhere in the file, in order.
-pub fn cpu_clusters(r: &Results) -> Vec<String> {
-    let mut keys: Vec<String> = r
-        .runs
+/// One run: all its responses, then split by cluster, on the run's own clock.
+fn cluster_rate_lines(a: &Analysis<'_>, run: &Run) -> Vec<Line> {
+    let mut lines = vec![
+        Line::new("all responses", rate_points(run, 0.0, |s| s.responses))
+            .step()
+            .color("#333"),
+    ];
+    let keys: std::collections::BTreeSet<&String> = run
+        .timeline
         .iter()
-        .flat_map(|run| run.cpu.iter().map(|s| s.cluster.clone()))
+        .flat_map(|s| s.responses_by_cluster.keys())
         .collect();
-    keys.sort();
-    keys.dedup();
-    keys
+    if keys.len() > 1 {
+        // Same colors as the per-cluster latency charts.
+        for (i, k) in keys.into_iter().enumerate() {
+            let pts = rate_points(run, 0.0, |s| {
+                s.responses_by_cluster.get(k).copied().unwrap_or(0)
+            });
+            lines.push(
+                Line::new(a.cluster_name(k), pts)
+                    .step()
+                    .color(PALETTE[i % PALETTE.len()]),
+            );
+        }
+    }
+    lines
+}
+
+/// Several runs: one line per phase of the experiment, on the file's clock.
+fn phase_rate_lines(timed: &[&RunFigures<'_>]) -> Vec<Line> {
+    let mut lines: Vec<Line> = Vec::new();
+    for f in timed {
+        let name = phase(f);
+        let pts = rate_points(f.run, f.run.started_s, |s| s.responses);
+        match lines.iter_mut().find(|l| l.name == name) {
+            Some(l) => l.points.extend(pts),
+            None => lines.push(Line::new(name, pts).step()),
+        }
+    }
+    lines
+}
+
+/// The open-model runs' target rates, on the same clock as the lines beside them.
+fn target_line(timed: &[&RunFigures<'_>]) -> Option<Line> {
+    let mut target = Vec::new();
+    for f in timed {
+        let origin = if timed.len() == 1 {
+            0.0
+        } else {
+            f.run.started_s
+        };
+        if let Model::Open { rate, .. } = f.run.model {
+            target.extend([
+                (origin, rate),
+                (origin + f.run.duration_s, rate),
+                (f64::NAN, f64::NAN),
+            ]);
+        }
+    }
+    (!target.is_empty()).then(|| {
+        Line::new("target rate", target)
+            .dashed()
+            .step()
+            .color("#555")
+    })
 }
 
 /// CPU of each of a cluster's workers over the whole file's time line.
-pub fn cpu_over_time(r: &Results, cluster: &str) -> Option<Chart> {
+pub fn cpu_over_time(a: &Analysis<'_>, cluster: &str) -> Option<Chart> {
     let mut lines: Vec<Line> = Vec::new();
-    for run in &r.runs {
-        for (id, c) in figures::cpu_workers(run) {
-            if c != cluster {
-                continue;
-            }
-            let mut pts: Vec<(f64, f64)> = run
+    for f in &a.runs {
+        for w in f.workers.iter().filter(|w| w.cluster == cluster) {
+            let mut pts: Vec<(f64, f64)> = f
+                .run
                 .cpu
                 .iter()
-                .filter(|s| s.instance_id == id)
-                .map(|s| (run.started_s + s.t, s.cpu_utilization * 100.0))
+                .filter(|s| s.instance_id == w.instance_id)
+                .map(|s| (f.run.started_s + s.t, s.cpu_utilization * 100.0))
                 .collect();
             pts.push((f64::NAN, f64::NAN));
-            match lines.iter_mut().find(|l| l.name == id) {
+            match lines.iter_mut().find(|l| l.name == w.instance_id) {
                 Some(l) => l.points.extend(pts),
-                None => lines.push(Line::new(id, pts)),
+                None => lines.push(Line::new(w.instance_id, pts)),
             }
         }
     }
@@ -288,7 +254,7 @@ pub fn cpu_over_time(r: &Results, cluster: &str) -> Option<Chart> {
     }
     lines.sort_by(|a, b| a.name.cmp(&b.name));
     Some(Chart::Line(LineChart {
-        title: format!("CPU per worker over time: {}", cluster_name(r, cluster)),
+        title: format!("CPU per worker over time: {}", a.cluster_name(cluster)),
         x: Axis::linear("seconds since the first run started"),
         y: Axis::from_zero("CPU (% of the worker's quota)"),
         lines,
@@ -296,63 +262,24 @@ pub fn cpu_over_time(r: &Results, cluster: &str) -> Option<Chart> {
     }))
 }
 
-/// The cores a worker may use, from the deployment.
-fn instance_cores(r: &Results, id: &str) -> Option<f64> {
-    r.deployment
-        .as_ref()?
-        .instances
-        .iter()
-        .find(|i| i.instance_id == id)
-        .map(|i| i.cores)
-}
-
-/// Per worker in a headline run: responses, and what a split by capacity would have given it.
-pub fn worker_requests(r: &Results, run: &Run) -> Vec<(String, String, u64, f64)> {
-    let cores: Vec<Option<f64>> = run
-        .by_instance
-        .keys()
-        .map(|id| instance_cores(r, id))
-        .collect();
-    let known = cores.iter().all(Option::is_some);
-    let total_cores: f64 = cores.iter().flatten().sum();
-    let total: u64 = run.by_instance.values().map(|g| g.responses).sum();
-    let n = run.by_instance.len().max(1) as f64;
-    run.by_instance
-        .iter()
-        .zip(cores)
-        .map(|((id, g), c)| {
-            let share = match (known && total_cores > 0.0, c) {
-                (true, Some(c)) => c / total_cores,
-                _ => 1.0 / n,
-            };
-            (
-                id.clone(),
-                g.cluster.clone(),
-                g.responses,
-                share * total as f64,
-            )
-        })
-        .collect()
-}
-
-pub fn requests_per_worker(r: &Results) -> Option<Chart> {
-    let runs = figures::headline_runs(r);
+pub fn requests_per_worker(a: &Analysis<'_>) -> Option<Chart> {
     let mut categories = Vec::new();
     let (mut got, mut fair) = (Vec::new(), Vec::new());
-    let ids: Vec<String> = runs
-        .iter()
-        .flat_map(|run| run.by_instance.keys().cloned())
+    let ids: Vec<&str> = a
+        .headline()
+        .flat_map(|f| f.requests.iter().map(|w| w.instance_id))
         .collect();
-    for run in &runs {
-        for (id, _, n, share) in worker_requests(r, run) {
+    for f in a.headline() {
+        for w in &f.requests {
+            let id = w.instance_id;
             let repeated = ids.iter().filter(|x| **x == id).count() > 1;
             categories.push(if repeated {
-                format!("{} · {id}", run.name)
+                format!("{} · {id}", f.run.name)
             } else {
-                id
+                id.to_owned()
             });
-            got.push(Some(n as f64));
-            fair.push(Some(share));
+            got.push(Some(w.group.responses as f64));
+            fair.push(Some(w.by_capacity));
         }
     }
     if categories.is_empty() {
@@ -379,18 +306,19 @@ pub fn requests_per_worker(r: &Results) -> Option<Chart> {
 }
 
 /// Achieved against offered rate in each cluster's ramp, with the ideal diagonal.
-pub fn capacity_ramp(r: &Results) -> Option<Chart> {
-    let exp = r.experiment.as_ref()?;
+pub fn capacity_ramp(a: &Analysis<'_>) -> Option<Chart> {
+    let c = a.capacity.as_ref()?;
     let mut lines = Vec::new();
     let mut hi: f64 = 0.0;
-    for cap in &exp.capacity {
-        let pts: Vec<(f64, f64)> = figures::ramp(r, cap)
+    for ramp in &c.ramps {
+        let pts: Vec<(f64, f64)> = ramp
+            .steps
             .iter()
             .map(|s| (s.target, s.run.achieved_rate))
             .collect();
         hi = pts.iter().map(|p| p.0).fold(hi, f64::max);
         if !pts.is_empty() {
-            lines.push(Line::new(cluster_name(r, &cap.cluster), pts));
+            lines.push(Line::new(a.cluster_name(ramp.cluster()), pts));
         }
     }
     if lines.is_empty() {
@@ -411,15 +339,15 @@ pub fn capacity_ramp(r: &Results) -> Option<Chart> {
 }
 
 /// p99 at each step of each cluster's ramp (response time against load).
-pub fn capacity_latency(r: &Results) -> Option<Chart> {
-    let exp = r.experiment.as_ref()?;
-    let lines: Vec<Line> = exp
-        .capacity
+pub fn capacity_latency(a: &Analysis<'_>) -> Option<Chart> {
+    let c = a.capacity.as_ref()?;
+    let lines: Vec<Line> = c
+        .ramps
         .iter()
-        .map(|cap| {
+        .map(|ramp| {
             Line::new(
-                format!("{} p99", cluster_name(r, &cap.cluster)),
-                figures::ramp(r, cap)
+                format!("{} p99", a.cluster_name(ramp.cluster())),
+                ramp.steps
                     .iter()
                     .map(|s| (s.target, s.run.latency.p99_ms))
                     .collect(),
@@ -535,23 +463,22 @@ pub fn scenario_shares(s: &ScenarioAnalysis<'_>) -> Option<Chart> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::Analysis;
     use crate::sample;
 
     #[test]
     fn every_chart_of_an_experiment_has_data() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Analysis::new(&r);
         let mut charts = vec![
-            latency_percentiles(&r),
-            latency_distribution(&r),
-            throughput_over_time(&r),
-            requests_per_worker(&r),
-            capacity_ramp(&r),
-            capacity_latency(&r),
+            latency_percentiles(&a),
+            latency_distribution(&a),
+            throughput_over_time(&a),
+            requests_per_worker(&a),
+            capacity_ramp(&a),
+            capacity_latency(&a),
         ];
-        charts.extend(cpu_clusters(&r).iter().map(|c| cpu_over_time(&r, c)));
-        for s in &a.scenarios {
+        charts.extend(a.cpu_clusters.iter().map(|c| cpu_over_time(&a, c)));
+        for s in &a.shootout.as_ref().unwrap().scenarios {
             charts.push(scenario_latency(s));
             charts.push(scenario_shares(s));
         }
@@ -568,8 +495,8 @@ mod tests {
     #[test]
     fn scenario_charts_show_every_contender_and_the_two_compared() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
-        let s = &a.scenarios[0];
+        let a = Analysis::new(&r);
+        let s = &a.shootout.as_ref().unwrap().scenarios[0];
         let svg = scenario_latency(s).unwrap().render().unwrap();
         // Two bars and two round dots per contender.
         assert!(svg.contains(r#"data-points="20""#), "{svg}");
@@ -589,25 +516,10 @@ mod tests {
         r.runs.retain(|x| x.kind == RunKind::Seed);
         r.runs.truncate(1);
         r.runs[0].kind = RunKind::Bench;
-        assert!(capacity_ramp(&r).is_none());
-        assert!(Analysis::new(&r).is_none());
-        assert!(latency_percentiles(&r).is_some());
-        assert!(throughput_over_time(&r).is_some());
-    }
-
-    #[test]
-    fn requests_split_by_capacity_follows_cores() {
-        let mut r = sample::experiment();
-        r.runs.truncate(2);
-        // Put both clusters in one run: large workers should get twice a micro's share.
-        let mut run = r.runs[0].clone();
-        run.by_instance.extend(r.runs[1].by_instance.clone());
-        let rows = worker_requests(&r, &run);
-        let micro = rows.iter().find(|x| x.0 == "i-micro0").unwrap().3;
-        let large = rows.iter().find(|x| x.0 == "i-large0").unwrap().3;
-        assert!((large / micro - 2.0).abs() < 1e-9);
-        let total: u64 = rows.iter().map(|x| x.2).sum();
-        let fair: f64 = rows.iter().map(|x| x.3).sum();
-        assert!((fair - total as f64).abs() < 1e-6);
+        let a = Analysis::new(&r);
+        assert!(capacity_ramp(&a).is_none());
+        assert!(a.shootout.is_none());
+        assert!(latency_percentiles(&a).is_some());
+        assert!(throughput_over_time(&a).is_some());
     }
 }

@@ -1,71 +1,17 @@
-//! The report's verdicts, worded from the numbers. Each claim is made only as far as the data
-//! carries it: a ramp brackets a cluster's capacity between the highest step it sustained and
-//! the first it failed, so two clusters are ranked only when the brackets do not overlap;
-//! fulcrum is "ahead" of the peers in a scenario only when its per-round p99 range clears every
-//! peer's (the verdict is the `Analysis`'s; this only words it); a single run has no spread, so
-//! it is described, never ranked.
+//! The report's verdicts in words. Every figure and verdict comes from the `Analysis`; this
+//! only words them, and only as far as the data carries: a ramp brackets a cluster's capacity
+//! between the highest step it sustained and the first it failed, so two clusters are ranked
+//! only when the brackets do not overlap; fulcrum is "ahead" of the peers in a scenario only
+//! when its per-round p99 range clears every peer's; a single run has no spread, so it is
+//! described, never ranked.
 
-use fulcrum_loadgen::results::{Capacity, Model, Results, Run, RunKind};
+use fulcrum_loadgen::results::Model;
 
-use crate::analysis::{Analysis, ContenderFigures, ScenarioAnalysis, Verdict, KEPT_UP_SHARE};
-use crate::figures::{self, cluster_info, cluster_name, same_rate};
-use crate::units::{count, counted, ms_u, pct, rate_u, times};
-
-/// How the clusters' capacities compare.
-#[derive(Debug, PartialEq)]
-pub enum CapacityOrder<'a> {
-    /// `first` failed at a rate every other cluster sustained.
-    Clear {
-        first: &'a Capacity,
-        /// The rest, by sustained rate.
-        others: Vec<&'a Capacity>,
-    },
-    /// `lowest` sustained the least, but `overlapping`'s bracket overlaps it: the ramp's steps
-    /// are too coarse (or it stopped too early) to say who saturates first.
-    Unresolved {
-        lowest: &'a Capacity,
-        overlapping: &'a Capacity,
-    },
-    /// No cluster failed a step: the ramp never reached a limit.
-    NoneFailed,
-}
-
-fn upper(c: &Capacity) -> f64 {
-    c.failed_rate.unwrap_or(f64::INFINITY)
-}
-
-/// Orders two or more clusters by capacity; `None` with fewer than two.
-pub fn order_capacity(caps: &[Capacity]) -> Option<CapacityOrder<'_>> {
-    if caps.len() < 2 {
-        return None;
-    }
-    if caps.iter().all(|c| c.failed_rate.is_none()) {
-        return Some(CapacityOrder::NoneFailed);
-    }
-    let mut by_rate: Vec<&Capacity> = caps.iter().collect();
-    by_rate.sort_by(|a, b| {
-        a.sustained_rate
-            .total_cmp(&b.sustained_rate)
-            .then(upper(a).total_cmp(&upper(b)))
-    });
-    let lowest = by_rate[0];
-    let rest: Vec<&Capacity> = by_rate[1..].to_vec();
-    match rest.iter().find(|o| o.sustained_rate < upper(lowest)) {
-        None => Some(CapacityOrder::Clear {
-            first: lowest,
-            others: rest,
-        }),
-        Some(o) => Some(CapacityOrder::Unresolved {
-            lowest,
-            overlapping: o,
-        }),
-    }
-}
-
-/// Runs in which the load generator ran out of CPU.
-pub fn saturated_runs(r: &Results) -> Vec<&Run> {
-    r.runs.iter().filter(|x| x.generator.saturated).collect()
-}
+use crate::analysis::{
+    Analysis, CapacityAnalysis, CapacityOrder, ContenderFigures, Expectation, Ramp, Ranked,
+    RunFigures, ScenarioAnalysis, Shootout, Verdict, KEPT_UP_SHARE,
+};
+use crate::units::{count, counted, error_kinds, ms_u, pct, rate_u, secs, times};
 
 fn name_list(names: &[&str]) -> String {
     const SHOWN: usize = 6;
@@ -82,46 +28,30 @@ fn name_list(names: &[&str]) -> String {
 }
 
 /// Warnings for the top of the report; empty when there is nothing to warn about.
-pub fn warnings(r: &Results) -> Vec<String> {
+pub fn warnings(a: &Analysis<'_>) -> Vec<String> {
+    let w = &a.warnings;
     let mut out = Vec::new();
-    let sat = saturated_runs(r);
-    if !sat.is_empty() {
-        let names: Vec<&str> = sat.iter().map(|x| x.name.as_str()).collect();
-        let peak = sat
-            .iter()
-            .map(|x| x.generator.cpu_utilization)
-            .fold(0.0, f64::max);
+    if !w.saturated.is_empty() {
+        let names: Vec<&str> = w.saturated.iter().map(|x| x.name.as_str()).collect();
         out.push(format!(
             "The load generator was saturated in {} of {} runs ({}; its CPU peaked at {} of what it could use). \
              In those runs part of the latency is time requests waited inside the generator, and throughput may be \
              the generator's limit rather than the servers': read them as bounds, not measurements of the servers.",
-            sat.len(),
-            r.runs.len(),
+            w.saturated.len(),
+            a.results.runs.len(),
             name_list(&names),
-            pct(peak),
+            pct(w.saturated_peak),
         ));
     }
-    let errors: u64 = r.runs.iter().map(|x| x.errors.total()).sum();
-    if errors > 0 {
-        let failing: Vec<&str> = r
-            .runs
-            .iter()
-            .filter(|x| x.errors.total() > 0 && x.kind != RunKind::Capacity)
-            .map(|x| x.name.as_str())
-            .collect();
-        if !failing.is_empty() {
-            out.push(format!(
-                "Requests failed outside the capacity ramp (where failing steps are expected): {}.",
-                failing
-                    .iter()
-                    .map(|n| {
-                        let run = figures::run_by_name(r, n).expect("named from the runs");
-                        format!("{n}: {}", figures::error_kinds(&run.errors))
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-        }
+    if !w.failing.is_empty() {
+        out.push(format!(
+            "Requests failed outside the capacity ramp (where failing steps are expected): {}.",
+            w.failing
+                .iter()
+                .map(|run| format!("{}: {}", run.name, error_kinds(&run.errors)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
     }
     out
 }
@@ -136,21 +66,93 @@ fn sentence_case(s: String) -> String {
     s.replace(". cluster ", ". Cluster ")
 }
 
-fn capacity_name(r: &Results, c: &Capacity) -> String {
-    cluster_name(r, &c.cluster)
+/// Capacity and the seed's expectation (micro saturates first).
+pub fn capacity_findings(a: &Analysis<'_>) -> Vec<String> {
+    let Some(c) = &a.capacity else {
+        return Vec::new();
+    };
+    if let [only] = c.ramps.as_slice() {
+        return vec![single_ramp_text(a, only)];
+    }
+    let mut out = Vec::new();
+    match &c.order {
+        Some(CapacityOrder::Clear { first, others }) => {
+            out.push(clear_order_text(a, c, *first, others));
+            out.extend(expectation_text(a, c));
+        }
+        Some(CapacityOrder::Unresolved {
+            lowest,
+            overlapping,
+        }) => {
+            out.push(unresolved_text(
+                a,
+                &c.ramps[*lowest],
+                &c.ramps[*overlapping],
+            ));
+            out.extend(expectation_text(a, c));
+        }
+        Some(CapacityOrder::NoneFailed) => out.push(none_failed_text(a, c)),
+        None => {}
+    }
+    // A generator that ran out of CPU during a ramp caps that ramp, not the cluster.
+    for ramp in c.ramps.iter().filter(|x| !x.saturated_steps.is_empty()) {
+        out.push(format!(
+            "Caution: the load generator was saturated during {}'s ramp ({}), so its measured limit may be the \
+             generator's.",
+            a.cluster_name(ramp.cluster()),
+            name_list(&ramp.saturated_steps)
+        ));
+    }
+    out.into_iter().map(sentence_case).collect()
+}
+
+fn single_ramp_text(a: &Analysis<'_>, ramp: &Ramp<'_>) -> String {
+    let c = ramp.capacity;
+    match c.failed_rate {
+        Some(f) => format!(
+            "{} sustained {} and first failed at {}.",
+            a.cluster_name(&c.cluster),
+            rate_u(c.sustained_rate),
+            rate_u(f)
+        ),
+        None => format!(
+            "{} sustained every step of its ramp, up to {}: its limit is higher.",
+            a.cluster_name(&c.cluster),
+            rate_u(c.sustained_rate)
+        ),
+    }
+}
+
+/// Who saturated first, where and why, then every other cluster against it.
+fn clear_order_text(
+    a: &Analysis<'_>,
+    c: &CapacityAnalysis<'_>,
+    first: usize,
+    others: &[Ranked],
+) -> String {
+    let f = &c.ramps[first];
+    let mut s = format!(
+        "{} saturated first: it sustained {} and failed at {} ({}), a rate that {} sustained.",
+        a.cluster_name(f.cluster()),
+        rate_u(f.capacity.sustained_rate),
+        rate_u(f.capacity.failed_rate.expect("a clear first has failed")),
+        failed_step_text(f).unwrap_or_else(|| "step not in the file".into()),
+        a.cluster_name(c.ramps[others[0].ramp].cluster()),
+    );
+    for o in others {
+        s.push_str(&ranked_text(a, &c.ramps[o.ramp], o.times_first));
+    }
+    s
 }
 
 /// Why the first failed step failed, from that step's own numbers.
-fn failed_step_text(r: &Results, c: &Capacity) -> Option<String> {
-    let f = c.failed_rate?;
-    let step = figures::ramp(r, c)
-        .into_iter()
-        .find(|s| same_rate(s.target, f))?;
+fn failed_step_text(ramp: &Ramp<'_>) -> Option<String> {
+    let step = ramp.first_failed()?;
     let run = step.run;
     let mut why = vec![format!(
         "achieved {}, {} of it",
         rate_u(run.achieved_rate),
-        pct(run.achieved_rate / f)
+        pct(step.achieved_share)
     )];
     why.push(format!("p99 {}", ms_u(run.latency.p99_ms)));
     if run.errors.total() > 0 {
@@ -159,281 +161,207 @@ fn failed_step_text(r: &Results, c: &Capacity) -> Option<String> {
     Some(why.join(", "))
 }
 
-/// Capacity and the seed's expectation (micro saturates first).
-pub fn capacity_findings(r: &Results) -> Vec<String> {
-    let Some(exp) = &r.experiment else {
-        return Vec::new();
+fn ranked_text(a: &Analysis<'_>, ramp: &Ramp<'_>, times_first: Option<f64>) -> String {
+    let c = ramp.capacity;
+    let ratio = |unit: &str| match times_first {
+        Some(t) => format!("{} {unit}", times(t)),
+        None => "while the first sustained no step at all".into(),
     };
-    let caps = &exp.capacity;
-    let mut out = Vec::new();
-    if caps.len() == 1 {
-        let c = &caps[0];
-        out.push(match c.failed_rate {
-            Some(f) => format!(
-                "{} sustained {} and first failed at {}.",
-                capacity_name(r, c),
-                rate_u(c.sustained_rate),
-                rate_u(f)
-            ),
-            None => format!(
-                "{} sustained every step of its ramp, up to {}: its limit is higher.",
-                capacity_name(r, c),
-                rate_u(c.sustained_rate)
-            ),
-        });
-        return out;
+    match c.failed_rate {
+        Some(f) => format!(
+            " {} sustained {} (failed at {}): {}.",
+            a.cluster_name(&c.cluster),
+            rate_u(c.sustained_rate),
+            rate_u(f),
+            ratio("as much")
+        ),
+        None => format!(
+            " {} sustained every step up to {} without failing, so it has at least {}.",
+            a.cluster_name(&c.cluster),
+            rate_u(c.sustained_rate),
+            ratio("the capacity")
+        ),
     }
-    // The expectation, from the CPU each cluster may use.
-    let ceilings: Vec<(&Capacity, f64)> = caps
-        .iter()
-        .filter_map(|c| Some((c, figures::ceiling_rps(cluster_info(r, &c.cluster)?)?)))
-        .collect();
-    let expected_first = (ceilings.len() == caps.len())
-        .then(|| {
-            ceilings
-                .iter()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|x| x.0.cluster.clone())
-        })
-        .flatten();
+}
 
-    match order_capacity(caps) {
-        Some(CapacityOrder::Clear { first, others }) => {
-            let next = others[0];
-            let mut s = format!(
-                "{} saturated first: it sustained {} and failed at {} ({}), a rate that {} sustained.",
-                capacity_name(r, first),
-                rate_u(first.sustained_rate),
-                rate_u(first.failed_rate.expect("a clear first has failed")),
-                failed_step_text(r, first).unwrap_or_else(|| "step not in the file".into()),
-                capacity_name(r, next),
-            );
-            for o in &others {
-                let ratio = if first.sustained_rate > 0.0 {
-                    format!("{} as much", times(o.sustained_rate / first.sustained_rate))
-                } else {
-                    "while the first sustained no step at all".into()
-                };
-                match o.failed_rate {
-                    Some(f) => s.push_str(&format!(
-                        " {} sustained {} (failed at {}): {}.",
-                        capacity_name(r, o),
-                        rate_u(o.sustained_rate),
-                        rate_u(f),
-                        ratio
-                    )),
-                    None => s.push_str(&format!(
-                        " {} sustained every step up to {} without failing, so it has at least {}.",
-                        capacity_name(r, o),
-                        rate_u(o.sustained_rate),
-                        ratio.replace(" as much", " the capacity")
-                    )),
-                }
-            }
-            out.push(s);
-            if let Some(exp_first) = &expected_first {
-                let ceil = |c: &Capacity| {
-                    ceilings
-                        .iter()
-                        .find(|x| x.0.cluster == c.cluster)
-                        .map(|x| x.1)
-                        .unwrap_or(f64::NAN)
-                };
-                let expected_ratio = ceil(next) / ceil(first);
-                let measured_ratio = next.sustained_rate / first.sustained_rate;
-                if *exp_first == first.cluster {
-                    out.push(format!(
-                        "The seed's expectation holds: the cluster with less CPU reached its limit first. From CPU alone \
-                         {} should manage {} the rate of {}; the ramp measured {}{}. {} reached {} of its CPU-bound ceiling, {} {}.",
-                        capacity_name(r, next),
-                        times(expected_ratio),
-                        capacity_name(r, first),
-                        times(measured_ratio),
-                        if next.failed_rate.is_none() { " (a lower bound)" } else { "" },
-                        capacity_name(r, first),
-                        pct(first.sustained_rate / ceil(first)),
-                        capacity_name(r, next),
-                        pct(next.sustained_rate / ceil(next)),
-                    ));
-                } else {
-                    out.push(format!(
-                        "The seed's expectation does not hold here: {} has the least CPU, yet {} reached its limit first.",
-                        cluster_name(r, exp_first),
-                        capacity_name(r, first),
-                    ));
-                }
-            }
-        }
-        Some(CapacityOrder::Unresolved {
-            lowest,
-            overlapping,
-        }) => {
-            out.push(format!(
-                "The ramp cannot say which cluster saturates first. {} sustained the lower rate ({} against {}), \
-                 but its bracket reaches {} while {} sustained {}: the capacities overlap within the ramp's step size. \
-                 A finer ramp would separate them.",
-                capacity_name(r, lowest),
-                rate_u(lowest.sustained_rate),
-                rate_u(overlapping.sustained_rate),
-                lowest
-                    .failed_rate
-                    .map(rate_u)
-                    .unwrap_or_else(|| "beyond the ramp".into()),
-                capacity_name(r, overlapping),
-                rate_u(overlapping.sustained_rate),
-            ));
-            if expected_first.is_some() {
-                out.push(
-                    "So the seed's expectation (the smaller cluster saturates first) is neither confirmed nor refuted by this run."
-                        .into(),
-                );
-            }
-        }
-        Some(CapacityOrder::NoneFailed) => {
-            out.push(format!(
-                "No cluster failed a step of its ramp ({}): the ramp never reached a limit, so this run cannot say which \
-                 cluster saturates first.",
-                caps.iter()
-                    .map(|c| format!(
-                        "{} up to {}",
-                        capacity_name(r, c),
-                        rate_u(c.sustained_rate)
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        None => {}
-    }
-    // A generator that ran out of CPU during a ramp caps that ramp, not the cluster.
-    for c in caps {
-        let sat: Vec<&str> = figures::ramp(r, c)
+fn unresolved_text(a: &Analysis<'_>, lowest: &Ramp<'_>, overlapping: &Ramp<'_>) -> String {
+    let (l, o) = (lowest.capacity, overlapping.capacity);
+    format!(
+        "The ramp cannot say which cluster saturates first. {} sustained the lower rate ({} against {}), \
+         but its bracket reaches {} while {} sustained {}: the capacities overlap within the ramp's step size. \
+         A finer ramp would separate them.",
+        a.cluster_name(&l.cluster),
+        rate_u(l.sustained_rate),
+        rate_u(o.sustained_rate),
+        l.failed_rate
+            .map(rate_u)
+            .unwrap_or_else(|| "beyond the ramp".into()),
+        a.cluster_name(&o.cluster),
+        rate_u(o.sustained_rate),
+    )
+}
+
+fn none_failed_text(a: &Analysis<'_>, c: &CapacityAnalysis<'_>) -> String {
+    format!(
+        "No cluster failed a step of its ramp ({}): the ramp never reached a limit, so this run cannot say which \
+         cluster saturates first.",
+        c.ramps
             .iter()
-            .filter(|s| s.run.generator.saturated)
-            .map(|s| s.run.name.as_str())
-            .collect();
-        if !sat.is_empty() {
-            out.push(format!(
-                "Caution: the load generator was saturated during {}'s ramp ({}), so its measured limit may be the \
-                 generator's.",
-                capacity_name(r, c),
-                name_list(&sat)
-            ));
+            .map(|r| format!(
+                "{} up to {}",
+                a.cluster_name(r.cluster()),
+                rate_u(r.capacity.sustained_rate)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn expectation_text(a: &Analysis<'_>, c: &CapacityAnalysis<'_>) -> Option<String> {
+    let name = |i: usize| a.cluster_name(c.ramps[i].cluster());
+    Some(match c.expectation.as_ref()? {
+        Expectation::Holds {
+            first,
+            next,
+            expected_ratio,
+            measured_ratio,
+        } => format!(
+            "The seed's expectation holds: the cluster with less CPU reached its limit first. From CPU alone \
+             {} should manage {} the rate of {}; the ramp measured {}{}. {} reached {} of its CPU-bound ceiling, {} {}.",
+            name(*next),
+            times(*expected_ratio),
+            name(*first),
+            times(*measured_ratio),
+            if c.ramps[*next].capacity.failed_rate.is_none() {
+                " (a lower bound)"
+            } else {
+                ""
+            },
+            name(*first),
+            pct(c.ramps[*first].share_of_ceiling.unwrap_or(f64::NAN)),
+            name(*next),
+            pct(c.ramps[*next].share_of_ceiling.unwrap_or(f64::NAN)),
+        ),
+        Expectation::Refuted { least_cpu, first } => format!(
+            "The seed's expectation does not hold here: {} has the least CPU, yet {} reached its limit first.",
+            name(*least_cpu),
+            name(*first),
+        ),
+        Expectation::Undecided => {
+            "So the seed's expectation (the smaller cluster saturates first) is neither confirmed nor refuted by this run."
+                .into()
         }
-    }
-    out.into_iter().map(sentence_case).collect()
+    })
 }
 
 /// The seed's benchmark (or plain bench runs): numbers per cluster, the seed's "average"
 /// next to real latency, and no ranking from single runs.
-pub fn headline_findings(r: &Results) -> Vec<String> {
-    let runs = figures::headline_runs(r);
-    let mut out = Vec::new();
-    let mut single: Vec<String> = Vec::new();
-    for run in &runs {
-        let target = figures::run_cluster(r, run)
-            .map(|c| cluster_name(r, &c.id.to_string()))
-            .unwrap_or_else(|| run.url.clone());
-        let mut s = format!(
-            "Run {} ({}) on {}: {} responses in {}, {}; p50 {}, p99 {}, max {}; errors: {}.",
-            run.name,
-            figures::model_text(run),
-            target,
-            count(run.responses),
-            crate::units::secs(run.duration_s),
-            rate_u(run.achieved_rate),
-            ms_u(run.latency.p50_ms),
-            ms_u(run.latency.p99_ms),
-            ms_u(run.latency.max_ms),
-            figures::error_kinds(&run.errors),
-        );
-        if let (Model::Closed { concurrency, .. }, Some(avg)) =
-            (&run.model, figures::seed_average_ms(run))
-        {
-            s.push_str(&format!(
-                " The seed's \"average time per request\" (total time / requests) would be {} here: that is \
-                 1 / throughput, not latency. With {} requests in flight the median request took {}, {} longer.",
-                ms_u(avg),
-                concurrency,
-                ms_u(run.latency.p50_ms),
-                times(run.latency.p50_ms / avg),
-            ));
-        }
-        out.push(s);
-        for key in run.by_cluster.keys() {
-            single.push(key.clone());
-        }
-    }
-    // Several clusters measured once each: say what the numbers are, not who won.
-    if single.len() >= 2 {
-        let groups: Vec<String> = runs
-            .iter()
-            .flat_map(|run| {
-                run.by_cluster.iter().map(move |(k, g)| {
-                    format!("{} p99 {}", cluster_name(r, k), ms_u(g.latency.p99_ms))
-                })
-            })
-            .collect();
-        out.push(format!(
-            "At this load {}. Each figure comes from a single run, so there is no spread to tell a real difference \
-             from noise: {}",
-            groups.join(", "),
-            if r.experiment.as_ref().is_some_and(|e| !e.capacity.is_empty()) {
-                "the capacity ramp is the comparison to rely on."
-            } else {
-                "repeat the runs (fulcrum experiment does) before ranking the clusters."
-            }
-        ));
+pub fn headline_findings(a: &Analysis<'_>) -> Vec<String> {
+    let mut out: Vec<String> = a.headline().map(|f| headline_run_text(a, f)).collect();
+    if a.single_runs_compared {
+        out.push(single_runs_text(a));
     }
     out
 }
 
+fn headline_run_text(a: &Analysis<'_>, f: &RunFigures<'_>) -> String {
+    let run = f.run;
+    let target = f
+        .cluster
+        .map(|c| a.cluster_name(&c.id.to_string()))
+        .unwrap_or_else(|| run.url.clone());
+    let mut s = format!(
+        "Run {} ({}) on {}: {} responses in {}, {}; p50 {}, p99 {}, max {}; errors: {}.",
+        run.name,
+        crate::units::model(&run.model),
+        target,
+        count(run.responses),
+        secs(run.duration_s),
+        rate_u(run.achieved_rate),
+        ms_u(run.latency.p50_ms),
+        ms_u(run.latency.p99_ms),
+        ms_u(run.latency.max_ms),
+        error_kinds(&run.errors),
+    );
+    if let (Model::Closed { concurrency, .. }, Some(avg), Some(ratio)) =
+        (&run.model, f.seed_average_ms, f.p50_over_seed_average)
+    {
+        s.push_str(&format!(
+            " The seed's \"average time per request\" (total time / requests) would be {} here: that is \
+             1 / throughput, not latency. With {} requests in flight the median request took {}, {} longer.",
+            ms_u(avg),
+            concurrency,
+            ms_u(run.latency.p50_ms),
+            times(ratio),
+        ));
+    }
+    s
+}
+
+/// Several clusters measured once each: say what the numbers are, not who won.
+fn single_runs_text(a: &Analysis<'_>) -> String {
+    let groups: Vec<String> = a
+        .latency_rows
+        .iter()
+        .filter_map(|row| {
+            Some(format!(
+                "{} p99 {}",
+                a.cluster_name(row.cluster?),
+                ms_u(row.latency.p99_ms)
+            ))
+        })
+        .collect();
+    format!(
+        "At this load {}. Each figure comes from a single run, so there is no spread to tell a real difference \
+         from noise: {}",
+        groups.join(", "),
+        if a.capacity.is_some() {
+            "the capacity ramp is the comparison to rely on."
+        } else {
+            "repeat the runs (fulcrum experiment does) before ranking the clusters."
+        }
+    )
+}
+
+/// `lead: a; b; c.`, or nothing when there are no parts.
+fn listed(lead: &str, parts: &[String]) -> Option<String> {
+    (!parts.is_empty()).then(|| format!("{lead}: {}.", parts.join("; ")))
+}
+
 /// CPU per cluster in the headline runs and at each ramp's limit.
-pub fn cpu_findings(r: &Results) -> Vec<String> {
-    let mut parts = Vec::new();
-    for run in figures::headline_runs(r) {
-        let mut keys: Vec<String> = figures::cpu_workers(run)
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect();
-        keys.dedup();
-        for k in keys {
-            if let Some(c) = figures::cluster_cpu(run, &k) {
-                parts.push(format!(
+pub fn cpu_findings(a: &Analysis<'_>) -> Option<String> {
+    let mut parts: Vec<String> = a
+        .headline()
+        .flat_map(|f| {
+            f.cluster_cpu.iter().map(move |c| {
+                format!(
                     "{} averaged {} of its CPU (peak {}) during {}",
-                    cluster_name(r, &k),
-                    pct(c.mean),
-                    pct(c.peak),
-                    run.name
-                ));
-            }
+                    a.cluster_name(c.cluster),
+                    pct(c.stats.mean),
+                    pct(c.stats.peak),
+                    f.run.name
+                )
+            })
+        })
+        .collect();
+    for ramp in a.capacity.iter().flat_map(|c| &c.ramps) {
+        let Some(step) = ramp.first_failed() else {
+            continue;
+        };
+        if let Some(cpu) = step.cpu {
+            parts.push(format!(
+                "{} averaged {} at its first failed step ({})",
+                a.cluster_name(ramp.cluster()),
+                pct(cpu.mean),
+                rate_u(step.target)
+            ));
         }
     }
-    if let Some(exp) = &r.experiment {
-        for cap in &exp.capacity {
-            if let Some(step) = figures::ramp(r, cap).into_iter().find(|s| s.first_failed) {
-                if let Some(c) = figures::cluster_cpu(step.run, &cap.cluster) {
-                    parts.push(format!(
-                        "{} averaged {} at its first failed step ({})",
-                        cluster_name(r, &cap.cluster),
-                        pct(c.mean),
-                        rate_u(step.target)
-                    ));
-                }
-            }
-        }
-    }
-    if parts.is_empty() {
-        return Vec::new();
-    }
-    vec![format!(
-        "CPU, as a share of what each worker may use: {}.",
-        parts.join("; ")
-    )]
+    listed("CPU, as a share of what each worker may use", &parts)
 }
 
 /// The shoot-out: peers that did not run, then a paragraph per scenario.
-pub fn shootout_findings(a: &Analysis<'_>) -> Vec<String> {
+pub fn shootout_findings(a: &Shootout<'_>) -> Vec<String> {
     let mut out: Vec<String> = a
         .missing_peers
         .iter()
@@ -526,14 +454,13 @@ fn comparison_text(s: &ScenarioAnalysis<'_>) -> String {
         ms_u(b.median_p99_ms),
         rounds_text(b),
         times(c.ratio),
-        verdict_text(c.verdict, f, b)
+        verdict_text(c.verdict, b)
     )
 }
 
-fn verdict_text(v: Verdict, fulcrum: &ContenderFigures<'_>, best: &ContenderFigures<'_>) -> String {
+fn verdict_text(v: Verdict, best: &ContenderFigures<'_>) -> String {
     match v {
-        // Lower latency bought by serving less is not a win.
-        Verdict::Wins if !fulcrum.kept_up => {
+        Verdict::AheadButShort => {
             "each of fulcrum's rounds had a lower p99 than every round of every peer, but it did not keep up (see \
              below), so this is not a clean win"
                 .into()
@@ -586,51 +513,49 @@ fn kept_up_text(s: &ScenarioAnalysis<'_>) -> String {
 }
 
 /// Open-model runs that fell short of their schedule.
-pub fn schedule_findings(r: &Results) -> Vec<String> {
-    let short: Vec<String> = r
-        .runs
+pub fn schedule_findings(a: &Analysis<'_>) -> Option<String> {
+    let short: Vec<String> = a
+        .warnings
+        .behind_schedule
         .iter()
-        .filter(|x| x.kind != RunKind::Capacity)
-        .filter_map(|x| {
-            let t = x.target_rate?;
-            (t > 0.0 && (x.achieved_rate < 0.95 * t || x.unsent_requests > 0)).then(|| {
-                format!(
-                    "{} achieved {} of its {} target ({} late, {} never sent)",
-                    x.name,
-                    rate_u(x.achieved_rate),
-                    rate_u(t),
-                    count(x.late_requests),
-                    count(x.unsent_requests)
-                )
-            })
+        .map(|(x, target)| {
+            format!(
+                "{} achieved {} of its {} target ({} late, {} never sent)",
+                x.name,
+                rate_u(x.achieved_rate),
+                rate_u(*target),
+                count(x.late_requests),
+                count(x.unsent_requests)
+            )
         })
         .collect();
-    if short.is_empty() {
-        return Vec::new();
-    }
-    vec![format!(
-        "Runs that fell behind their schedule (their latency counts from the intended send time, so the delay is in it): {}.",
-        short.join("; ")
-    )]
+    listed(
+        "Runs that fell behind their schedule (their latency counts from the intended send time, so the delay is in it)",
+        &short,
+    )
 }
 
 /// The conclusion, paragraph by paragraph.
-pub fn conclusion(r: &Results, shootout: Option<&Analysis<'_>>) -> Vec<String> {
+pub fn conclusion(a: &Analysis<'_>) -> Vec<String> {
     let mut out = Vec::new();
-    if !saturated_runs(r).is_empty() {
+    if !a.warnings.saturated.is_empty() {
         out.push(
             "Warning: the load generator was saturated in some runs (see the top of this report); the figures from \
              those runs are bounds, not measurements of the servers."
                 .to_owned(),
         );
     }
-    out.extend(capacity_findings(r));
-    out.extend(headline_findings(r));
-    out.extend(cpu_findings(r));
-    out.extend(shootout.map(shootout_findings).unwrap_or_default());
-    out.extend(schedule_findings(r));
-    let errors: u64 = r.runs.iter().map(|x| x.errors.total()).sum();
-    if errors == 0 && !r.runs.is_empty() {
+    out.extend(capacity_findings(a));
+    out.extend(headline_findings(a));
+    out.extend(cpu_findings(a));
+    out.extend(
+        a.shootout
+            .as_ref()
+            .map(shootout_findings)
+            .unwrap_or_default(),
+    );
+    out.extend(schedule_findings(a));
+    if a.warnings.errors == 0 && !a.results.runs.is_empty() {
         out.push("No request failed in any run.".into());
     }
     if out.is_empty() {
@@ -644,49 +569,10 @@ mod tests {
     use super::*;
     use crate::sample;
 
-    fn cap(cluster: &str, s: f64, f: Option<f64>) -> Capacity {
-        Capacity {
-            cluster: cluster.into(),
-            route: format!("/cluster{cluster}"),
-            sustained_rate: s,
-            failed_rate: f,
-            sustained_fraction: 0.97,
-            p99_bound_ms: 200.0,
-            runs: vec![],
-        }
-    }
-
-    #[test]
-    fn capacity_is_ranked_only_when_brackets_separate() {
-        let caps = [cap("2", 750.0, Some(800.0)), cap("1", 450.0, Some(500.0))];
-        match order_capacity(&caps).unwrap() {
-            CapacityOrder::Clear { first, others } => {
-                assert_eq!(first.cluster, "1");
-                assert_eq!(others[0].cluster, "2");
-            }
-            o => panic!("{o:?}"),
-        }
-        // Cluster 1 failed at 500, a rate cluster 2 never sustained: overlapping brackets.
-        let caps = [cap("1", 450.0, Some(500.0)), cap("2", 480.0, Some(520.0))];
-        assert!(matches!(
-            order_capacity(&caps).unwrap(),
-            CapacityOrder::Unresolved { lowest, .. } if lowest.cluster == "1"
-        ));
-        let caps = [cap("1", 450.0, None), cap("2", 480.0, None)];
-        assert_eq!(order_capacity(&caps).unwrap(), CapacityOrder::NoneFailed);
-        // A cluster that never failed above another's failure is clearly bigger.
-        let caps = [cap("1", 450.0, Some(500.0)), cap("2", 900.0, None)];
-        assert!(matches!(
-            order_capacity(&caps).unwrap(),
-            CapacityOrder::Clear { .. }
-        ));
-        assert!(order_capacity(&caps[..1]).is_none());
-    }
-
     #[test]
     fn capacity_wording_names_the_first_to_saturate_and_by_how_much() {
         let r = sample::experiment();
-        let text = capacity_findings(&r).join("\n");
+        let text = capacity_findings(&Analysis::new(&r)).join("\n");
         assert!(
             text.contains("Cluster 1 (5 × t2.micro) saturated first: it sustained 450 req/s and failed at 500 req/s"),
             "{text}"
@@ -708,7 +594,7 @@ mod tests {
         let exp = r.experiment.as_mut().unwrap();
         exp.capacity[1].sustained_rate = 480.0;
         exp.capacity[1].failed_rate = Some(520.0);
-        let text = capacity_findings(&r).join("\n");
+        let text = capacity_findings(&Analysis::new(&r)).join("\n");
         assert!(
             text.contains("cannot say which cluster saturates first"),
             "{text}"
@@ -717,8 +603,8 @@ mod tests {
         assert!(!text.contains("saturated first"), "{text}");
     }
 
-    fn findings(r: &Results) -> Vec<String> {
-        shootout_findings(&Analysis::new(r).unwrap())
+    fn findings(r: &fulcrum_loadgen::results::Results) -> Vec<String> {
+        shootout_findings(&Shootout::new(r).unwrap())
     }
 
     fn finding<'a>(all: &'a [String], scenario: &str) -> &'a str {
@@ -829,10 +715,12 @@ mod tests {
     #[test]
     fn saturated_generator_is_warned_about() {
         let mut r = sample::experiment();
-        assert!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+        let w = warnings(&Analysis::new(&r));
+        assert!(w.is_empty(), "{w:?}");
         r.runs[0].generator.saturated = true;
         r.runs[0].generator.cpu_utilization = 0.99;
-        let w = warnings(&r);
+        let a = Analysis::new(&r);
+        let w = warnings(&a);
         assert_eq!(w.len(), 1);
         assert!(
             w[0].contains("load generator was saturated in 1 of"),
@@ -840,13 +728,13 @@ mod tests {
             w[0]
         );
         assert!(w[0].contains("99%"), "{}", w[0]);
-        assert!(conclusion(&r, None)[0].starts_with("Warning: the load generator was saturated"));
+        assert!(conclusion(&a)[0].starts_with("Warning: the load generator was saturated"));
     }
 
     #[test]
     fn the_seeds_average_is_called_inverse_throughput() {
         let r = sample::experiment();
-        let text = headline_findings(&r).join("\n");
+        let text = headline_findings(&Analysis::new(&r)).join("\n");
         assert!(
             text.contains("that is 1 / throughput, not latency"),
             "{text}"

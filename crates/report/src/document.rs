@@ -14,6 +14,22 @@ pub struct Section {
     pub blocks: Vec<Block>,
 }
 
+impl Section {
+    pub fn new(
+        id: impl Into<String>,
+        title: impl Into<String>,
+        level: u8,
+        blocks: Vec<Block>,
+    ) -> Section {
+        Section {
+            id: id.into(),
+            title: title.into(),
+            level,
+            blocks,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Block {
     /// Plain text: renderers escape it.
@@ -30,26 +46,59 @@ pub enum Block {
     },
 }
 
+impl Block {
+    pub fn chart(chart: Option<Chart>, missing: &str) -> Block {
+        Block::Chart {
+            chart,
+            missing: missing.into(),
+        }
+    }
+}
+
+/// How a column's cells line up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    /// Numbers, so their digits line up.
+    Right,
+}
+
+/// A table column: its title (plain text) and alignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub title: String,
+    pub align: Align,
+}
+
+impl Column {
+    pub fn text(title: &str) -> Column {
+        Column {
+            title: title.into(),
+            align: Align::Left,
+        }
+    }
+
+    pub fn number(title: &str) -> Column {
+        Column {
+            title: title.into(),
+            align: Align::Right,
+        }
+    }
+}
+
 /// A table of plain-text cells.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
     pub caption: Option<String>,
-    pub headers: Vec<String>,
-    /// Right-align the column (numbers).
-    pub numeric: Vec<bool>,
+    pub columns: Vec<Column>,
     pub rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    /// Column headers; a header ending in `#` marks a numeric column (the `#` is dropped).
-    pub fn new(headers: &[&str]) -> Table {
+    pub fn new(columns: Vec<Column>) -> Table {
         Table {
             caption: None,
-            headers: headers
-                .iter()
-                .map(|h| h.trim_end_matches('#').to_owned())
-                .collect(),
-            numeric: headers.iter().map(|h| h.ends_with('#')).collect(),
+            columns,
             rows: Vec::new(),
         }
     }
@@ -60,7 +109,7 @@ impl Table {
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
-        debug_assert_eq!(cells.len(), self.headers.len(), "row width");
+        debug_assert_eq!(cells.len(), self.columns.len(), "row width");
         self.rows.push(cells);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::document::{Block, Report, Table};
+use crate::document::{Align, Block, Report, Table};
 use crate::markup::html as esc;
 
 const STYLE: &str = r#"
@@ -130,16 +130,13 @@ fn table(out: &mut String, t: &Table) {
     if let Some(c) = &t.caption {
         let _ = write!(out, "<caption>{}</caption>", esc(c));
     }
-    let class = |i: usize| {
-        if t.numeric.get(i).copied().unwrap_or(false) {
-            r#" class="num""#
-        } else {
-            ""
-        }
+    let class = |i: usize| match t.columns.get(i).map(|c| c.align) {
+        Some(Align::Right) => r#" class="num""#,
+        _ => "",
     };
     out.push_str("<thead><tr>");
-    for (i, h) in t.headers.iter().enumerate() {
-        let _ = write!(out, "<th{}>{}</th>", class(i), esc(h));
+    for (i, c) in t.columns.iter().enumerate() {
+        let _ = write!(out, "<th{}>{}</th>", class(i), esc(&c.title));
     }
     out.push_str("</tr></thead><tbody>");
     for row in &t.rows {
@@ -155,11 +152,11 @@ fn table(out: &mut String, t: &Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::document::Section;
+    use crate::document::{Column, Section};
 
     #[test]
     fn page_escapes_data_and_notes_missing_charts() {
-        let mut t = Table::new(&["Instance", "Requests#"]);
+        let mut t = Table::new(vec![Column::text("Instance"), Column::number("Requests")]);
         t.row(vec!["<img src=x onerror=alert(1)>".into(), "3".into()]);
         let doc = Report {
             title: "seed & <lab>".into(),

@@ -2,29 +2,32 @@
 //!
 //! Owns turning a `results.json` into `REPORT.md` and a self-contained `index.html`.
 //! It does not measure anything (`fulcrum-loadgen`, `fulcrum-experiment` do), and it does not
-//! define the schema it reads (`fulcrum_loadgen::results` does).
+//! define the schema it reads (`fulcrum_loadgen::results` does), nor the criteria the
+//! experiment judged by (a ramp step's sustained share and p99 bound are read from the file).
 //!
 //! The report fills the seed report's empty benchmark sections (Expectations, CPU Utilization,
 //! Latency and Response Times, Throughput, Conclusion) from the data, and adds the setup, the
 //! shoot-out (fulcrum's policies against peer balancers, scenario by scenario) and every run.
-//! Both files are rendered from one document (`sections::build`), so their numbers agree; the
-//! conclusion's wording (`conclusion`) claims only what the numbers carry, and says "within
-//! noise" when per-round spreads overlap.
+//! `write` computes one `Analysis` — every figure and verdict — and renders one document from
+//! it (`sections::build`), so the two files agree and a table cannot disagree with the sentence
+//! that judges it; the conclusion's wording claims only what the analysis decided, and says
+//! "within noise" when per-round spreads overlap.
 //!
 //! Modules:
-//! - `figures`: figures derived from the data (ceilings, CPU stats, ramp steps, spectra).
-//! - `analysis`: the shoot-out analysed once (order, best peer, fulcrum's default, verdict).
-//! - `conclusion`: verdicts worded from the figures and the analysis, and the warnings.
-//! - `sections`, `shootout`, `charts`: the document and its charts; `document`: the model they
-//!   fill.
+//! - `analysis`: every figure and verdict, computed once: clusters and CPU-bound ceilings, each
+//!   run's CPU and requests per worker, latency rows, the capacity ramps with their order and
+//!   the seed's expectation, warnings, and the shoot-out (order, best peer, fulcrum's default,
+//!   verdict).
+//! - `conclusion`: the analysis's verdicts and warnings in words.
+//! - `sections`, `shootout`, `charts`: the document and its charts, read from the analysis;
+//!   `document`: the model they fill (tables with typed columns).
 //! - `markdown`, `html`: the two renderings; `plot`: hand-written inline SVG charts;
-//!   `markup`: escaping; `units`: how numbers are written.
+//!   `markup`: escaping; `units`: how numbers (and a few composite values) are written.
 
 mod analysis;
 mod charts;
 mod conclusion;
 mod document;
-mod figures;
 mod html;
 mod markdown;
 mod markup;
@@ -100,7 +103,8 @@ pub struct Written {
 /// Writes `REPORT.md` and `index.html` into `out_dir` (created if missing).
 pub fn write(results: &Results, out_dir: &Path) -> anyhow::Result<Written> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let doc = sections::build(results);
+    // Figured once: every section, chart and sentence reads this.
+    let doc = sections::build(&analysis::Analysis::new(results));
     let written = Written {
         markdown: out_dir.join("REPORT.md"),
         html: out_dir.join("index.html"),

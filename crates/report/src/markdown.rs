@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::document::{Block, Report, Table};
+use crate::document::{Align, Block, Report, Table};
 use crate::markup::{md, md_code_block};
 
 pub fn render(doc: &Report) -> String {
@@ -65,33 +65,39 @@ fn table(out: &mut String, t: &Table) {
     if let Some(c) = &t.caption {
         let _ = writeln!(out, "*{}*\n", md(c));
     }
-    let cells = |row: &[String]| {
-        format!(
-            "| {} |",
-            row.iter().map(|c| md(c)).collect::<Vec<_>>().join(" | ")
-        )
-    };
-    let _ = writeln!(out, "{}", cells(&t.headers));
+    let _ = writeln!(
+        out,
+        "{}",
+        table_row(t.columns.iter().map(|c| c.title.as_str()))
+    );
     let rule: Vec<&str> = t
-        .numeric
+        .columns
         .iter()
-        .map(|&n| if n { "---:" } else { "---" })
+        .map(|c| match c.align {
+            Align::Left => "---",
+            Align::Right => "---:",
+        })
         .collect();
     let _ = writeln!(out, "| {} |", rule.join(" | "));
     for row in &t.rows {
-        let _ = writeln!(out, "{}", cells(row));
+        let _ = writeln!(out, "{}", table_row(row.iter().map(String::as_str)));
     }
     out.push('\n');
+}
+
+fn table_row<'s>(cells: impl Iterator<Item = &'s str>) -> String {
+    format!("| {} |", cells.map(md).collect::<Vec<_>>().join(" | "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::document::Section;
+    use crate::document::{Column, Section};
 
     #[test]
     fn tables_align_numbers_and_escape_cells() {
-        let mut t = Table::new(&["Instance", "Requests#"]).caption("per instance");
+        let mut t = Table::new(vec![Column::text("Instance"), Column::number("Requests")])
+            .caption("per instance");
         t.row(vec!["i-1|<x>".into(), "1,000".into()]);
         let doc = Report {
             title: "T".into(),

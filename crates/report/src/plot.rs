@@ -21,6 +21,7 @@ const LEFT: f64 = 68.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 34.0;
 const PLOT_H: f64 = 220.0;
+const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
 const FONT: f64 = 11.0;
 /// Rough advance of one character at `FONT` px in a sans-serif face, for layout only.
 const CHAR_W: f64 = 6.4;
@@ -362,6 +363,18 @@ struct Key<'a> {
     dot: bool,
 }
 
+impl<'a> Key<'a> {
+    /// A solid swatch: a bar, or an undashed line.
+    fn solid(name: &'a str, color: &'a str) -> Key<'a> {
+        Key {
+            name,
+            color,
+            dashed: false,
+            dot: false,
+        }
+    }
+}
+
 /// Lays legend entries out in rows under the plot; returns the markup and its height.
 fn legend(keys: &[Key<'_>], top: f64) -> (String, f64) {
     if keys.len() < 2 {
@@ -412,6 +425,21 @@ fn legend(keys: &[Key<'_>], top: f64) -> (String, f64) {
     (out, y - top + 8.0)
 }
 
+/// Where `v` lands across the plot area on axis `x`.
+fn x_pos(x: &Fitted, v: f64) -> f64 {
+    LEFT + PLOT_W * x.unit(v)
+}
+
+/// Where `v` lands down the plot area on axis `y`.
+fn y_pos(y: &Fitted, v: f64) -> f64 {
+    TOP + PLOT_H * (1.0 - y.unit(v))
+}
+
+/// A value as a mark's tooltip writes it: about three significant digits.
+fn value_text(v: f64) -> String {
+    tick_label(v, v.abs().max(1e-3) / 100.0)
+}
+
 /// The frame shared by every chart: root element, title, y grid and labels.
 struct Frame {
     out: String,
@@ -437,15 +465,14 @@ impl Frame {
     }
 
     fn y_axis(&mut self, y: &Fitted, label: &str) {
-        let plot_w = WIDTH - LEFT - RIGHT;
         for (v, text) in &y.ticks {
-            let py = TOP + PLOT_H * (1.0 - y.unit(*v));
+            let py = y_pos(y, *v);
             let _ = write!(
                 self.out,
                 r##"<line x1="{LEFT}" y1="{py}" x2="{x2}" y2="{py}" stroke="#e4e4e4"/><text x="{tx}" y="{ty}" text-anchor="end">{}</text>"##,
                 esc(text),
                 py = fmt(py),
-                x2 = fmt(LEFT + plot_w),
+                x2 = fmt(LEFT + PLOT_W),
                 tx = fmt(LEFT - 6.0),
                 ty = fmt(py + 4.0),
             );
@@ -458,6 +485,29 @@ impl Frame {
         );
     }
 
+    /// A numeric x axis: grid, ticks, their labels and the axis label under them.
+    fn x_axis(&mut self, x: &Fitted, label: &str) {
+        let below = TOP + PLOT_H;
+        for (v, text) in &x.ticks {
+            let px = fmt(x_pos(x, *v));
+            let _ = write!(
+                self.out,
+                r##"<line x1="{px}" y1="{TOP}" x2="{px}" y2="{b}" stroke="#f0f0f0"/><line x1="{px}" y1="{b}" x2="{px}" y2="{b5}" stroke="#888"/><text x="{px}" y="{ty}" text-anchor="middle">{}</text>"##,
+                esc(text),
+                b = fmt(below),
+                b5 = fmt(below + 5.0),
+                ty = fmt(below + 17.0),
+            );
+        }
+        let _ = write!(
+            self.out,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            fmt(LEFT + PLOT_W / 2.0),
+            fmt(below + 34.0),
+            esc(label)
+        );
+    }
+
     fn axes_lines(&mut self) {
         let _ = write!(
             self.out,
@@ -467,9 +517,30 @@ impl Frame {
         );
     }
 
-    fn close(mut self) -> String {
+    /// The plotted marks and the legend, then the closing tag.
+    fn close(mut self, marks: &Marks<'_>, legend_svg: &str) -> String {
+        self.out.push_str(&marks.svg);
+        self.out.push_str(legend_svg);
         self.out.push_str("</svg>");
         self.out
+    }
+}
+
+/// Plotted marks as they are drawn: their markup, how many, and a legend key per series
+/// that drew any.
+#[derive(Default)]
+struct Marks<'a> {
+    svg: String,
+    points: usize,
+    keys: Vec<Key<'a>>,
+}
+
+impl<'a> Marks<'a> {
+    /// A series gets a legend key only when it drew a mark after `points_before`.
+    fn key_if_drawn(&mut self, points_before: usize, key: Key<'a>) {
+        if self.points > points_before {
+            self.keys.push(key);
+        }
     }
 }
 
@@ -490,105 +561,95 @@ fn render_line(c: &LineChart) -> Option<String> {
         .collect();
     let fx = fit(&c.x, &xs)?;
     let fy = fit(&c.y, &ys)?;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let px = |v: f64| LEFT + plot_w * fx.unit(v);
-    let py = |v: f64| TOP + PLOT_H * (1.0 - fy.unit(v));
-    let ok = |p: &(f64, f64)| fx.admits(p.0) && fy.admits(p.1);
-
-    let mut marks = String::new();
-    let mut points = 0usize;
-    let mut keys = Vec::new();
+    let mut marks = Marks::default();
     for (i, line) in c.lines.iter().enumerate() {
-        let color = color_at(i, line.color);
-        // Split into runs of plottable points; each run is one subpath.
-        let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
-        for p in &line.points {
-            if ok(p) {
-                segments.last_mut().expect("never empty").push(*p);
-            } else if !segments.last().expect("never empty").is_empty() {
-                segments.push(Vec::new());
-            }
-        }
-        let mut d = String::new();
-        let mut dots = String::new();
-        for seg in segments.iter().filter(|s| !s.is_empty()) {
-            points += seg.len();
-            let _ = write!(d, "M{} {}", fmt(px(seg[0].0)), fmt(py(seg[0].1)));
-            for w in seg.windows(2) {
-                match line.shape {
-                    Shape::Straight => {
-                        let _ = write!(d, "L{} {}", fmt(px(w[1].0)), fmt(py(w[1].1)));
-                    }
-                    Shape::Step => {
-                        let _ = write!(d, "H{}V{}", fmt(px(w[1].0)), fmt(py(w[1].1)));
-                    }
-                }
-            }
-            if c.markers || seg.len() == 1 {
-                for &(x, y) in seg {
-                    let _ = write!(
-                        dots,
-                        r#"<circle class="dot" cx="{}" cy="{}" r="3" fill="{color}"><title>{}: {} at {}</title></circle>"#,
-                        fmt(px(x)),
-                        fmt(py(y)),
-                        esc(&line.name),
-                        esc(&tick_label(y, y.abs().max(1e-3) / 100.0)),
-                        esc(&tick_label(x, x.abs().max(1e-3) / 100.0)),
-                    );
-                }
-            }
-        }
-        if d.is_empty() {
-            continue;
-        }
-        let _ = write!(
-            marks,
-            r#"<path class="line" d="{d}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"{}><title>{}</title></path>{dots}"#,
-            if line.dashed {
-                r#" stroke-dasharray="5 4""#
-            } else {
-                ""
-            },
-            esc(&line.name),
+        line_marks(
+            &mut marks,
+            line,
+            color_at(i, line.color),
+            c.markers,
+            (&fx, &fy),
         );
-        keys.push(Key {
-            name: &line.name,
-            color,
-            dashed: line.dashed,
-            dot: false,
-        });
     }
-    if points == 0 {
+    if marks.points == 0 {
         return None;
     }
-
     let below = TOP + PLOT_H;
-    let (legend_svg, legend_h) = legend(&keys, below + 44.0);
+    let (legend_svg, legend_h) = legend(&marks.keys, below + 44.0);
     let height = below + 44.0 + legend_h + 6.0;
-    let mut f = Frame::open(&c.title, height, points);
+    let mut f = Frame::open(&c.title, height, marks.points);
     f.y_axis(&fy, &c.y.label);
-    for (v, text) in &fx.ticks {
-        let x = fmt(px(*v));
-        let _ = write!(
-            f.out,
-            r##"<line x1="{x}" y1="{TOP}" x2="{x}" y2="{b}" stroke="#f0f0f0"/><line x1="{x}" y1="{b}" x2="{x}" y2="{b5}" stroke="#888"/><text x="{x}" y="{ty}" text-anchor="middle">{}</text>"##,
-            esc(text),
-            b = fmt(below),
-            b5 = fmt(below + 5.0),
-            ty = fmt(below + 17.0),
-        );
+    f.x_axis(&fx, &c.x.label);
+    f.axes_lines();
+    Some(f.close(&marks, &legend_svg))
+}
+
+/// Runs of plottable points; each is drawn as one subpath.
+fn segments(points: &[(f64, f64)], fx: &Fitted, fy: &Fitted) -> Vec<Vec<(f64, f64)>> {
+    let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+    for p in points {
+        if fx.admits(p.0) && fy.admits(p.1) {
+            segments.last_mut().expect("never empty").push(*p);
+        } else if !segments.last().expect("never empty").is_empty() {
+            segments.push(Vec::new());
+        }
+    }
+    segments.retain(|s| !s.is_empty());
+    segments
+}
+
+/// One line: its path, its dots (every point with `markers`, else only isolated ones) and its
+/// legend key.
+fn line_marks<'a>(
+    marks: &mut Marks<'a>,
+    line: &'a Line,
+    color: &'a str,
+    markers: bool,
+    (fx, fy): (&Fitted, &Fitted),
+) {
+    let (px, py) = (|v| x_pos(fx, v), |v| y_pos(fy, v));
+    let mut d = String::new();
+    let mut dots = String::new();
+    for seg in segments(&line.points, fx, fy) {
+        marks.points += seg.len();
+        let _ = write!(d, "M{} {}", fmt(px(seg[0].0)), fmt(py(seg[0].1)));
+        for w in seg.windows(2) {
+            let _ = match line.shape {
+                Shape::Straight => write!(d, "L{} {}", fmt(px(w[1].0)), fmt(py(w[1].1))),
+                Shape::Step => write!(d, "H{}V{}", fmt(px(w[1].0)), fmt(py(w[1].1))),
+            };
+        }
+        if markers || seg.len() == 1 {
+            for &(x, y) in &seg {
+                let _ = write!(
+                    dots,
+                    r#"<circle class="dot" cx="{}" cy="{}" r="3" fill="{color}"><title>{}: {} at {}</title></circle>"#,
+                    fmt(px(x)),
+                    fmt(py(y)),
+                    esc(&line.name),
+                    esc(&value_text(y)),
+                    esc(&value_text(x)),
+                );
+            }
+        }
+    }
+    if d.is_empty() {
+        return;
     }
     let _ = write!(
-        f.out,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        fmt(LEFT + plot_w / 2.0),
-        fmt(below + 34.0),
-        esc(&c.x.label)
+        marks.svg,
+        r#"<path class="line" d="{d}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"{}><title>{}</title></path>{dots}"#,
+        if line.dashed {
+            r#" stroke-dasharray="5 4""#
+        } else {
+            ""
+        },
+        esc(&line.name),
     );
-    f.axes_lines();
-    f.out.push_str(&marks);
-    f.out.push_str(&legend_svg);
-    Some(f.close())
+    marks.keys.push(Key {
+        dashed: line.dashed,
+        ..Key::solid(&line.name, color)
+    });
 }
 
 /// Category labels longer than this are cut (the full text stays in the bar's tooltip).
@@ -604,9 +665,45 @@ fn short(s: &str) -> String {
     }
 }
 
+/// Where a bar chart's marks go: one slot per category, its bars side by side in the middle
+/// 80% of it.
+struct BarLayout {
+    y: Fitted,
+    slot: f64,
+    group: f64,
+    bar_w: f64,
+    /// Where bars start: zero, or the bottom of a log axis.
+    base: f64,
+}
+
+impl BarLayout {
+    fn new(c: &BarChart, y: Fitted) -> BarLayout {
+        let slot = PLOT_W / c.categories.len() as f64;
+        let group = slot * 0.8;
+        let base = y_pos(
+            &y,
+            match y.scale {
+                Scale::Linear => y.lo.max(0.0).min(y.hi),
+                Scale::Log => y.lo,
+            },
+        );
+        BarLayout {
+            slot,
+            group,
+            bar_w: group / c.bars.len().max(1) as f64,
+            base,
+            y,
+        }
+    }
+
+    /// The x of `offset` bar widths into category `ci`'s group.
+    fn x(&self, ci: usize, offset: f64) -> f64 {
+        LEFT + self.slot * ci as f64 + (self.slot - self.group) / 2.0 + self.bar_w * offset
+    }
+}
+
 fn render_bar(c: &BarChart) -> Option<String> {
-    let n = c.categories.len();
-    if n == 0 {
+    if c.categories.is_empty() {
         return None;
     }
     let mut ys: Vec<f64> = c
@@ -615,89 +712,17 @@ fn render_bar(c: &BarChart) -> Option<String> {
         .flat_map(|b| b.values.iter().flatten().copied())
         .collect();
     ys.extend(c.dots.iter().flat_map(|d| d.points.iter().map(|p| p.1)));
-    let fy = fit(&c.y, &ys)?;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let slot = plot_w / n as f64;
-    let group = slot * 0.8;
-    let nb = c.bars.len().max(1);
-    let bar_w = group / nb as f64;
-    let py = |v: f64| TOP + PLOT_H * (1.0 - fy.unit(v));
-    let base = py(match fy.scale {
-        Scale::Linear => fy.lo.max(0.0).min(fy.hi),
-        Scale::Log => fy.lo,
-    });
-
-    let mut marks = String::new();
-    let mut points = 0usize;
-    let mut keys = Vec::new();
+    let layout = BarLayout::new(c, fit(&c.y, &ys)?);
+    let mut marks = Marks::default();
     for (si, b) in c.bars.iter().enumerate() {
-        let color = color_at(si, b.color);
-        let mut drawn = false;
-        for (ci, v) in b.values.iter().enumerate().take(n) {
-            let Some(v) = v.filter(|v| fy.admits(*v)) else {
-                continue;
-            };
-            let x = LEFT + slot * ci as f64 + (slot - group) / 2.0 + bar_w * si as f64;
-            let (y0, y1) = (py(v).min(base), py(v).max(base));
-            let _ = write!(
-                marks,
-                r#"<rect class="bar" x="{}" y="{}" width="{}" height="{}" fill="{color}"><title>{} — {}: {}</title></rect>"#,
-                fmt(x + 0.5),
-                fmt(y0),
-                fmt((bar_w - 1.0).max(1.0)),
-                fmt((y1 - y0).max(0.5)),
-                esc(&c.categories[ci]),
-                esc(&b.name),
-                esc(&tick_label(v, v.abs().max(1e-3) / 100.0)),
-            );
-            points += 1;
-            drawn = true;
-        }
-        if drawn {
-            keys.push(Key {
-                name: &b.name,
-                color,
-                dashed: false,
-                dot: false,
-            });
-        }
+        bar_marks(&mut marks, c, &layout, si, b);
     }
     for (di, d) in c.dots.iter().enumerate() {
-        // Dots are dark so they read on top of any bar color.
-        let color = ["#222", "#7a0177", "#00441b"][di % 3];
-        let mut drawn = false;
-        for &(ci, v) in d.points.iter().filter(|p| p.0 < n && fy.admits(p.1)) {
-            let cx = match d.over {
-                Some(si) => {
-                    LEFT + slot * ci as f64 + (slot - group) / 2.0 + bar_w * (si as f64 + 0.5)
-                }
-                None => LEFT + slot * (ci as f64 + 0.5),
-            };
-            let _ = write!(
-                marks,
-                r##"<circle class="dot" cx="{}" cy="{}" r="3.5" fill="{color}" stroke="#fff" stroke-width="1"><title>{} — {}: {}</title></circle>"##,
-                fmt(cx),
-                fmt(py(v)),
-                esc(&c.categories[ci]),
-                esc(&d.name),
-                esc(&tick_label(v, v.abs().max(1e-3) / 100.0)),
-            );
-            points += 1;
-            drawn = true;
-        }
-        if drawn {
-            keys.push(Key {
-                name: &d.name,
-                color,
-                dashed: false,
-                dot: true,
-            });
-        }
+        dot_marks(&mut marks, c, &layout, di, d);
     }
-    if points == 0 {
+    if marks.points == 0 {
         return None;
     }
-
     // Rotate category labels that would collide.
     let longest = c
         .categories
@@ -705,42 +730,104 @@ fn render_bar(c: &BarChart) -> Option<String> {
         .map(|s| short(s).chars().count())
         .max()
         .unwrap_or(0) as f64;
-    let rotate = longest * CHAR_W > slot * 0.95;
+    let rotate = longest * CHAR_W > layout.slot * 0.95;
     let label_h = if rotate {
         longest * CHAR_W * 0.65 + 16.0
     } else {
         22.0
     };
     let below = TOP + PLOT_H;
-    let (legend_svg, legend_h) = legend(&keys, below + label_h + 6.0);
+    let (legend_svg, legend_h) = legend(&marks.keys, below + label_h + 6.0);
     let height = below + label_h + 6.0 + legend_h + 6.0;
-    let mut f = Frame::open(&c.title, height, points);
-    f.y_axis(&fy, &c.y.label);
+    let mut f = Frame::open(&c.title, height, marks.points);
+    f.y_axis(&layout.y, &c.y.label);
+    category_labels(&mut f, c, &layout, rotate);
+    f.axes_lines();
+    Some(f.close(&marks, &legend_svg))
+}
+
+/// `<title>` of a bar or dot: category, series and value.
+fn mark_title(category: &str, series: &str, v: f64) -> String {
+    format!(
+        "<title>{} — {}: {}</title>",
+        esc(category),
+        esc(series),
+        esc(&value_text(v))
+    )
+}
+
+/// Series `si`'s bars, and its legend key when it drew any.
+fn bar_marks<'a>(marks: &mut Marks<'a>, c: &BarChart, l: &BarLayout, si: usize, b: &'a Bars) {
+    let color = color_at(si, b.color);
+    let before = marks.points;
+    for (ci, v) in b.values.iter().enumerate().take(c.categories.len()) {
+        let Some(v) = v.filter(|v| l.y.admits(*v)) else {
+            continue;
+        };
+        let py = y_pos(&l.y, v);
+        let (y0, y1) = (py.min(l.base), py.max(l.base));
+        let _ = write!(
+            marks.svg,
+            r#"<rect class="bar" x="{}" y="{}" width="{}" height="{}" fill="{color}">{}</rect>"#,
+            fmt(l.x(ci, si as f64) + 0.5),
+            fmt(y0),
+            fmt((l.bar_w - 1.0).max(1.0)),
+            fmt((y1 - y0).max(0.5)),
+            mark_title(&c.categories[ci], &b.name, v),
+        );
+        marks.points += 1;
+    }
+    marks.key_if_drawn(before, Key::solid(&b.name, color));
+}
+
+/// Dot series `di`, over its bar series or centered in the category, and its legend key when
+/// it drew any.
+fn dot_marks<'a>(marks: &mut Marks<'a>, c: &BarChart, l: &BarLayout, di: usize, d: &'a Dots) {
+    // Dots are dark so they read on top of any bar color.
+    let color = ["#222", "#7a0177", "#00441b"][di % 3];
+    let n = c.categories.len();
+    let before = marks.points;
+    for &(ci, v) in d.points.iter().filter(|p| p.0 < n && l.y.admits(p.1)) {
+        let cx = match d.over {
+            Some(si) => l.x(ci, si as f64 + 0.5),
+            None => LEFT + l.slot * (ci as f64 + 0.5),
+        };
+        let _ = write!(
+            marks.svg,
+            r##"<circle class="dot" cx="{}" cy="{}" r="3.5" fill="{color}" stroke="#fff" stroke-width="1">{}</circle>"##,
+            fmt(cx),
+            fmt(y_pos(&l.y, v)),
+            mark_title(&c.categories[ci], &d.name, v),
+        );
+        marks.points += 1;
+    }
+    marks.key_if_drawn(
+        before,
+        Key {
+            dot: true,
+            ..Key::solid(&d.name, color)
+        },
+    );
+}
+
+fn category_labels(f: &mut Frame, c: &BarChart, l: &BarLayout, rotate: bool) {
+    let y = fmt(TOP + PLOT_H + 15.0);
     for (ci, cat) in c.categories.iter().enumerate() {
-        let x = LEFT + slot * (ci as f64 + 0.5);
-        let y = below + 15.0;
-        if rotate {
-            let _ = write!(
+        let x = fmt(LEFT + l.slot * (ci as f64 + 0.5));
+        let _ = if rotate {
+            write!(
                 f.out,
                 r#"<text x="{x}" y="{y}" text-anchor="end" transform="rotate(-40 {x} {y})">{}</text>"#,
                 esc(&short(cat)),
-                x = fmt(x),
-                y = fmt(y),
-            );
+            )
         } else {
-            let _ = write!(
+            write!(
                 f.out,
-                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-                fmt(x),
-                fmt(y),
+                r#"<text x="{x}" y="{y}" text-anchor="middle">{}</text>"#,
                 esc(&short(cat))
-            );
-        }
+            )
+        };
     }
-    f.axes_lines();
-    f.out.push_str(&marks);
-    f.out.push_str(&legend_svg);
-    Some(f.close())
 }
 
 #[cfg(test)]

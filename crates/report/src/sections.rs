@@ -1,21 +1,19 @@
-//! The report's content, section by section, built from results.json: the seed's sections
+//! The report's content, section by section, written from the `Analysis`: the seed's sections
 //! (Expectations, CPU Utilization, Latency and Response Times, Throughput, Conclusion) filled
 //! from the data, plus setup, the shoot-out (in `shootout`) and every run.
 
-use fulcrum_loadgen::results::{Model, Results, RunKind};
+use fulcrum_loadgen::results::{Deployment, Model, Run, RunKind};
 
-use crate::analysis::Analysis;
+use crate::analysis::{Analysis, CapacityAnalysis, Ramp, RunFigures, Step};
 use crate::charts;
 use crate::conclusion;
-use crate::document::{Block, Report, Section, Table};
-use crate::figures::{self, cluster_name};
+use crate::document::{Block, Column, Report, Section, Table};
 use crate::markup::shell_words;
 use crate::shootout;
-use crate::units::{count, ms, num, pct, rate, rate_u, secs};
+use crate::units::{self, count, ms, num, pct, rate, rate_u, secs};
 
-pub fn build(r: &Results) -> Report {
-    // The shoot-out is analysed once; its sections and the conclusion only read it.
-    let analysis = Analysis::new(r);
+pub fn build(a: &Analysis<'_>) -> Report {
+    let r = a.results;
     let title = match &r.deployment {
         Some(d) => format!("Benchmark report: {}", d.name),
         None => match r.runs.first() {
@@ -28,47 +26,50 @@ pub fn build(r: &Results) -> Report {
         r.schema, r.fulcrum_version, r.machine.hostname, r.started_at
     );
     let mut sections = vec![
-            setup(r),
-            Section {
-                id: "results".into(),
-                title: "Benchmark Results".into(),
-                level: 2,
-                blocks: vec![Block::Para(
-                    "Every figure below is computed from results.json. Latency percentiles come from the raw HDR \
-                     histograms the load generator recorded, merged, never averaged. The charts are in index.html beside \
-                     this file."
-                        .into(),
-                )],
-            },
-            expectations(r),
-            cpu(r),
-            latency(r),
-            throughput(r),
+        setup(a),
+        Section::new(
+            "results",
+            "Benchmark Results",
+            2,
+            vec![Block::Para(
+                "Every figure below is computed from results.json. Latency percentiles come from the raw HDR \
+                 histograms the load generator recorded, merged, never averaged. The charts are in index.html beside \
+                 this file."
+                    .into(),
+            )],
+        ),
+        expectations(a),
+        cpu(a),
+        latency(a),
+        throughput(a),
     ];
-    sections.extend(shootout::sections(analysis.as_ref()));
-    sections.push(Section {
-        id: "conclusion".into(),
-        title: "Conclusion".into(),
-        level: 2,
-        blocks: vec![Block::List(conclusion::conclusion(r, analysis.as_ref()))],
-    });
-    sections.push(every_run(r));
+    sections.extend(shootout::sections(a.shootout.as_ref()));
+    sections.push(Section::new(
+        "conclusion",
+        "Conclusion",
+        2,
+        vec![Block::List(conclusion::conclusion(a))],
+    ));
+    sections.push(every_run(a));
     Report {
         title,
         byline,
-        warnings: conclusion::warnings(r),
+        warnings: conclusion::warnings(a),
         sections,
     }
 }
 
-fn chart(chart: Option<crate::plot::Chart>, missing: &str) -> Block {
-    Block::Chart {
-        chart,
-        missing: missing.into(),
-    }
+/// `table` as a block, unless it has no rows.
+fn filled(table: Table) -> Option<Block> {
+    (!table.rows.is_empty()).then_some(Block::Table(table))
 }
 
-fn setup(r: &Results) -> Section {
+fn or_dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "–".into())
+}
+
+fn setup(a: &Analysis<'_>) -> Section {
+    let r = a.results;
     let m = &r.machine;
     let mut blocks = vec![
         Block::Para(format!(
@@ -78,48 +79,53 @@ fn setup(r: &Results) -> Section {
         Block::Para("The exact command:".into()),
         Block::Code(shell_words(&r.command)),
     ];
-    let Some(d) = &r.deployment else {
-        blocks.push(Block::Para(
+    match &r.deployment {
+        Some(d) => {
+            blocks.push(Block::Para(format!(
+                "Deployment {} on the {} provider; balancer at {}.",
+                d.name, d.provider, d.balancer_url
+            )));
+            blocks.push(Block::Table(cluster_table(a)));
+            blocks.push(Block::Para(emulation_text(d)));
+            blocks.extend(filled(instance_table(d)));
+        }
+        None => blocks.push(Block::Para(
             "No deployment recorded: the runs targeted a URL directly, so clusters and instance sizes are unknown."
                 .into(),
-        ));
-        return Section {
-            id: "setup".into(),
-            title: "Setup".into(),
-            level: 2,
-            blocks,
-        };
-    };
-    blocks.push(Block::Para(format!(
-        "Deployment {} on the {} provider; balancer at {}.",
-        d.name, d.provider, d.balancer_url
-    )));
-    let mut t = Table::new(&[
-        "Cluster",
-        "Route",
-        "Instance type",
-        "Instances#",
-        "vCPUs each#",
-        "Cores each (here)#",
-        "CPU per request (µs)#",
-        "CPU-bound ceiling (req/s)#",
+        )),
+    }
+    Section::new("setup", "Setup", 2, blocks)
+}
+
+fn cluster_table(a: &Analysis<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Cluster"),
+        Column::text("Route"),
+        Column::text("Instance type"),
+        Column::number("Instances"),
+        Column::number("vCPUs each"),
+        Column::number("Cores each (here)"),
+        Column::number("CPU per request (µs)"),
+        Column::number("CPU-bound ceiling (req/s)"),
     ]);
-    for c in &d.clusters {
+    for c in &a.clusters {
+        let i = c.info;
         t.row(vec![
-            c.id.to_string(),
-            c.route.clone(),
-            c.instance_type.clone(),
-            c.count.to_string(),
-            c.vcpus_per_instance.to_string(),
-            num(c.cores_per_instance),
-            count(c.work_us),
-            figures::ceiling_rps(c)
-                .map(rate)
-                .unwrap_or_else(|| "–".into()),
+            i.id.to_string(),
+            i.route.clone(),
+            i.instance_type.clone(),
+            i.count.to_string(),
+            i.vcpus_per_instance.to_string(),
+            num(i.cores_per_instance),
+            count(i.work_us),
+            or_dash(c.ceiling_rps.map(rate)),
         ]);
     }
-    blocks.push(Block::Table(t));
-    blocks.push(Block::Para(match (&d.emulation, d.provider.as_str()) {
+    t
+}
+
+fn emulation_text(d: &Deployment) -> String {
+    match (&d.emulation, d.provider.as_str()) {
         (Some(e), _) => format!(
             "Emulation scale: one emulated vCPU gets {} of a real core (cgroup {} CPU quota, CFS period {} ms), so \
              rates here are a scaled-down model of AWS's, not AWS's own. Memory limits: {}. CPU credits were {}",
@@ -137,8 +143,17 @@ fn setup(r: &Results) -> Section {
         ),
         (None, "aws") => "Real EC2 instances: no emulation; CPU credits are AWS's own.".into(),
         (None, _) => "No emulation settings recorded.".into(),
-    }));
-    let mut t = Table::new(&["Instance", "Cluster", "Type", "Cores#", "Address"]);
+    }
+}
+
+fn instance_table(d: &Deployment) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Instance"),
+        Column::text("Cluster"),
+        Column::text("Type"),
+        Column::number("Cores"),
+        Column::text("Address"),
+    ]);
     for i in &d.instances {
         t.row(vec![
             i.instance_id.clone(),
@@ -148,235 +163,171 @@ fn setup(r: &Results) -> Section {
             i.address.clone(),
         ]);
     }
-    if !t.rows.is_empty() {
-        blocks.push(Block::Table(t));
-    }
-    Section {
-        id: "setup".into(),
-        title: "Setup".into(),
-        level: 2,
-        blocks,
-    }
+    t
 }
 
-fn expectations(r: &Results) -> Section {
+fn expectations(a: &Analysis<'_>) -> Section {
     let mut blocks = vec![Block::Para(
         "The seed expected the cluster of smaller instances (t2.micro) to reach its limits (CPU, latency) before the \
          cluster of larger ones (t2.large), and never tested it: its benchmark sent 1000 requests to each cluster and \
          timed the batch."
             .into(),
     )];
-    if let Some(d) = &r.deployment {
-        let ceilings: Vec<String> = d
-            .clusters
-            .iter()
-            .filter_map(|c| {
-                Some(format!(
-                    "{}: {} × {} cores = {} cores, so at most {}",
-                    cluster_name(r, &c.id.to_string()),
-                    c.count,
-                    num(c.cores_per_instance),
-                    num(c.count as f64 * c.cores_per_instance),
-                    rate_u(figures::ceiling_rps(c)?)
-                ))
-            })
-            .collect();
-        if !ceilings.is_empty() {
-            blocks.push(Block::Para(
-                "Each request burns a fixed amount of CPU on a worker, so a cluster can serve at most its cores ÷ CPU \
-                 per request (before HTTP, balancer and scheduling overhead):"
-                    .into(),
-            ));
-            blocks.push(Block::List(ceilings));
+    blocks.extend(ceilings(a));
+    match &a.capacity {
+        Some(c) => {
+            blocks.push(Block::Para(criteria_text(c)));
+            blocks.push(Block::List(conclusion::capacity_findings(a)));
         }
-    }
-    let findings = conclusion::capacity_findings(r);
-    if findings.is_empty() {
-        blocks.push(Block::Para(
+        None => blocks.push(Block::Para(
             "This file has no capacity ramp, so the expectation is not tested here (fulcrum experiment runs one)."
                 .into(),
-        ));
-    } else {
-        let criteria = r
-            .experiment
-            .as_ref()
-            .and_then(|e| e.capacity.first())
-            .map(|c| (c.sustained_fraction, c.p99_bound_ms))
-            .unwrap_or((0.97, 200.0));
-        blocks.push(Block::Para(format!(
-            "Tested with an open-loop ramp per cluster: each step offers a constant rate and passes when the cluster \
-             achieves at least {:.0}% of it with p99 at most {:.0} ms, no errors and nothing left unsent. A ramp \
-             brackets a capacity between the highest step sustained and the first failed:",
-            criteria.0 * 100.0,
-            criteria.1
-        )));
-        blocks.push(Block::List(findings));
+        )),
     }
-    blocks.push(chart(
-        charts::capacity_ramp(r),
+    blocks.push(Block::chart(
+        charts::capacity_ramp(a),
         "No capacity ramp in this file: no achieved-against-offered chart.",
     ));
-    blocks.push(chart(
-        charts::capacity_latency(r),
+    blocks.push(Block::chart(
+        charts::capacity_latency(a),
         "No capacity ramp in this file: no latency-against-load chart.",
     ));
-    Section {
-        id: "expectations".into(),
-        title: "Expectations".into(),
-        level: 3,
-        blocks,
+    Section::new("expectations", "Expectations", 3, blocks)
+}
+
+/// What each cluster could serve from its CPU alone.
+fn ceilings(a: &Analysis<'_>) -> Vec<Block> {
+    let items: Vec<String> = a
+        .clusters
+        .iter()
+        .filter_map(|c| {
+            Some(format!(
+                "{}: {} × {} cores = {} cores, so at most {}",
+                a.cluster_name(&c.key),
+                c.info.count,
+                num(c.info.cores_per_instance),
+                num(c.cores),
+                rate_u(c.ceiling_rps?)
+            ))
+        })
+        .collect();
+    if items.is_empty() {
+        return Vec::new();
     }
+    vec![
+        Block::Para(
+            "Each request burns a fixed amount of CPU on a worker, so a cluster can serve at most its cores ÷ CPU \
+             per request (before HTTP, balancer and scheduling overhead):"
+                .into(),
+        ),
+        Block::List(items),
+    ]
 }
 
-fn instance_cores(r: &Results, id: &str) -> String {
-    r.deployment
-        .as_ref()
-        .and_then(|d| d.instances.iter().find(|i| i.instance_id == id))
-        .map(|i| num(i.cores))
-        .unwrap_or_else(|| "–".into())
+/// How a ramp step passes, in the experiment's own criteria.
+fn criteria_text(c: &CapacityAnalysis<'_>) -> String {
+    let criteria = c.criteria();
+    format!(
+        "Tested with an open-loop ramp per cluster: each step offers a constant rate and passes when the cluster \
+         achieves at least {:.0}% of it with p99 at most {:.0} ms, no errors and nothing left unsent. A ramp \
+         brackets a capacity between the highest step sustained and the first failed:",
+        criteria.sustained_fraction * 100.0,
+        criteria.p99_bound_ms
+    )
 }
 
-fn cpu(r: &Results) -> Section {
-    let mut blocks = Vec::new();
-    match figures::cpu_sample_rate_hz(r) {
-        Some(hz) => blocks.push(Block::Para(format!(
+fn cpu(a: &Analysis<'_>) -> Section {
+    let mut blocks = vec![Block::Para(match a.cpu_sample_rate_hz {
+        Some(hz) => format!(
             "Sampled from each worker about {} times a second during every run, as a share of the CPU the worker may \
              use (its quota), not of the machine. The seed read CloudWatch's CPUUtilization instead, whose EC2 \
              datapoints come once a minute at best: its 10-second query over a few seconds of load returned nothing, \
              which is why its CPU section was empty.",
             num(hz)
-        ))),
-        None => blocks.push(Block::Para("No CPU samples in this file.".into())),
+        ),
+        None => "No CPU samples in this file.".into(),
+    })];
+    blocks.extend(a.headline().filter_map(|f| filled(worker_cpu_table(f))));
+    blocks.extend(
+        a.capacity
+            .as_ref()
+            .and_then(|c| filled(ramp_cpu_table(a, c))),
+    );
+    blocks.extend(conclusion::cpu_findings(a).into_iter().map(Block::Para));
+    if a.cpu_clusters.is_empty() {
+        blocks.push(Block::chart(
+            None,
+            "No CPU samples in this file: no CPU chart.",
+        ));
     }
-    for run in figures::headline_runs(r) {
-        let mut t = Table::new(&[
-            "Instance",
-            "Cluster",
-            "Cores#",
-            "Mean CPU#",
-            "Peak CPU#",
-            "Samples#",
-        ])
-        .caption(format!("CPU per instance during {}", run.name));
-        for (id, c) in figures::cpu_workers(run) {
-            if let Some(s) = figures::cpu_stats(run, &id) {
-                t.row(vec![
-                    id.clone(),
-                    c,
-                    instance_cores(r, &id),
-                    pct(s.mean),
-                    pct(s.peak),
-                    s.samples.to_string(),
-                ]);
-            }
-        }
-        if !t.rows.is_empty() {
-            blocks.push(Block::Table(t));
-        }
-    }
-    if let Some(exp) = &r.experiment {
-        let mut t = Table::new(&[
-            "Cluster",
-            "Highest sustained step (req/s)#",
-            "Mean CPU there#",
-            "First failed step (req/s)#",
-            "Mean CPU there#",
-        ])
-        .caption("CPU at each cluster's limit in the capacity ramp");
-        for cap in &exp.capacity {
-            let steps = figures::ramp(r, cap);
-            let at = |pick: fn(&figures::Step<'_>) -> bool| {
-                steps
-                    .iter()
-                    .find(|s| pick(s))
-                    .and_then(|s| figures::cluster_cpu(s.run, &cap.cluster))
-                    .map(|c| pct(c.mean))
-                    .unwrap_or_else(|| "–".into())
-            };
-            t.row(vec![
-                cluster_name(r, &cap.cluster),
-                rate(cap.sustained_rate),
-                at(|s| s.highest_sustained),
-                cap.failed_rate.map(rate).unwrap_or_else(|| "none".into()),
-                at(|s| s.first_failed),
-            ]);
-        }
-        if !t.rows.is_empty() {
-            blocks.push(Block::Table(t));
-        }
-    }
-    for p in conclusion::cpu_findings(r) {
-        blocks.push(Block::Para(p));
-    }
-    let clusters = charts::cpu_clusters(r);
-    if clusters.is_empty() {
-        blocks.push(chart(None, "No CPU samples in this file: no CPU chart."));
-    }
-    for c in clusters {
-        blocks.push(chart(
-            charts::cpu_over_time(r, &c),
+    for c in &a.cpu_clusters {
+        blocks.push(Block::chart(
+            charts::cpu_over_time(a, c),
             "No CPU samples for this cluster.",
         ));
     }
-    Section {
-        id: "cpu".into(),
-        title: "CPU Utilization".into(),
-        level: 3,
-        blocks,
-    }
+    Section::new("cpu", "CPU Utilization", 3, blocks)
 }
 
-fn latency(r: &Results) -> Section {
+fn worker_cpu_table(f: &RunFigures<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Instance"),
+        Column::text("Cluster"),
+        Column::number("Cores"),
+        Column::number("Mean CPU"),
+        Column::number("Peak CPU"),
+        Column::number("Samples"),
+    ])
+    .caption(format!("CPU per instance during {}", f.run.name));
+    for w in &f.workers {
+        if let Some(s) = w.stats {
+            t.row(vec![
+                w.instance_id.to_owned(),
+                w.cluster.to_owned(),
+                or_dash(w.cores.map(num)),
+                pct(s.mean),
+                pct(s.peak),
+                s.samples.to_string(),
+            ]);
+        }
+    }
+    t
+}
+
+fn ramp_cpu_table(a: &Analysis<'_>, c: &CapacityAnalysis<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Cluster"),
+        Column::number("Highest sustained step (req/s)"),
+        Column::number("Mean CPU there"),
+        Column::number("First failed step (req/s)"),
+        Column::number("Mean CPU there"),
+    ])
+    .caption("CPU at each cluster's limit in the capacity ramp");
+    for ramp in &c.ramps {
+        let cap = ramp.capacity;
+        let mean = |step: Option<&Step<'_>>| or_dash(step.and_then(|s| s.cpu).map(|c| pct(c.mean)));
+        t.row(vec![
+            a.cluster_name(&cap.cluster),
+            rate(cap.sustained_rate),
+            mean(ramp.highest_sustained()),
+            cap.failed_rate.map(rate).unwrap_or_else(|| "none".into()),
+            mean(ramp.first_failed()),
+        ]);
+    }
+    t
+}
+
+fn latency(a: &Analysis<'_>) -> Section {
     let mut blocks = vec![Block::Para(
         "Latency is timed per request by the load generator. Closed-model runs (the seed's: N requests, C at a time) \
          time each request from send to response; open-model runs time it from its intended send time on a constant \
          schedule, so a stalled server cannot hide the queue it causes (coordinated omission)."
             .into(),
     )];
-    let rows = charts::latency_rows(r);
-    let mut t = Table::new(&[
-        "Run",
-        "Cluster",
-        "Requests#",
-        "Errors#",
-        "Throughput (req/s)#",
-        "p50 (ms)#",
-        "p90 (ms)#",
-        "p99 (ms)#",
-        "p99.9 (ms)#",
-        "max (ms)#",
-        "Seed's \"average\" (ms)#",
-    ]);
-    for row in &rows {
-        let run = row.run;
-        t.row(vec![
-            run.name.clone(),
-            row.cluster
-                .map(|k| cluster_name(r, k))
-                .unwrap_or_else(|| "all".into()),
-            count(row.responses),
-            count(row.errors),
-            if run.duration_s > 0.0 {
-                rate(row.responses as f64 / run.duration_s)
-            } else {
-                "–".into()
-            },
-            ms(row.latency.p50_ms),
-            ms(row.latency.p90_ms),
-            ms(row.latency.p99_ms),
-            ms(row.latency.p999_ms),
-            ms(row.latency.max_ms),
-            if row.responses > 0 {
-                ms(run.duration_s * 1000.0 / row.responses as f64)
-            } else {
-                "–".into()
-            },
-        ]);
-    }
-    if rows.is_empty() {
+    if a.latency_rows.is_empty() {
         blocks.push(Block::Para("No seed or bench run in this file.".into()));
     } else {
-        blocks.push(Block::Table(t));
+        blocks.push(Block::Table(latency_table(a)));
         blocks.push(Block::Para(
             "The last column is what the seed reported as \"average time per request\": total time ÷ requests. That \
              is 1 / throughput, not latency: with many requests in flight it is far smaller than the time any request \
@@ -384,15 +335,64 @@ fn latency(r: &Results) -> Section {
                 .into(),
         ));
     }
-    let mut t = Table::new(&[
-        "Run",
-        "p50 corrected (ms)#",
-        "p99 corrected (ms)#",
-        "p50 uncorrected (ms)#",
-        "p99 uncorrected (ms)#",
+    blocks.extend(filled(corrected_table(a)));
+    blocks.push(Block::chart(
+        charts::latency_percentiles(a),
+        "No latency recorded: no percentile chart.",
+    ));
+    blocks.push(Block::chart(
+        charts::latency_distribution(a),
+        "No latency histograms could be read: no distribution chart.",
+    ));
+    Section::new("latency", "Latency and Response Times", 3, blocks)
+}
+
+fn latency_table(a: &Analysis<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Run"),
+        Column::text("Cluster"),
+        Column::number("Requests"),
+        Column::number("Errors"),
+        Column::number("Throughput (req/s)"),
+        Column::number("p50 (ms)"),
+        Column::number("p90 (ms)"),
+        Column::number("p99 (ms)"),
+        Column::number("p99.9 (ms)"),
+        Column::number("max (ms)"),
+        Column::number("Seed's \"average\" (ms)"),
+    ]);
+    for row in &a.latency_rows {
+        let h = row.latency;
+        t.row(vec![
+            row.run.name.clone(),
+            row.cluster
+                .map(|k| a.cluster_name(k))
+                .unwrap_or_else(|| "all".into()),
+            count(row.responses),
+            count(row.errors),
+            or_dash(row.throughput.map(rate)),
+            ms(h.p50_ms),
+            ms(h.p90_ms),
+            ms(h.p99_ms),
+            ms(h.p999_ms),
+            ms(h.max_ms),
+            or_dash(row.seed_average_ms.map(ms)),
+        ]);
+    }
+    t
+}
+
+/// Open-model runs: latency from the intended send time beside that from the actual one.
+fn corrected_table(a: &Analysis<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Run"),
+        Column::number("p50 corrected (ms)"),
+        Column::number("p99 corrected (ms)"),
+        Column::number("p50 uncorrected (ms)"),
+        Column::number("p99 uncorrected (ms)"),
     ])
     .caption("Open-model runs: latency from the intended send time (corrected) and from the actual send time (what a closed-loop tool reports)");
-    for run in figures::headline_runs(r) {
+    for run in a.headline().map(|f| f.run) {
         if let Some(st) = &run.service_time {
             t.row(vec![
                 run.name.clone(),
@@ -403,174 +403,179 @@ fn latency(r: &Results) -> Section {
             ]);
         }
     }
-    if !t.rows.is_empty() {
-        blocks.push(Block::Table(t));
-    }
-    blocks.push(chart(
-        charts::latency_percentiles(r),
-        "No latency recorded: no percentile chart.",
-    ));
-    blocks.push(chart(
-        charts::latency_distribution(r),
-        "No latency histograms could be read: no distribution chart.",
-    ));
-    Section {
-        id: "latency".into(),
-        title: "Latency and Response Times".into(),
-        level: 3,
-        blocks,
-    }
+    t
 }
 
-fn throughput(r: &Results) -> Section {
+fn throughput(a: &Analysis<'_>) -> Section {
     let mut blocks = Vec::new();
-    let mut t = Table::new(&[
-        "Run",
-        "Model",
-        "URL",
-        "Duration (s)#",
-        "Responses#",
-        "Achieved (req/s)#",
-        "Target (req/s)#",
-        "Late#",
-        "Unsent#",
-        "Generator CPU#",
-    ]);
-    for run in figures::headline_runs(r) {
-        t.row(vec![
-            run.name.clone(),
-            figures::model_text(run),
-            run.url.clone(),
-            num(run.duration_s),
-            count(run.responses),
-            rate(run.achieved_rate),
-            run.target_rate.map(rate).unwrap_or_else(|| "–".into()),
-            count(run.late_requests),
-            count(run.unsent_requests),
-            format!(
-                "{}{}",
-                pct(run.generator.cpu_utilization),
-                if run.generator.saturated {
-                    " (saturated)"
-                } else {
-                    ""
-                }
-            ),
-        ]);
-    }
-    if !t.rows.is_empty() {
+    if let Some(t) = filled(run_table(a)) {
         blocks.push(Block::Para(
             "Throughput is responses per second over the measured part of each run; for open-model runs the target \
              rate and the requests sent late or never sent show whether the schedule was kept."
                 .into(),
         ));
-        blocks.push(Block::Table(t));
+        blocks.push(t);
     }
-    for run in figures::headline_runs(r) {
-        let mut t = Table::new(&[
-            "Instance",
-            "Cluster",
-            "Requests#",
-            "Share#",
-            "Split by capacity#",
-            "Errors#",
-            "p99 (ms)#",
-        ])
-        .caption(format!("Requests per instance during {}", run.name));
-        let total: u64 = run.by_instance.values().map(|g| g.responses).sum();
-        for (id, cluster, n, fair) in charts::worker_requests(r, run) {
-            let g = &run.by_instance[&id];
-            t.row(vec![
-                id.clone(),
-                cluster,
-                count(n),
-                pct(n as f64 / total.max(1) as f64),
-                num(fair),
-                count(g.errors),
-                ms(g.latency.p99_ms),
-            ]);
-        }
-        if !t.rows.is_empty() {
-            blocks.push(Block::Table(t));
-        }
-    }
-    blocks.push(chart(
-        charts::requests_per_worker(r),
+    blocks.extend(
+        a.headline()
+            .filter_map(|f| filled(worker_requests_table(f))),
+    );
+    blocks.push(Block::chart(
+        charts::requests_per_worker(a),
         "No per-instance counts in this file: no requests-per-worker chart.",
     ));
-    if let Some(exp) = &r.experiment {
-        for cap in &exp.capacity {
-            let mut t = Table::new(&[
-                "Offered (req/s)#",
-                "Achieved (req/s)#",
-                "Achieved / offered#",
-                "p50 (ms)#",
-                "p99 (ms)#",
-                "Errors#",
-                "Late#",
-                "Mean CPU#",
-                "Step",
-            ])
-            .caption(format!(
-                "Capacity ramp: {} on {}",
-                cluster_name(r, &cap.cluster),
-                cap.route
-            ));
-            for s in figures::ramp(r, cap) {
-                let run = s.run;
-                t.row(vec![
-                    rate(s.target),
-                    rate(run.achieved_rate),
-                    pct(run.achieved_rate / s.target),
-                    ms(run.latency.p50_ms),
-                    ms(run.latency.p99_ms),
-                    count(run.errors.total()),
-                    count(run.late_requests),
-                    figures::cluster_cpu(run, &cap.cluster)
-                        .map(|c| pct(c.mean))
-                        .unwrap_or_else(|| "–".into()),
-                    if s.highest_sustained {
-                        "highest sustained".into()
-                    } else if s.first_failed {
-                        "first failed".into()
-                    } else {
-                        String::new()
-                    },
-                ]);
-            }
-            if !t.rows.is_empty() {
-                blocks.push(Block::Table(t));
-            }
-        }
-    }
-    blocks.push(chart(
-        charts::throughput_over_time(r),
+    let ramps = a.capacity.iter().flat_map(|c| &c.ramps);
+    blocks.extend(ramps.filter_map(|ramp| filled(ramp_table(a, ramp))));
+    blocks.push(Block::chart(
+        charts::throughput_over_time(a),
         "No per-second time line in this file: no throughput-over-time chart.",
     ));
-    Section {
-        id: "throughput".into(),
-        title: "Throughput".into(),
-        level: 3,
-        blocks,
-    }
+    Section::new("throughput", "Throughput", 3, blocks)
 }
 
-fn every_run(r: &Results) -> Section {
-    let mut t = Table::new(&[
-        "Run",
-        "Kind",
-        "Model",
-        "Policy",
-        "Started (s)#",
-        "Duration (s)#",
-        "Responses#",
-        "Errors#",
-        "Achieved (req/s)#",
-        "p50 (ms)#",
-        "p99 (ms)#",
-        "Generator CPU#",
+/// `30% (saturated)`: the load generator's CPU, and whether it ran out.
+fn generator_text(run: &Run) -> String {
+    format!(
+        "{}{}",
+        pct(run.generator.cpu_utilization),
+        if run.generator.saturated {
+            " (saturated)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn run_table(a: &Analysis<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Run"),
+        Column::text("Model"),
+        Column::text("URL"),
+        Column::number("Duration (s)"),
+        Column::number("Responses"),
+        Column::number("Achieved (req/s)"),
+        Column::number("Target (req/s)"),
+        Column::number("Late"),
+        Column::number("Unsent"),
+        Column::number("Generator CPU"),
     ]);
-    for run in &r.runs {
+    for run in a.headline().map(|f| f.run) {
+        t.row(vec![
+            run.name.clone(),
+            units::model(&run.model),
+            run.url.clone(),
+            num(run.duration_s),
+            count(run.responses),
+            rate(run.achieved_rate),
+            or_dash(run.target_rate.map(rate)),
+            count(run.late_requests),
+            count(run.unsent_requests),
+            generator_text(run),
+        ]);
+    }
+    t
+}
+
+fn worker_requests_table(f: &RunFigures<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Instance"),
+        Column::text("Cluster"),
+        Column::number("Requests"),
+        Column::number("Share"),
+        Column::number("Split by capacity"),
+        Column::number("Errors"),
+        Column::number("p99 (ms)"),
+    ])
+    .caption(format!("Requests per instance during {}", f.run.name));
+    for w in &f.requests {
+        t.row(vec![
+            w.instance_id.to_owned(),
+            w.group.cluster.clone(),
+            count(w.group.responses),
+            pct(w.share),
+            num(w.by_capacity),
+            count(w.group.errors),
+            ms(w.group.latency.p99_ms),
+        ]);
+    }
+    t
+}
+
+fn ramp_table(a: &Analysis<'_>, ramp: &Ramp<'_>) -> Table {
+    let mut t = Table::new(vec![
+        Column::number("Offered (req/s)"),
+        Column::number("Achieved (req/s)"),
+        Column::number("Achieved / offered"),
+        Column::number("p50 (ms)"),
+        Column::number("p99 (ms)"),
+        Column::number("Errors"),
+        Column::number("Late"),
+        Column::number("Mean CPU"),
+        Column::text("Step"),
+    ])
+    .caption(format!(
+        "Capacity ramp: {} on {}",
+        a.cluster_name(ramp.cluster()),
+        ramp.capacity.route
+    ));
+    for s in &ramp.steps {
+        let run = s.run;
+        t.row(vec![
+            rate(s.target),
+            rate(run.achieved_rate),
+            pct(s.achieved_share),
+            ms(run.latency.p50_ms),
+            ms(run.latency.p99_ms),
+            count(run.errors.total()),
+            count(run.late_requests),
+            or_dash(s.cpu.map(|c| pct(c.mean))),
+            if s.highest_sustained {
+                "highest sustained".into()
+            } else if s.first_failed {
+                "first failed".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    t
+}
+
+fn every_run(a: &Analysis<'_>) -> Section {
+    let runs = &a.results.runs;
+    let blocks = if runs.is_empty() {
+        vec![Block::Para("No runs.".into())]
+    } else {
+        vec![
+            Block::Para(format!(
+                "{} {}, {} responses in all, {} in the measured parts.",
+                runs.len(),
+                if runs.len() == 1 { "run" } else { "runs" },
+                count(runs.iter().map(|x| x.responses).sum()),
+                secs(runs.iter().map(|x| x.duration_s).sum())
+            )),
+            Block::Table(every_run_table(runs)),
+        ]
+    };
+    Section::new("runs", "Appendix: every run", 2, blocks)
+}
+
+fn every_run_table(runs: &[Run]) -> Table {
+    let mut t = Table::new(vec![
+        Column::text("Run"),
+        Column::text("Kind"),
+        Column::text("Model"),
+        Column::text("Policy"),
+        Column::number("Started (s)"),
+        Column::number("Duration (s)"),
+        Column::number("Responses"),
+        Column::number("Errors"),
+        Column::number("Achieved (req/s)"),
+        Column::number("p50 (ms)"),
+        Column::number("p99 (ms)"),
+        Column::number("Generator CPU"),
+    ]);
+    for run in runs {
         t.row(vec![
             run.name.clone(),
             match run.kind {
@@ -596,35 +601,52 @@ fn every_run(r: &Results) -> Section {
             rate(run.achieved_rate),
             ms(run.latency.p50_ms),
             ms(run.latency.p99_ms),
-            format!(
-                "{}{}",
-                pct(run.generator.cpu_utilization),
-                if run.generator.saturated {
-                    " (saturated)"
-                } else {
-                    ""
-                }
-            ),
+            generator_text(run),
         ]);
     }
-    let blocks = if t.rows.is_empty() {
-        vec![Block::Para("No runs.".into())]
-    } else {
-        vec![
-            Block::Para(format!(
-                "{} {}, {} responses in all, {} in the measured parts.",
-                r.runs.len(),
-                if r.runs.len() == 1 { "run" } else { "runs" },
-                count(r.runs.iter().map(|x| x.responses).sum()),
-                secs(r.runs.iter().map(|x| x.duration_s).sum())
-            )),
-            Block::Table(t),
-        ]
-    };
-    Section {
-        id: "runs".into(),
-        title: "Appendix: every run".into(),
-        level: 2,
-        blocks,
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::Align;
+    use crate::sample;
+
+    fn para_with(section: &Section, text: &str) -> String {
+        section
+            .blocks
+            .iter()
+            .find_map(|b| match b {
+                Block::Para(p) if p.contains(text) => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no paragraph with {text:?}"))
+    }
+
+    #[test]
+    fn the_ramp_criteria_are_the_experiments_own() {
+        let mut r = sample::experiment();
+        for c in &mut r.experiment.as_mut().unwrap().capacity {
+            c.sustained_fraction = 0.9;
+            c.p99_bound_ms = 150.0;
+        }
+        let text = para_with(&expectations(&Analysis::new(&r)), "open-loop ramp");
+        assert!(
+            text.contains("at least 90% of it with p99 at most 150 ms"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn numeric_columns_are_typed_and_titles_stay_plain() {
+        let r = sample::experiment();
+        let a = Analysis::new(&r);
+        let t = latency_table(&a);
+        let titles: Vec<&str> = t.columns.iter().map(|c| c.title.as_str()).collect();
+        assert_eq!(titles[..3], ["Run", "Cluster", "Requests"]);
+        assert!(titles.iter().all(|t| !t.ends_with('#')));
+        let right: Vec<bool> = t.columns.iter().map(|c| c.align == Align::Right).collect();
+        assert_eq!(right[..3], [false, false, true]);
     }
 }

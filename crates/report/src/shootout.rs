@@ -1,31 +1,26 @@
 //! The shoot-out's part of the document: what was compared and how, then one section per
 //! scenario with its contenders' table, what the scenario measured besides latency, the
-//! verdict and the charts. Every figure comes from the `Analysis`.
+//! verdict and the charts. Every figure comes from the shoot-out's analysis (`Shootout`).
 
 use fulcrum_loadgen::results::{ScenarioParams, ScenarioResult};
 
-use crate::analysis::{Analysis, ContenderFigures, ScenarioAnalysis};
+use crate::analysis::{ContenderFigures, ScenarioAnalysis, Shootout};
 use crate::charts;
 use crate::conclusion;
-use crate::document::{Block, Section, Table};
+use crate::document::{Block, Column, Section, Table};
 use crate::units::{count, counted, ms, num, pct, rate, rate_u, secs};
 
 /// The shoot-out's sections: an introduction, then one per scenario.
-pub fn sections(a: Option<&Analysis<'_>>) -> Vec<Section> {
-    let mut intro = Section {
-        id: "shootout".into(),
-        title: "Shoot-out".into(),
-        level: 3,
-        blocks: Vec::new(),
-    };
+pub fn sections(a: Option<&Shootout<'_>>) -> Vec<Section> {
+    let mut intro = Section::new("shootout", "Shoot-out", 3, Vec::new());
     let Some(a) = a.filter(|a| !a.scenarios.is_empty()) else {
         intro.blocks = vec![
             Block::Para("No shoot-out in this file (fulcrum experiment runs one).".into()),
-            chart(
+            Block::chart(
                 None,
                 "No shoot-out in this file: no contender comparison chart.",
             ),
-            chart(
+            Block::chart(
                 None,
                 "No shoot-out in this file: no share-of-requests chart.",
             ),
@@ -48,15 +43,8 @@ pub fn sections(a: Option<&Analysis<'_>>) -> Vec<Section> {
     out
 }
 
-fn chart(chart: Option<crate::plot::Chart>, missing: &str) -> Block {
-    Block::Chart {
-        chart,
-        missing: missing.into(),
-    }
-}
-
 /// Which peers ran (with their versions) and which did not, and why.
-fn peers_text(a: &Analysis<'_>) -> String {
+fn peers_text(a: &Shootout<'_>) -> String {
     if a.peers.is_empty() {
         return "No peer balancer was looked for: fulcrum's policies are compared only with each other.".into();
     }
@@ -85,7 +73,7 @@ fn peers_text(a: &Analysis<'_>) -> String {
     s
 }
 
-fn scenario(a: &Analysis<'_>, s: &ScenarioAnalysis<'_>) -> Section {
+fn scenario(a: &Shootout<'_>, s: &ScenarioAnalysis<'_>) -> Section {
     let sc = s.scenario;
     let mut blocks = vec![
         Block::Para(setting_text(a, s)),
@@ -98,20 +86,20 @@ fn scenario(a: &Analysis<'_>, s: &ScenarioAnalysis<'_>) -> Section {
         blocks.push(Block::Table(t));
     }
     blocks.push(Block::Para(conclusion::scenario_finding(s)));
-    blocks.push(chart(
+    blocks.push(Block::chart(
         charts::scenario_latency(s),
         "No contender ran in this scenario: no comparison chart.",
     ));
-    blocks.push(chart(
+    blocks.push(Block::chart(
         charts::scenario_shares(s),
         "No per-worker shares in this scenario: no share-of-requests chart.",
     ));
-    Section {
-        id: format!("shootout-{}", anchor_part(&sc.name)),
-        title: format!("Scenario: {}", sc.name),
-        level: 4,
+    Section::new(
+        format!("shootout-{}", anchor_part(&sc.name)),
+        format!("Scenario: {}", sc.name),
+        4,
         blocks,
-    }
+    )
 }
 
 /// A scenario name as part of an HTML id: letters, digits and dashes only.
@@ -122,7 +110,7 @@ fn anchor_part(name: &str) -> String {
 }
 
 /// The scenario's description, parameters, offered load, rounds and contender sizes.
-fn setting_text(a: &Analysis<'_>, s: &ScenarioAnalysis<'_>) -> String {
+fn setting_text(a: &Shootout<'_>, s: &ScenarioAnalysis<'_>) -> String {
     let sc = s.scenario;
     let mut description = sc.description.trim_end_matches('.').to_owned();
     if let Some(first) = description.get(..1) {
@@ -208,23 +196,28 @@ fn threads_text(c: &ContenderFigures<'_>) -> String {
     format!("{} × {}", c.contender.threads, c.contender.instances)
 }
 
+/// A scenario's tables are captioned with its name first.
+fn scenario_caption(sc: &ScenarioResult, what: &str) -> String {
+    format!("{}: {what}", sc.name)
+}
+
 fn contender_table(s: &ScenarioAnalysis<'_>) -> Table {
-    let mut t = Table::new(&[
-        "Contender",
-        "Balancer",
-        "Threads × instances",
-        "p99 per round (ms)",
-        "Median p99 (ms)#",
-        "Median p50 (ms)#",
-        "Max (ms)#",
-        "Goodput (req/s)#",
-        "Of offered#",
-        "Errors#",
-        "Shares vs capacity",
+    let mut t = Table::new(vec![
+        Column::text("Contender"),
+        Column::text("Balancer"),
+        Column::text("Threads × instances"),
+        Column::text("p99 per round (ms)"),
+        Column::number("Median p99 (ms)"),
+        Column::number("Median p50 (ms)"),
+        Column::number("Max (ms)"),
+        Column::number("Goodput (req/s)"),
+        Column::number("Of offered"),
+        Column::number("Errors"),
+        Column::text("Shares vs capacity"),
     ])
-    .caption(format!(
-        "{}: contenders by median per-round p99, best first",
-        s.scenario.name
+    .caption(scenario_caption(
+        s.scenario,
+        "contenders by median per-round p99, best first",
     ));
     for c in &s.contenders {
         t.row(vec![
@@ -255,7 +248,7 @@ fn contender_table(s: &ScenarioAnalysis<'_>) -> Table {
 /// The largest over-share, or that there is none worth a column's width.
 fn shares_text(c: &ContenderFigures<'_>) -> String {
     match &c.over_share {
-        Some(o) if o.share_of_requests - o.share_of_capacity >= 0.01 => format!(
+        Some(o) if o.notable => format!(
             "c{} workers {} of requests for {} of capacity",
             o.cluster,
             pct(o.share_of_requests),
@@ -274,18 +267,18 @@ fn antagonist_table(sc: &ScenarioResult) -> Option<Table> {
         ScenarioParams::Antagonist { share, .. } => format!(", asked to take {}", pct(*share)),
         _ => String::new(),
     };
-    let mut t = Table::new(&[
-        "Host",
-        "Instance id",
-        "Co-tenant CPU (s)#",
-        "On (s)#",
-        "Of host's quota while on#",
-        "Throttled periods#",
-        "Host CPU (s)#",
+    let mut t = Table::new(vec![
+        Column::text("Host"),
+        Column::text("Instance id"),
+        Column::number("Co-tenant CPU (s)"),
+        Column::number("On (s)"),
+        Column::number("Of host's quota while on"),
+        Column::number("Throttled periods"),
+        Column::number("Host CPU (s)"),
     ])
-    .caption(format!(
-        "{}: what each co-tenant took{asked}, read from the cgroups",
-        sc.name
+    .caption(scenario_caption(
+        sc,
+        &format!("what each co-tenant took{asked}, read from the cgroups"),
     ));
     for x in &sc.antagonists {
         t.row(vec![
@@ -308,11 +301,15 @@ fn antagonist_table(sc: &ScenarioResult) -> Option<Table> {
 
 fn cost_table(sc: &ScenarioResult) -> Option<Table> {
     let c = sc.cost.as_ref()?;
-    let mut t =
-        Table::new(&["Per-request CPU", "Configured (µs)#", "Sent (µs)#"]).caption(format!(
-            "{}: per-request CPU cost configured, and what the sent requests asked for",
-            sc.name
-        ));
+    let mut t = Table::new(vec![
+        Column::text("Per-request CPU"),
+        Column::number("Configured (µs)"),
+        Column::number("Sent (µs)"),
+    ])
+    .caption(scenario_caption(
+        sc,
+        "per-request CPU cost configured, and what the sent requests asked for",
+    ));
     for (what, asked, sent) in [
         ("mean", c.mean_us, c.sent_mean_us),
         ("p50", c.p50_us, c.sent_p50_us),
@@ -331,7 +328,7 @@ mod tests {
     #[test]
     fn one_section_per_scenario_with_a_row_per_contender() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let secs = sections(Some(&a));
         assert_eq!(secs.len(), 5);
         assert_eq!(secs[1].id, "shootout-steady");
@@ -358,7 +355,7 @@ mod tests {
     #[test]
     fn scenarios_state_their_settings_and_side_measurements() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let secs = sections(Some(&a));
         let text = |i: usize| match &secs[i].blocks[0] {
             Block::Para(p) => p.clone(),
@@ -390,7 +387,7 @@ mod tests {
     #[test]
     fn missing_peers_are_named() {
         let r = sample::experiment_missing_peer();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let text = peers_text(&a);
         assert!(
             text.contains("haproxy (leastconn) did not run: not installed (no haproxy on PATH)"),

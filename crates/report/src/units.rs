@@ -1,5 +1,8 @@
 //! How numbers are written in the report: milliseconds with precision that follows their size,
-//! rates and counts with thousands separators, fractions as percentages.
+//! rates and counts with thousands separators, fractions as percentages; and the few composite
+//! values written the same way wherever they appear (a load model, errors by kind).
+
+use fulcrum_loadgen::results::{Errors, Model};
 
 /// Groups the integer part of a decimal string in thousands: `12345.6` → `12,345.6`.
 fn thousands(s: &str) -> String {
@@ -109,6 +112,43 @@ pub fn secs(s: f64) -> String {
         format!("{s:.2} s")
     } else {
         format!("{s:.1} s")
+    }
+}
+
+/// `closed: 1,000 requests, 100 at a time` or `open: 500 req/s for 10.0 s`.
+pub fn model(m: &Model) -> String {
+    match m {
+        Model::Closed {
+            requests,
+            concurrency,
+        } => format!(
+            "closed: {} requests, {} at a time",
+            count(*requests),
+            concurrency
+        ),
+        Model::Open { rate, duration_s } => {
+            format!("open: {} for {}", rate_u(*rate), secs(*duration_s))
+        }
+    }
+}
+
+/// `2 connect, 1 timeout` (kinds with a count only), or `none`.
+pub fn error_kinds(e: &Errors) -> String {
+    let parts: Vec<String> = [
+        ("connect", e.connect),
+        ("timeout", e.timeout),
+        ("I/O", e.io),
+        ("4xx", e.status_4xx),
+        ("5xx", e.status_5xx),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| format!("{} {k}", count(*n)))
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -1,7 +1,5 @@
-//! The shoot-out, analysed once: per scenario, the contenders in order of median per-round
-//! p99, the best peer balancer, fulcrum's default contender and a verdict on the two. Sections,
-//! charts and the conclusion read these figures; none of them recomputes one, so a number in a
-//! table and the sentence that judges it cannot drift apart.
+//! The shoot-out's figures and verdicts: per scenario, the contenders in order of median
+//! per-round p99, the best peer balancer, fulcrum's default contender and a verdict on the two.
 
 use std::collections::BTreeMap;
 
@@ -9,17 +7,21 @@ use fulcrum_loadgen::results::{
     median, ContenderResult, PeerInfo, Results, RunKind, ScenarioResult, Share,
 };
 
-use crate::figures;
+use super::run_by_name;
 
 /// Goodput a contender must keep, as a share of the offered rate, to count as keeping up.
 pub const KEPT_UP_SHARE: f64 = 0.95;
+
+/// A cluster given at least this much more of the requests than its share of capacity
+/// (one percentage point) is worth naming.
+pub const NOTABLE_OVER_SHARE: f64 = 0.01;
 
 /// The balancer name fulcrum's own contenders carry.
 pub const FULCRUM: &str = "fulcrum";
 
 /// The whole shoot-out.
 #[derive(Debug)]
-pub struct Analysis<'a> {
+pub struct Shootout<'a> {
     /// Rounds per contender the experiment asked for.
     pub rounds: u32,
     /// The peers looked for.
@@ -91,6 +93,8 @@ pub struct ClusterShare {
     pub cluster: String,
     pub share_of_requests: f64,
     pub share_of_capacity: f64,
+    /// Over its share of capacity by `NOTABLE_OVER_SHARE` or more.
+    pub notable: bool,
 }
 
 /// fulcrum's default contender against the best peer.
@@ -103,8 +107,11 @@ pub struct Comparison {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// fulcrum's per-round p99 range lies entirely below every peer's.
+    /// fulcrum's per-round p99 range lies entirely below every peer's, and it kept up.
     Wins,
+    /// Its range lies below every peer's, but it did not keep up: lower latency bought by
+    /// serving less is not a win.
+    AheadButShort,
     /// Neither: its range overlaps the best peer's, or another peer's it does not clear
     /// (within noise).
     Ties,
@@ -114,11 +121,11 @@ pub enum Verdict {
     Unjudged,
 }
 
-impl<'a> Analysis<'a> {
+impl<'a> Shootout<'a> {
     /// `None` when the file has no experiment.
-    pub fn new(r: &'a Results) -> Option<Analysis<'a>> {
+    pub fn new(r: &'a Results) -> Option<Shootout<'a>> {
         let exp = r.experiment.as_ref()?;
-        Some(Analysis {
+        Some(Shootout {
             rounds: exp.rounds,
             peers: &exp.peers,
             missing_peers: exp.peers.iter().filter(|p| p.missing.is_some()).collect(),
@@ -209,7 +216,7 @@ impl<'a> ContenderFigures<'a> {
         };
         ContenderFigures {
             contender: c,
-            p99_range: figures::round_range(&round_p99_ms),
+            p99_range: round_range(&round_p99_ms),
             median_p99_ms: c.median_p99_ms(),
             median_p50_ms: median(c.rounds.iter().map(|x| x.p50_ms).collect()),
             max_ms: c.rounds.iter().map(|x| x.max_ms).fold(0.0, f64::max),
@@ -238,6 +245,7 @@ fn largest_over_share(shares: &[Share]) -> Option<ClusterShare> {
             cluster: cluster.to_owned(),
             share_of_requests: req,
             share_of_capacity: cap,
+            notable: req - cap >= NOTABLE_OVER_SHARE,
         })
         .max_by(|a, b| {
             (a.share_of_requests - a.share_of_capacity)
@@ -265,8 +273,10 @@ fn compare(cs: &[ContenderFigures<'_>], fulcrum: usize, best: usize) -> Comparis
             let below_all = peers
                 .iter()
                 .all(|p| p.p99_range.is_some_and(|pr| fr.1 < pr.0));
-            if below_all {
+            if below_all && f.kept_up {
                 Verdict::Wins
+            } else if below_all {
+                Verdict::AheadButShort
             } else if fr.0 > br.1 {
                 Verdict::Loses
             } else {
@@ -278,12 +288,24 @@ fn compare(cs: &[ContenderFigures<'_>], fulcrum: usize, best: usize) -> Comparis
     Comparison { ratio, verdict }
 }
 
+/// `(min, max)` of the per-round p99s.
+fn round_range(p99s: &[f64]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = p99s.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    Some((
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    ))
+}
+
 /// The scenario's rounds whose run shows a saturated load generator.
 fn saturated_rounds<'a>(r: &'a Results, s: &ScenarioResult) -> Vec<&'a str> {
     s.contenders
         .iter()
         .flat_map(|c| &c.rounds)
-        .filter_map(|round| figures::run_by_name(r, &round.run))
+        .filter_map(|round| run_by_name(r, &round.run))
         .filter(|run| run.kind == RunKind::Shootout && run.generator.saturated)
         .map(|run| run.name.as_str())
         .collect()
@@ -294,7 +316,7 @@ mod tests {
     use super::*;
     use crate::sample;
 
-    fn scenario<'a>(a: &'a Analysis<'a>, name: &str) -> &'a ScenarioAnalysis<'a> {
+    fn scenario<'a>(a: &'a Shootout<'a>, name: &str) -> &'a ScenarioAnalysis<'a> {
         a.scenarios
             .iter()
             .find(|s| s.scenario.name == name)
@@ -304,7 +326,7 @@ mod tests {
     #[test]
     fn contenders_are_ordered_by_median_round_p99() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         assert_eq!(a.scenarios.len(), 4);
         for s in &a.scenarios {
             let m: Vec<f64> = s.contenders.iter().map(|c| c.median_p99_ms).collect();
@@ -318,7 +340,7 @@ mod tests {
     #[test]
     fn the_default_is_the_first_fulcrum_contender_and_the_best_peer_is_not_fulcrum() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let s = scenario(&a, "steady");
         let first = r.experiment.as_ref().unwrap().scenarios[0]
             .contenders
@@ -339,7 +361,7 @@ mod tests {
     #[test]
     fn verdicts_follow_the_round_ranges() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let v = |n: &str| scenario(&a, n).comparison.unwrap().verdict;
         assert_eq!(v("steady"), Verdict::Ties);
         assert_eq!(v("antagonist"), Verdict::Wins);
@@ -348,12 +370,23 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_p99_without_keeping_up_is_not_a_win() {
+        let mut r = sample::experiment();
+        r.experiment.as_mut().unwrap().scenarios[1].contenders[0].errors = 5;
+        let a = Shootout::new(&r).unwrap();
+        assert_eq!(
+            scenario(&a, "antagonist").comparison.unwrap().verdict,
+            Verdict::AheadButShort
+        );
+    }
+
+    #[test]
     fn one_round_is_not_judged() {
         let mut r = sample::experiment();
         for c in &mut r.experiment.as_mut().unwrap().scenarios[1].contenders {
             c.rounds.truncate(1);
         }
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         assert_eq!(
             scenario(&a, "antagonist").comparison.unwrap().verdict,
             Verdict::Unjudged
@@ -363,14 +396,14 @@ mod tests {
     #[test]
     fn goodput_and_errors_decide_who_kept_up() {
         let mut r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         assert!(a.scenarios.iter().all(|s| s.all_kept_up));
         let c = &scenario(&a, "steady").contenders[0];
         assert!((c.goodput_share - c.goodput / 1020.0).abs() < 1e-12);
         let s = &mut r.experiment.as_mut().unwrap().scenarios[0];
         s.contenders[3].rounds[1].goodput = 0.9 * s.rate;
         s.contenders[4].errors = 3;
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let s = scenario(&a, "steady");
         assert!(!s.all_kept_up);
         assert_eq!(s.contenders.iter().filter(|c| !c.kept_up).count(), 2);
@@ -379,7 +412,7 @@ mod tests {
     #[test]
     fn over_share_is_per_cluster() {
         let r = sample::experiment();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         let s = scenario(&a, "antagonist");
         let nginx = s
             .contenders
@@ -396,7 +429,7 @@ mod tests {
     #[test]
     fn missing_peers_and_no_peer_at_all() {
         let r = sample::experiment_missing_peer();
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         assert_eq!(a.missing_peers.len(), 1);
         assert_eq!(a.missing_peers[0].name, "haproxy");
         assert!(a
@@ -407,7 +440,7 @@ mod tests {
         for s in &mut r.experiment.as_mut().unwrap().scenarios {
             s.contenders.retain(|c| c.balancer == FULCRUM);
         }
-        let a = Analysis::new(&r).unwrap();
+        let a = Shootout::new(&r).unwrap();
         assert!(a
             .scenarios
             .iter()
