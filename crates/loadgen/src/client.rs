@@ -405,7 +405,64 @@ pub struct Run {
 const LATE: Duration = Duration::from_millis(1);
 
 /// One connection's loop, until the schedule is exhausted: connection number `index` of the
-/// run, loading target `target` on that target's `schedule`.
+/// What the schedule says about this connection's next request.
+enum Slot {
+    /// The schedule is exhausted.
+    Done,
+    /// Owed past the hard stop: never sent.
+    Unsent,
+    /// Send now; in the open model, when it was due and whether it is late (the connection
+    /// was busy when it was due).
+    Send(Option<(Instant, bool)>),
+}
+
+/// Takes the next request from the schedule, waiting for its slot if it is ahead of time.
+async fn next_slot(schedule: &Schedule, run: &Run) -> Slot {
+    let (next, start, interval, end) = match schedule {
+        Schedule::Closed { next, total } => {
+            if next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= *total {
+                return Slot::Done;
+            }
+            return Slot::Send(None);
+        }
+        Schedule::Open {
+            next,
+            start,
+            interval,
+            end,
+        } => (next, start, interval, end),
+    };
+    let i = next.get();
+    let at = *start + interval.mul_f64(i as f64);
+    if at >= *end {
+        return Slot::Done;
+    }
+    next.set(i + 1);
+    let picked = Instant::now();
+    if picked >= run.stop_at {
+        // Still owed at the hard stop: never sent; counted, not timed.
+        return if at >= run.measure_from {
+            Slot::Unsent
+        } else {
+            Slot::Send(None)
+        };
+    }
+    if at > picked {
+        // Ahead of schedule: wait for the slot. The runtime's timer fires up to a millisecond
+        // late; that slop is the generator's, not the server's, so the request is then timed
+        // from when it really left.
+        tokio::time::sleep_until(at.into()).await;
+        Slot::Send(Some((at, false)))
+    } else {
+        // Behind schedule: this connection was still busy with an earlier request when this
+        // one was due. That wait is exactly what coordinated omission hides, so the request is
+        // timed from its intended send time.
+        Slot::Send(Some((at, true)))
+    }
+}
+
+/// One connection's loop, until the schedule is exhausted; returns the requests it owed and
+/// never sent.
 pub async fn connection(
     run: Rc<Run>,
     schedule: Rc<Schedule>,
@@ -423,47 +480,13 @@ pub async fn connection(
     timer.as_mut().await;
     let mut unsent = 0u64;
     loop {
-        // When should this request have gone out?
-        let intended = match &*schedule {
-            Schedule::Closed { next, total } => {
-                if next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= *total {
-                    break;
-                }
-                None
+        let intended = match next_slot(&schedule, &run).await {
+            Slot::Done => break,
+            Slot::Unsent => {
+                unsent += 1;
+                continue;
             }
-            Schedule::Open {
-                next,
-                start,
-                interval,
-                end,
-            } => {
-                let i = next.get();
-                let at = *start + interval.mul_f64(i as f64);
-                if at >= *end {
-                    break;
-                }
-                next.set(i + 1);
-                let picked = Instant::now();
-                if picked >= run.stop_at {
-                    // Still owed at the hard stop: never sent; counted, not timed.
-                    if at >= run.measure_from {
-                        unsent += 1;
-                    }
-                    continue;
-                }
-                if at > picked {
-                    // Ahead of schedule: wait for the slot. The runtime's timer fires up to a
-                    // millisecond late; that slop is the generator's, not the server's, so the
-                    // request is then timed from when it really left (below).
-                    tokio::time::sleep_until(at.into()).await;
-                    Some((at, false))
-                } else {
-                    // Behind schedule: this connection was still busy with an earlier request
-                    // when this one was due. That wait is exactly what coordinated omission
-                    // hides, so the request is timed from its intended send time.
-                    Some((at, true))
-                }
-            }
+            Slot::Send(intended) => intended,
         };
         if Instant::now() >= run.stop_at {
             if intended.is_some_and(|(at, _)| at >= run.measure_from) {
@@ -481,50 +504,84 @@ pub async fn connection(
         })
         .await;
         let done = Instant::now();
-        if result.is_ok() && done >= run.measure_from && run.window_end.is_none_or(|end| done < end)
-        {
-            stats.borrow_mut().window_completions += 1;
-        }
-        let outcome = match &result {
-            Ok(a) => Outcome::Status(a.status),
-            Err(o) => *o,
+        let exchange = Exchange {
+            intended,
+            sent,
+            done,
+            target,
+            entry,
         };
-        let origin = match intended {
-            Some((at, true)) => at,
-            _ => sent,
-        };
-        let scheduled = intended.map_or(sent, |(at, _)| at);
-        if scheduled >= run.measure_from || (intended.is_none() && done >= run.measure_from) {
-            let second = done.saturating_duration_since(run.measure_from).as_secs();
-            let mut s = stats.borrow_mut();
-            if intended.is_some_and(|(at, behind)| behind && sent.duration_since(at) > LATE) {
-                s.late += 1;
-            }
-            let (cluster, instance) = match (&result, &conn) {
-                (Ok(a), Some(c)) => (c.text(&a.cluster), c.text(&a.instance)),
-                _ => (None, None),
-            };
-            s.record(&Completion {
-                outcome,
-                latency_us: done.duration_since(origin).as_micros() as u64,
-                service_us: done.duration_since(sent).as_micros() as u64,
-                second,
-                cluster,
-                instance,
-                target,
-                entry,
-            });
-        }
+        record(
+            &run,
+            &mut stats.borrow_mut(),
+            &exchange,
+            &result,
+            conn.as_ref(),
+        );
         // A failed connection, or one the server is closing, is not reused.
         if !result.as_ref().is_ok_and(|a| a.keep_alive) {
             conn = None;
         }
-        if matches!(outcome, Outcome::Connect) {
+        if matches!(result, Err(Outcome::Connect)) {
             // Do not spin on a refused port: the schedule, not the error rate, sets the pace.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     unsent
+}
+
+/// One request's times and what it was.
+struct Exchange {
+    intended: Option<(Instant, bool)>,
+    sent: Instant,
+    done: Instant,
+    target: usize,
+    entry: usize,
+}
+
+/// Counts a completed request in the window and, when it falls in the measured part, records
+/// its latency (from when it was due, if it was late) and service time.
+fn record(
+    run: &Run,
+    s: &mut ThreadStats,
+    x: &Exchange,
+    result: &Result<Answer, Outcome>,
+    conn: Option<&Conn>,
+) {
+    let in_window = x.done >= run.measure_from && run.window_end.is_none_or(|end| x.done < end);
+    if result.is_ok() && in_window {
+        s.window_completions += 1;
+    }
+    let scheduled = x.intended.map_or(x.sent, |(at, _)| at);
+    if !(scheduled >= run.measure_from || (x.intended.is_none() && x.done >= run.measure_from)) {
+        return;
+    }
+    if x.intended
+        .is_some_and(|(at, behind)| behind && x.sent.duration_since(at) > LATE)
+    {
+        s.late += 1;
+    }
+    let origin = match x.intended {
+        Some((at, true)) => at,
+        _ => x.sent,
+    };
+    let (cluster, instance) = match (result, conn) {
+        (Ok(a), Some(c)) => (c.text(&a.cluster), c.text(&a.instance)),
+        _ => (None, None),
+    };
+    s.record(&Completion {
+        outcome: match result {
+            Ok(a) => Outcome::Status(a.status),
+            Err(o) => *o,
+        },
+        latency_us: x.done.duration_since(origin).as_micros() as u64,
+        service_us: x.done.duration_since(x.sent).as_micros() as u64,
+        second: x.done.saturating_duration_since(run.measure_from).as_secs(),
+        cluster,
+        instance,
+        target: x.target,
+        entry: x.entry,
+    });
 }
 
 #[cfg(test)]

@@ -265,6 +265,48 @@ fn mix_usage(mix: Option<RequestMix>, sent_by_entry: &[u64]) -> Option<results::
     })
 }
 
+/// When a run starts, measures and stops.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// The first request may go (warm-up, if any, starts here).
+    start: Instant,
+    measure_from: Instant,
+    /// Open model: the end of the schedule.
+    end: Option<Instant>,
+    /// Nothing is sent after this.
+    stop_at: Instant,
+}
+
+impl Clock {
+    fn of(cfg: &BenchConfig) -> Clock {
+        let start = Instant::now() + Duration::from_millis(20);
+        let measure_from = start + cfg.warmup;
+        let (end, stop_at) = match cfg.model {
+            Model::Open { duration_s, .. } => {
+                let end = measure_from + Duration::from_secs_f64(duration_s);
+                (Some(end), end + cfg.timeout)
+            }
+            Model::Closed { .. } => (None, start + Duration::from_secs(24 * 3600)),
+        };
+        Clock {
+            start,
+            measure_from,
+            end,
+            stop_at,
+        }
+    }
+}
+
+/// What the generator threads measured, merged, with the generator's own cost.
+struct Measured {
+    merged: stats::Merged,
+    unsent: u64,
+    timeline: stats::Timeline,
+    threads: usize,
+    finished: Instant,
+    cpu_seconds: f64,
+}
+
 /// Runs one benchmark to completion (blocking) and returns what it measured.
 pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     check(&cfg)?;
@@ -273,23 +315,22 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
         .iter()
         .map(|url| target(url, cfg.mix.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
+    let clock = Clock::of(&cfg);
+    let cpu_before = process_cpu();
+    let sampler = sampler::start(cfg.sampling.clone(), clock.measure_from);
+    let mut measured = generate_all(&cfg, targets, clock);
+    measured.cpu_seconds = process_cpu().saturating_sub(cpu_before).as_secs_f64();
+    let (cpu, balancer) = sampler.stop();
+    Ok(into_run(cfg, clock, measured, cpu, balancer))
+}
+
+/// Starts the generator threads, follows their progress, and merges what they measured.
+fn generate_all(cfg: &BenchConfig, targets: Vec<client::Target>, clock: Clock) -> Measured {
     let threads = cfg.threads.min(cfg.connections);
     let entries = targets[0].requests.len();
-
     let live = Arc::new(stats::Live::default());
     let (tx, rx) = mpsc::channel();
     let closed_next = Arc::new(AtomicU64::new(0));
-    let cpu_before = process_cpu();
-    let start = Instant::now() + Duration::from_millis(20);
-    let measure_from = start + cfg.warmup;
-    let (end, stop_at) = match cfg.model {
-        Model::Open { duration_s, .. } => {
-            let end = measure_from + Duration::from_secs_f64(duration_s);
-            (Some(end), end + cfg.timeout)
-        }
-        Model::Closed { .. } => (None, start + Duration::from_secs(24 * 3600)),
-    };
-    let sampler = sampler::start(cfg.sampling.clone(), measure_from);
     let shared = client::Run {
         targets,
         weights: cfg
@@ -297,12 +338,11 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
             .as_ref()
             .map_or_else(mix::Weights::single, RequestMix::weights),
         timeout: cfg.timeout,
-        start,
-        measure_from,
-        window_end: end,
-        stop_at,
+        start: clock.start,
+        measure_from: clock.measure_from,
+        window_end: clock.end,
+        stop_at: clock.stop_at,
     };
-
     let mut handles = Vec::new();
     for t in 0..threads {
         let pace = match cfg.model {
@@ -312,8 +352,8 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
             },
             Model::Open { rate, .. } => Pace::Open {
                 lanes: spread::open_lanes(rate, threads, cfg.connections, cfg.targets.len(), t),
-                start,
-                end: end.expect("open model has an end"),
+                start: clock.start,
+                end: clock.end.expect("open model has an end"),
             },
         };
         let stats =
@@ -325,9 +365,8 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
         }));
     }
     drop(tx);
-
-    let bar = cfg.progress.then(|| progress_bar(&cfg));
-    let timeline = follow(rx, threads, bar.as_ref(), &live, measure_from);
+    let bar = cfg.progress.then(|| progress_bar(cfg));
+    let timeline = follow(rx, threads, bar.as_ref(), &live, clock.measure_from);
     let mut per_thread = Vec::new();
     let mut unsent = 0;
     for h in handles {
@@ -339,27 +378,37 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let (cpu, balancer) = sampler.stop();
+    Measured {
+        merged: stats::merge(per_thread, &cfg.targets),
+        unsent,
+        timeline,
+        threads,
+        finished,
+        cpu_seconds: 0.0,
+    }
+}
+
+/// The run as results.json holds it.
+fn into_run(
+    cfg: BenchConfig,
+    clock: Clock,
+    m: Measured,
+    cpu: Vec<results::CpuSample>,
+    balancer: Vec<results::BalancerSample>,
+) -> Run {
     let measured = match cfg.model {
         Model::Open { duration_s, .. } => duration_s,
-        Model::Closed { .. } => finished
-            .saturating_duration_since(measure_from)
+        Model::Closed { .. } => m
+            .finished
+            .saturating_duration_since(clock.measure_from)
             .as_secs_f64(),
     };
-    let cpu_seconds = process_cpu().saturating_sub(cpu_before).as_secs_f64();
-    let wall = finished
-        .saturating_duration_since(start)
-        .as_secs_f64()
-        .max(1e-9);
-    let usable = threads.min(std::thread::available_parallelism().map_or(1, |n| n.get())) as f64;
-    let gen_util = cpu_seconds / (wall * usable);
-
-    let merged = stats::merge(per_thread, &cfg.targets);
+    let merged = m.merged;
     // Throughput is what arrived inside the window: under overload an open-model backlog keeps
     // draining after the schedule ends, and counting that would overstate what was served.
     let achieved = merged.window_completions as f64 / measured.max(1e-9);
     let open = matches!(cfg.model, Model::Open { .. });
-    Ok(Run {
+    Run {
         name: cfg.name,
         kind: cfg.kind,
         url: cfg.targets[0].clone(),
@@ -372,17 +421,20 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
         },
         model: cfg.model,
         connections: cfg.connections,
-        threads,
+        threads: m.threads,
         warmup_s: cfg.warmup.as_secs_f64(),
         started_s: cfg.clock_origin.map_or(0.0, |o| {
-            measure_from.saturating_duration_since(o).as_secs_f64()
+            clock
+                .measure_from
+                .saturating_duration_since(o)
+                .as_secs_f64()
         }),
         duration_s: measured,
         responses: merged.responses,
         errors: merged.errors,
         achieved_rate: achieved,
         late_requests: merged.late,
-        unsent_requests: unsent,
+        unsent_requests: m.unsent,
         latency: results::Hist::from_histogram(&merged.latency),
         service_time: open.then(|| results::Hist::from_histogram(&merged.service)),
         by_cluster: merged.by_cluster,
@@ -390,16 +442,32 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
         by_status_class: merged.by_status_class,
         by_target: merged.by_target,
         mix: mix_usage(cfg.mix, &merged.sent_by_entry),
-        timeline: timeline.finish(),
+        timeline: m.timeline.finish(),
         cpu,
         balancer,
-        generator: results::Generator {
-            cpu_seconds,
-            cpu_utilization: gen_util,
-            // Near-full use of its cores means the generator itself may have set the pace.
-            saturated: gen_util > 0.9,
-        },
-    })
+        generator: generator_cost(m.cpu_seconds, clock.start, m.finished, m.threads),
+    }
+}
+
+/// The generator's own CPU over the run; near-full use of its cores means it may have set the
+/// pace itself.
+fn generator_cost(
+    cpu_seconds: f64,
+    start: Instant,
+    finished: Instant,
+    threads: usize,
+) -> results::Generator {
+    let wall = finished
+        .saturating_duration_since(start)
+        .as_secs_f64()
+        .max(1e-9);
+    let usable = threads.min(std::thread::available_parallelism().map_or(1, |n| n.get())) as f64;
+    let utilization = cpu_seconds / (wall * usable);
+    results::Generator {
+        cpu_seconds,
+        cpu_utilization: utilization,
+        saturated: utilization > 0.9,
+    }
 }
 
 fn progress_bar(cfg: &BenchConfig) -> indicatif::ProgressBar {

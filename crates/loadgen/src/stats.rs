@@ -125,73 +125,52 @@ impl ThreadStats {
 
     /// Records one finished request.
     pub fn record(&mut self, done: &Completion) {
-        let Completion {
-            outcome,
-            latency_us,
-            service_us,
-            second,
-            cluster,
-            instance,
-            target,
-            entry,
-        } = *done;
-        let error = match outcome {
-            Outcome::Status(s) if s >= 500 => {
-                self.errors.status_5xx += 1;
-                true
-            }
-            Outcome::Status(s) if s >= 400 => {
-                self.errors.status_4xx += 1;
-                true
-            }
-            Outcome::Status(_) => false,
-            Outcome::Connect => {
-                self.errors.connect += 1;
-                true
-            }
-            Outcome::Timeout => {
-                self.errors.timeout += 1;
-                true
-            }
-            Outcome::Io => {
-                self.errors.io += 1;
-                true
-            }
-        };
-        self.live.errors.fetch_add(error as u64, Ordering::Relaxed);
-        let responded = matches!(outcome, Outcome::Status(_));
+        let error = self.count_error(done.outcome);
+        let responded = matches!(done.outcome, Outcome::Status(_));
         if responded {
             self.responses += 1;
             self.live.responses.fetch_add(1, Ordering::Relaxed);
         }
-        results::record(&mut self.latency, latency_us);
-        results::record(&mut self.service, service_us);
-        let class: &'static str = match outcome {
-            Outcome::Status(100..=199) => "1xx",
-            Outcome::Status(200..=299) => "2xx",
-            Outcome::Status(300..=399) => "3xx",
-            Outcome::Status(400..=499) => "4xx",
-            Outcome::Status(_) => "5xx",
-            Outcome::Connect => "connect error",
-            Outcome::Timeout => "timeout",
-            Outcome::Io => "i/o error",
+        results::record(&mut self.latency, done.latency_us);
+        results::record(&mut self.service, done.service_us);
+        // A request whose connection could not be opened never went out.
+        if done.outcome != Outcome::Connect {
+            self.sent_by_entry[done.entry] += 1;
+        }
+        self.record_groups(done, responded, error);
+        self.record_second(done, responded, error);
+    }
+
+    /// Counts an error by kind; whether the outcome was one.
+    fn count_error(&mut self, outcome: Outcome) -> bool {
+        let counter = match outcome {
+            Outcome::Status(s) if s >= 500 => &mut self.errors.status_5xx,
+            Outcome::Status(s) if s >= 400 => &mut self.errors.status_4xx,
+            Outcome::Status(_) => return false,
+            Outcome::Connect => &mut self.errors.connect,
+            Outcome::Timeout => &mut self.errors.timeout,
+            Outcome::Io => &mut self.errors.io,
         };
+        *counter += 1;
+        self.live.errors.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The per-status-class, per-target, per-cluster and per-instance groups.
+    fn record_groups(&mut self, done: &Completion, responded: bool, error: bool) {
+        let latency_us = done.latency_us;
         let s = self
             .by_status
-            .entry(class)
+            .entry(status_class(done.outcome))
             .or_insert_with(|| (0, 0, results::new_histogram()));
         s.0 += responded as u64;
         s.1 += error as u64;
         results::record(&mut s.2, latency_us);
-        let t = &mut self.by_target[target];
+        let t = &mut self.by_target[done.target];
         t.0 += responded as u64;
         t.1 += error as u64;
         results::record(&mut t.2, latency_us);
-        // A request whose connection could not be opened never went out.
-        if outcome != Outcome::Connect {
-            self.sent_by_entry[entry] += 1;
-        }
-        if let Some(c) = cluster {
+        if let Some(c) = done.cluster {
             let g = match self.by_cluster.get_mut(c) {
                 Some(g) => g,
                 None => self
@@ -203,28 +182,28 @@ impl ThreadStats {
             g.1 += error as u64;
             results::record(&mut g.2, latency_us);
         }
-        if let Some(i) = instance {
+        if let Some(i) = done.instance {
             let g = match self.by_instance.get_mut(i) {
                 Some(g) => g,
                 None => self.by_instance.entry(i.to_owned()).or_insert_with(|| {
-                    (
-                        cluster.unwrap_or("?").to_owned(),
-                        0,
-                        0,
-                        results::new_histogram(),
-                    )
+                    let cluster = done.cluster.unwrap_or("?").to_owned();
+                    (cluster, 0, 0, results::new_histogram())
                 }),
             };
             g.1 += 1;
             g.2 += error as u64;
             results::record(&mut g.3, latency_us);
         }
-        self.tick(second);
+    }
+
+    /// The request's second of the timeline.
+    fn record_second(&mut self, done: &Completion, responded: bool, error: bool) {
+        self.tick(done.second);
         let b = self.bucket.as_mut().expect("tick opened a bucket");
         b.responses += responded as u64;
         b.errors += error as u64;
-        results::record(&mut b.latency, latency_us);
-        if let Some(c) = cluster {
+        results::record(&mut b.latency, done.latency_us);
+        if let Some(c) = done.cluster {
             match b.by_cluster.get_mut(c) {
                 Some(n) => *n += 1,
                 None => {
@@ -290,6 +269,20 @@ pub struct Merged {
     pub by_target: BTreeMap<String, Group>,
     /// Requests sent per mix entry (see `ThreadStats::record`).
     pub sent_by_entry: Vec<u64>,
+}
+
+/// The status class results.json groups an outcome under.
+fn status_class(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Status(100..=199) => "1xx",
+        Outcome::Status(200..=299) => "2xx",
+        Outcome::Status(300..=399) => "3xx",
+        Outcome::Status(400..=499) => "4xx",
+        Outcome::Status(_) => "5xx",
+        Outcome::Connect => "connect error",
+        Outcome::Timeout => "timeout",
+        Outcome::Io => "i/o error",
+    }
 }
 
 /// Merges every thread's stats; `targets` names the targets by index.
