@@ -118,6 +118,30 @@ pub fn contenders(scenario: Scenario, opts: &Options, peers: &[PeerKind]) -> Vec
     out
 }
 
+/// What one scenario offers every contender.
+struct Setting {
+    rate: f64,
+    fraction: f64,
+    plan: Option<AntagonistPlan>,
+    heavy: Option<HeavyTail>,
+    mix: Option<RequestMix>,
+    params: ScenarioParams,
+}
+
+/// The progress line of one contender's round.
+fn round_line(c: &Contender, round: usize, run: &Run) -> String {
+    format!(
+        "    {:<34} round {}: p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms, {:.0}/s, errors {}",
+        c.label(),
+        round + 1,
+        run.latency.p50_ms,
+        run.latency.p99_ms,
+        run.latency.max_ms,
+        run.achieved_rate,
+        run.errors.total()
+    )
+}
+
 /// Where one contender is reached during a scenario.
 struct Endpoint {
     urls: Vec<String>,
@@ -430,35 +454,12 @@ impl Shootout<'_> {
         runs: &mut Vec<Run>,
         say: &mut dyn FnMut(&str),
     ) -> anyhow::Result<ScenarioResult> {
-        let plan = self.antagonist_plan(scenario);
-        let heavy = (scenario == Scenario::HeavyTail).then(|| self.heavy_tail());
-        let (mix, mix_file, params) = match (&plan, &heavy) {
-            (Some(p), _) => (None, None, p.params()),
-            (_, Some(h)) => {
-                let (mix, file) = self.write_mix(h)?;
-                let params = h.params(&file.display().to_string());
-                (Some(mix), Some(file), params)
-            }
-            _ if scenario == Scenario::Replicas => (
-                None,
-                None,
-                ScenarioParams::Replicas {
-                    replicas: self.opts.replicas.max(1),
-                    threads_each: 1,
-                },
-            ),
-            _ => (None, None, ScenarioParams::Steady),
-        };
-        let _ = mix_file;
-        let fraction = match &plan {
-            Some(p) => LOAD_FRACTION * (1.0 - p.mean_take(self.host_cores(p), self.total_cores())),
-            None => LOAD_FRACTION,
-        };
-        let rate = (self.capacity * fraction).max(1.0).round();
+        let setting = self.setting(scenario)?;
         say(&format!(
-            "  scenario {}: {rate}/s ({:.0}% of the measured {:.0}/s), {} contender(s) × {} round(s)",
+            "  scenario {}: {}/s ({:.0}% of the measured {:.0}/s), {} contender(s) × {} round(s)",
             scenario.name(),
-            fraction * 100.0,
+            setting.rate,
+            setting.fraction * 100.0,
             self.capacity,
             contenders.len(),
             self.timing.rounds
@@ -469,32 +470,15 @@ impl Shootout<'_> {
             for k in 0..contenders.len() {
                 self.check()?;
                 let i = (k + round) % contenders.len();
-                let (c, ep) = (&contenders[i], &endpoints[i]);
-                if let Contender::Fulcrum { policy, telemetry } = c {
-                    for &admin in &ep.admins {
-                        switch(admin, "all", *policy, *telemetry)?;
-                    }
-                }
-                let name = format!("{} · {} #{}", scenario.name(), c.label(), round + 1);
-                let run = match &plan {
-                    Some(p) => {
-                        let (run, effect) = self
-                            .with_antagonists(p, || self.bench(&name, ep, rate, mix.clone(), c))?;
-                        merge_effects(&mut effects, effect);
-                        run
-                    }
-                    None => self.bench(&name, ep, rate, mix.clone(), c)?,
-                };
-                say(&format!(
-                    "    {:<34} round {}: p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms, {:.0}/s, errors {}",
-                    c.label(),
-                    round + 1,
-                    run.latency.p50_ms,
-                    run.latency.p99_ms,
-                    run.latency.max_ms,
-                    run.achieved_rate,
-                    run.errors.total()
-                ));
+                let name = format!(
+                    "{} · {} #{}",
+                    scenario.name(),
+                    contenders[i].label(),
+                    round + 1
+                );
+                let run =
+                    self.round(&setting, &contenders[i], &endpoints[i], &name, &mut effects)?;
+                say(&round_line(&contenders[i], round, &run));
                 rounds[i].push(run.clone());
                 runs.push(run);
                 self.settle();
@@ -502,31 +486,98 @@ impl Shootout<'_> {
         }
         // Leave the deployment as configured.
         if let Some(admin) = self.target.admin {
-            let _ = switch(
-                admin,
-                "all",
-                self.topology.balancer.policy,
-                self.topology.balancer.telemetry,
-            );
+            let b = &self.topology.balancer;
+            let _ = switch(admin, "all", b.policy, b.telemetry);
         }
+        Ok(self.scenario_result(scenario, setting, contenders, endpoints, &rounds, effects))
+    }
+
+    /// What a scenario offers: its co-tenants or cost mix, its parameters, its load.
+    fn setting(&self, scenario: Scenario) -> anyhow::Result<Setting> {
+        let plan = self.antagonist_plan(scenario);
+        let heavy = (scenario == Scenario::HeavyTail).then(|| self.heavy_tail());
+        let (mix, params) = match (&plan, &heavy) {
+            (Some(p), _) => (None, p.params()),
+            (_, Some(h)) => {
+                let (mix, file) = self.write_mix(h)?;
+                (Some(mix), h.params(&file.display().to_string()))
+            }
+            _ if scenario == Scenario::Replicas => (
+                None,
+                ScenarioParams::Replicas {
+                    replicas: self.opts.replicas.max(1),
+                    threads_each: 1,
+                },
+            ),
+            _ => (None, ScenarioParams::Steady),
+        };
+        // Co-tenants take part of the capacity: the load is 85% of what they leave.
+        let fraction = match &plan {
+            Some(p) => LOAD_FRACTION * (1.0 - p.mean_take(self.host_cores(p), self.total_cores())),
+            None => LOAD_FRACTION,
+        };
+        Ok(Setting {
+            rate: (self.capacity * fraction).max(1.0).round(),
+            fraction,
+            plan,
+            heavy,
+            mix,
+            params,
+        })
+    }
+
+    /// One contender's round: switched to its policy if it is fulcrum, with the co-tenants on
+    /// if the scenario has them.
+    fn round(
+        &self,
+        setting: &Setting,
+        c: &Contender,
+        ep: &Endpoint,
+        name: &str,
+        effects: &mut Vec<AntagonistEffect>,
+    ) -> anyhow::Result<Run> {
+        if let Contender::Fulcrum { policy, telemetry } = c {
+            for &admin in &ep.admins {
+                switch(admin, "all", *policy, *telemetry)?;
+            }
+        }
+        let bench = || self.bench(name, ep, setting.rate, setting.mix.clone(), c);
+        match &setting.plan {
+            Some(p) => {
+                let (run, effect) = self.with_antagonists(p, bench)?;
+                merge_effects(effects, effect);
+                Ok(run)
+            }
+            None => bench(),
+        }
+    }
+
+    fn scenario_result(
+        &self,
+        scenario: Scenario,
+        setting: Setting,
+        contenders: &[Contender],
+        endpoints: &[Endpoint],
+        rounds: &[Vec<Run>],
+        effects: Vec<AntagonistEffect>,
+    ) -> ScenarioResult {
         let contenders_out = contenders
             .iter()
             .zip(endpoints)
-            .zip(&rounds)
+            .zip(rounds)
             .map(|((c, ep), rs)| contender_result(c, ep, rs, &self.target.deployment))
             .collect();
-        let cost = heavy.map(|h| cost_distribution(&h, &rounds));
-        Ok(ScenarioResult {
+        ScenarioResult {
             name: scenario.name().into(),
             description: scenario.description().into(),
-            rate,
-            fraction,
+            rate: setting.rate,
+            fraction: setting.fraction,
             round_s: self.timing.shootout_step.as_secs_f64(),
-            params,
+            params: setting.params,
             contenders: contenders_out,
-            antagonists: finish_effects(effects, plan.as_ref(), self),
-            cost,
-        })
+            antagonists: finish_effects(effects, setting.plan.as_ref(), self),
+            cost: setting.heavy.map(|h| cost_distribution(&h, rounds)),
+        }
     }
 
     fn bench(
