@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use aws_sdk_ec2::types::{Filter, Instance as SdkInstance, InstanceStateName};
 
 use crate::error::{AwsError, Result};
+use crate::state::{self, State};
 use crate::tags;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,4 +144,28 @@ pub async fn by_ids(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<Vec<Ec2
     // A filter on instance-id, unlike InstanceIds, does not fail the whole call for one id
     // that has aged out.
     describe(ec2, vec![filter("instance-id", ids.iter().cloned())]).await
+}
+
+/// The deployment's instances by tag, and those its state records that the tag query did not
+/// return (terminated ones excluded).
+pub async fn tagged_or_recorded(
+    ec2: &aws_sdk_ec2::Client,
+    deployment: &str,
+    recorded: &[state::Instance],
+) -> Result<Vec<Ec2Instance>> {
+    let mut found = of_deployment(ec2, deployment).await?;
+    let extra: Vec<String> = recorded
+        .iter()
+        .filter(|i| !found.iter().any(|x| x.id == i.id))
+        .map(|i| i.id.clone())
+        .collect();
+    found.extend(by_ids(ec2, &extra).await?);
+    Ok(found)
+}
+
+/// The deployment's live instances (state plus tag), freshly described.
+pub async fn current(ec2: &aws_sdk_ec2::Client, st: &State) -> Result<Vec<Ec2Instance>> {
+    let mut found = tagged_or_recorded(ec2, &st.name, &st.instances).await?;
+    found.retain(|i| i.is_live() || i.state == "stopped" || i.state == "stopping");
+    Ok(found)
 }

@@ -8,6 +8,11 @@
 //! the `ec2` discovery provider (workers found by tag) and the CloudWatch `CPUUtilization`
 //! source.
 //!
+//! `up` finds what exists, prints the plan, and hands over to a deployer with one step per
+//! resource kind in dependency order (network, key pair, security groups, instance profile,
+//! binary delivery, each cluster's workers, the balancer), then waits; [`tags`] and the
+//! instance lookups are the vocabulary `up`, `down`, `status` and discovery share.
+//!
 //! It does not own the topology or the instance catalog (`fulcrum-deploy`), what runs on the
 //! instances (`fulcrum-worker`, `fulcrum-balancer`), nor the command line (`fulcrum`): the
 //! functions here are blocking and build their own async runtime.
@@ -25,6 +30,7 @@ mod discovery;
 mod down;
 mod error;
 mod experiment;
+mod health;
 mod instance_profile;
 mod instances;
 pub mod probe;

@@ -187,7 +187,7 @@ pub async fn ensure_group(
         .group_name(name)
         .description(description)
         .vpc_id(vpc)
-        .tag_specifications(crate::up::tag_spec(
+        .tag_specifications(tags::tag_spec(
             ResourceType::SecurityGroup,
             deployment,
             &[(tags::NAME, name)],

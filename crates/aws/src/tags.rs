@@ -1,6 +1,8 @@
 //! Names and tags of a deployment's resources: one place, so `up`, `down --by-tag`, discovery
 //! and status agree on them.
 
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+
 /// Every resource of a deployment carries `fulcrum:deployment=<name>`.
 pub const DEPLOYMENT: &str = "fulcrum:deployment";
 /// `worker` or `balancer`.
@@ -48,4 +50,15 @@ pub fn worker_name(deployment: &str, cluster: u32, index: usize) -> String {
 
 pub fn balancer_name(deployment: &str) -> String {
     format!("{}-balancer", base(deployment))
+}
+
+/// The tags an EC2 resource is created with: the deployment's, then `extra`.
+pub fn tag_spec(rt: ResourceType, deployment: &str, extra: &[(&str, &str)]) -> TagSpecification {
+    let mut b = TagSpecification::builder()
+        .resource_type(rt)
+        .tags(Tag::builder().key(DEPLOYMENT).value(deployment).build());
+    for (k, v) in extra {
+        b = b.tags(Tag::builder().key(*k).value(*v).build());
+    }
+    b.build()
 }

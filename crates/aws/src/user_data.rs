@@ -181,13 +181,13 @@ mod tests {
         for g in &c.target_groups {
             assert!(g.workers.is_empty(), "{}", g.name);
             let d = g.discovery.as_ref().unwrap();
-            assert_eq!(d["provider"].as_str(), Some("ec2"));
-            assert_eq!(d["deployment"].as_str(), Some("seed"));
-            assert_eq!(d["port"].as_integer(), Some(8000));
+            assert_eq!(d.provider, "ec2");
+            assert_eq!(d.settings["deployment"].as_str(), Some("seed"));
+            assert_eq!(d.settings["port"].as_integer(), Some(8000));
         }
         let all = c.target_groups.iter().find(|g| g.name == "all").unwrap();
         assert_eq!(
-            all.discovery.as_ref().unwrap()["clusters"],
+            all.discovery.as_ref().unwrap().settings["clusters"],
             toml::Value::Array(vec![1.into(), 2.into()])
         );
         assert_eq!(

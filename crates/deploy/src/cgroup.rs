@@ -48,6 +48,16 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
     }
 }
 
+/// A deployment's group (`fulcrum/<deployment>`), or one of its members' groups within it: one
+/// tree per deployment, so `down` removes whatever is inside.
+pub(crate) fn deployment_cgroup(deployment: &str, member: Option<&str>) -> PathBuf {
+    let base = PathBuf::from("fulcrum").join(deployment);
+    match member {
+        Some(m) => base.join(m),
+        None => base,
+    }
+}
+
 /// Where this process may create cgroups.
 #[derive(Debug, Clone)]
 pub struct CgroupHost {

@@ -11,24 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use crate::cgroup::{Cgroup, CgroupHost};
-use crate::local::{cgroup_rel, DeployError};
+use crate::cgroup::{deployment_cgroup, Cgroup, CgroupHost};
+use crate::error::DeployError;
 use crate::process::{kill_group, log_tail, spawn_recorded, stop_processes};
 use crate::state::{CompanionState, State, StateDir};
 
-/// What a companion is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Another balancer compared with fulcrum's (nginx, HAProxy).
-    Peer,
-    /// One more `fulcrum balance` in front of the same workers.
-    Replica,
-    /// A co-tenant burning CPU inside a worker's cgroup.
-    Antagonist,
-}
+// Recorded in the state with each companion, so it is defined there.
+pub use crate::state::Role;
 
 /// Where a companion runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,57 +47,31 @@ pub fn start(
     let mut state = load(&dir, deployment)?;
     if let Some(old) = state.companions.iter().find(|c| c.name == spec.name) {
         if old.process.as_ref().is_some_and(|p| p.is_alive()) {
-            return Err(DeployError::Io(format!(
-                "companion `{}` of deployment `{deployment}` is already running",
-                spec.name
-            )));
+            return Err(DeployError::CompanionRunning {
+                name: spec.name.clone(),
+                deployment: deployment.into(),
+            });
         }
         let old = old.clone();
         remove_recorded(&dir, &mut state, &old)?;
     }
-    let (group, own_cgroup, instance) = match &spec.placement {
-        Placement::OwnGroup => {
-            let group = CgroupHost::detect().ok().and_then(|h| {
-                h.create(&cgroup_rel(
-                    deployment,
-                    Some(&format!("companion-{}", spec.name)),
-                ))
-                .ok()
-            });
-            (group.clone(), group, None)
-        }
-        Placement::Instance(name) => {
-            let inst = state
-                .instances
-                .iter()
-                .find(|i| &i.name == name)
-                .ok_or_else(|| {
-                    DeployError::Io(format!("no instance `{name}` in `{deployment}`"))
-                })?;
-            (inst.cgroup.clone(), None, Some(name.clone()))
-        }
-    };
+    let placed = place(&state, deployment, &spec)?;
     let logs = dir.logs();
-    fs::create_dir_all(&logs).map_err(|e| DeployError::Io(format!("{}: {e}", logs.display())))?;
+    fs::create_dir_all(&logs).map_err(DeployError::io(logs.display()))?;
     let stdout = logs.join(format!("{}.out", spec.name));
     let log = logs.join(format!("{}.log", spec.name));
     let mut record = CompanionState {
         name: spec.name.clone(),
         role: spec.role,
         process: None,
-        own_cgroup,
-        instance,
+        own_cgroup: placed.own_cgroup,
+        instance: placed.instance,
         stdout: stdout.clone(),
     };
     state.companions.push(record.clone());
     save(&dir, &state)?;
-    let process = spawn_recorded(spec.command, group.as_ref(), &stdout, &log).map_err(|e| {
-        DeployError::Start {
-            what: spec.name.clone(),
-            why: e.to_string(),
-            log: log.display().to_string(),
-        }
-    })?;
+    let process = spawn_recorded(spec.command, placed.group.as_ref(), &stdout, &log)
+        .map_err(|e| DeployError::start(&spec.name, e.to_string(), Some(&log)))?;
     record.process = Some(process);
     if let Some(r) = state.companions.iter_mut().find(|c| c.name == spec.name) {
         *r = record.clone();
@@ -117,13 +80,54 @@ pub fn start(
     Ok(record)
 }
 
+/// A companion's placement, resolved against the deployment.
+struct Placed {
+    /// The group it joins.
+    group: Option<Cgroup>,
+    /// The group it has to itself (removed with it).
+    own_cgroup: Option<Cgroup>,
+    /// The instance whose group it shares.
+    instance: Option<String>,
+}
+
+fn place(state: &State, deployment: &str, spec: &CompanionSpec) -> Result<Placed, DeployError> {
+    match &spec.placement {
+        Placement::OwnGroup => {
+            let group = CgroupHost::detect().ok().and_then(|h| {
+                h.create(&deployment_cgroup(
+                    deployment,
+                    Some(&format!("companion-{}", spec.name)),
+                ))
+                .ok()
+            });
+            Ok(Placed {
+                group: group.clone(),
+                own_cgroup: group,
+                instance: None,
+            })
+        }
+        Placement::Instance(name) => {
+            let inst = state
+                .instances
+                .iter()
+                .find(|i| &i.name == name)
+                .ok_or_else(|| DeployError::NoInstance {
+                    instance: name.clone(),
+                    deployment: deployment.into(),
+                })?;
+            Ok(Placed {
+                group: inst.cgroup.clone(),
+                own_cgroup: None,
+                instance: Some(name.clone()),
+            })
+        }
+    }
+}
+
 /// Stops a companion and forgets it; `false` if there was none of that name.
 pub fn stop(state_dir: &Path, deployment: &str, name: &str) -> Result<bool, DeployError> {
     let dir = StateDir::new(state_dir, deployment);
-    let Some(mut state) = dir
-        .load()
-        .map_err(|e| DeployError::Io(format!("reading the state: {e}")))?
-    else {
+    let Some(mut state) = dir.load().map_err(DeployError::io("reading the state"))? else {
         return Ok(false);
     };
     let Some(c) = state.companions.iter().find(|c| c.name == name).cloned() else {
@@ -140,10 +144,7 @@ pub fn stop_all(
     role: Option<Role>,
 ) -> Result<usize, DeployError> {
     let dir = StateDir::new(state_dir, deployment);
-    let Some(state) = dir
-        .load()
-        .map_err(|e| DeployError::Io(format!("reading the state: {e}")))?
-    else {
+    let Some(state) = dir.load().map_err(DeployError::io("reading the state"))? else {
         return Ok(0);
     };
     let names: Vec<String> = state
@@ -192,13 +193,11 @@ pub fn wait_for_line(
             None
         };
         if let Some(why) = why {
-            return Err(DeployError::Start {
-                what: c.name.clone(),
+            return Err(DeployError::start(
+                &c.name,
                 why,
-                log: process
-                    .map(|p| p.log.display().to_string())
-                    .unwrap_or_default(),
-            });
+                process.map(|p| p.log.as_path()),
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -235,22 +234,15 @@ fn remove_recorded(
 }
 
 fn load(dir: &StateDir, deployment: &str) -> Result<State, DeployError> {
-    let state = dir
-        .load()
-        .map_err(|e| DeployError::Io(format!("reading the state: {e}")))?
-        .ok_or_else(|| DeployError::Io(format!("no local deployment `{deployment}`")))?;
-    if state.provider != "local" {
-        return Err(DeployError::OtherProvider {
+    dir.load_local(deployment)?
+        .ok_or_else(|| DeployError::NoDeployment {
             name: deployment.into(),
-            provider: state.provider,
-        });
-    }
-    Ok(state)
+        })
 }
 
 fn save(dir: &StateDir, state: &State) -> Result<(), DeployError> {
     dir.save(state)
-        .map_err(|e| DeployError::Io(format!("writing the state: {e}")))
+        .map_err(DeployError::io("writing the state"))
 }
 
 /// A companion's log file, for messages.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Cgroup;
+use crate::error::DeployError;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -43,7 +44,7 @@ pub struct State {
 pub struct CompanionState {
     /// Unique within the deployment, e.g. `nginx`, `replica-2`, `antagonist-c2-0`.
     pub name: String,
-    pub role: crate::companion::Role,
+    pub role: Role,
     pub process: Option<ProcessState>,
     /// The companion's own cgroup (removed with it), if it has one.
     pub own_cgroup: Option<Cgroup>,
@@ -51,6 +52,18 @@ pub struct CompanionState {
     pub instance: Option<String>,
     /// Its standard output, where it may announce addresses.
     pub stdout: PathBuf,
+}
+
+/// What a companion is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Another balancer compared with fulcrum's (nginx, HAProxy).
+    Peer,
+    /// One more `fulcrum balance` in front of the same workers.
+    Replica,
+    /// A co-tenant burning CPU inside a worker's cgroup.
+    Antagonist,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -175,6 +188,18 @@ impl StateDir {
             serde_json::to_vec_pretty(state).expect("state serializes"),
         )?;
         fs::rename(tmp, self.file())
+    }
+
+    /// The state of local deployment `name`, if there is one; another provider's is refused.
+    pub(crate) fn load_local(&self, name: &str) -> Result<Option<State>, DeployError> {
+        let state = self.load().map_err(DeployError::io("reading the state"))?;
+        match state {
+            Some(s) if s.provider != "local" => Err(DeployError::OtherProvider {
+                name: name.into(),
+                provider: s.provider,
+            }),
+            other => Ok(other),
+        }
     }
 
     pub fn remove(&self) -> io::Result<()> {

@@ -225,6 +225,158 @@ struct FileRoute {
     policy: Option<Policy>,
 }
 
+fn deployment_name(name: &Spanned<String>, loc: &Locator) -> Result<String, ConfigError> {
+    let n = name.get_ref();
+    if n.is_empty()
+        || n.len() > 40
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(loc.at(
+            name.span(),
+            "name must be 1-40 lowercase letters, digits or `-` (it names files and AWS tags)",
+        ));
+    }
+    Ok(n.clone())
+}
+
+/// The `[[cluster]]` sections, each checked against the ones before it.
+fn clusters(raw: &[Spanned<FileCluster>], loc: &Locator) -> Result<Vec<Cluster>, ConfigError> {
+    if raw.is_empty() {
+        return Err(loc.at(0..0, "no [[cluster]]: a topology needs at least one"));
+    }
+    let mut clusters = Vec::new();
+    for c in raw {
+        let cluster = c.get_ref().checked(c.span(), &clusters, loc)?;
+        clusters.push(cluster);
+    }
+    Ok(clusters)
+}
+
+impl FileCluster {
+    fn checked(
+        &self,
+        span: std::ops::Range<usize>,
+        before: &[Cluster],
+        loc: &Locator,
+    ) -> Result<Cluster, ConfigError> {
+        let id = *self.id.get_ref();
+        if before.iter().any(|x| x.id == id) {
+            return Err(loc.at(self.id.span(), format!("cluster {id} is defined twice")));
+        }
+        let route = self.route.get_ref().clone();
+        if !route.starts_with('/') || route.len() < 2 {
+            return Err(loc.at(
+                self.route.span(),
+                format!("route `{route}` must be a path like `/cluster{id}`"),
+            ));
+        }
+        if before.iter().any(|x| x.route == route) {
+            return Err(loc.at(self.route.span(), format!("route `{route}` is used twice")));
+        }
+        let instance_type = catalog::lookup(self.instance_type.get_ref())
+            .map_err(|e| loc.at(self.instance_type.span(), e.to_string()))?;
+        let count = *self.count.get_ref();
+        if !(1..=64).contains(&count) {
+            return Err(loc.at(self.count.span(), "count must be between 1 and 64"));
+        }
+        if self.work_us > 100_000 {
+            return Err(loc.at(span, "work_us must be at most 100000"));
+        }
+        Ok(Cluster {
+            id,
+            route,
+            instance_type,
+            count,
+            work_us: self.work_us,
+        })
+    }
+}
+
+impl FileBalancer {
+    /// The `[balancer]` section, its extra routes checked against the clusters.
+    fn into_spec(self, clusters: &[Cluster], loc: &Locator) -> Result<BalancerSpec, ConfigError> {
+        let mut routes = Vec::new();
+        for r in &self.routes {
+            let route = r.get_ref().checked(r.span(), clusters, &routes, loc)?;
+            routes.push(route);
+        }
+        Ok(BalancerSpec {
+            policy: self.policy,
+            telemetry: self.telemetry,
+            collect: self.collect,
+            listen: self.listen,
+            admin: self.admin,
+            routes,
+            cloudwatch_period: self.cloudwatch_period,
+            threads: self.threads,
+        })
+    }
+}
+
+impl FileRoute {
+    fn checked(
+        &self,
+        span: std::ops::Range<usize>,
+        clusters: &[Cluster],
+        before: &[ExtraRoute],
+        loc: &Locator,
+    ) -> Result<ExtraRoute, ConfigError> {
+        if !self.prefix.starts_with('/') {
+            return Err(loc.at(
+                span,
+                format!("route prefix `{}` must start with `/`", self.prefix),
+            ));
+        }
+        if clusters.iter().any(|c| c.route == self.prefix)
+            || before.iter().any(|x| x.prefix == self.prefix)
+        {
+            return Err(loc.at(span, format!("route `{}` is defined twice", self.prefix)));
+        }
+        for id in self.clusters.get_ref() {
+            if !clusters.iter().any(|c| c.id == *id) {
+                return Err(loc.at(self.clusters.span(), format!("no cluster {id}")));
+            }
+        }
+        if self.clusters.get_ref().is_empty() {
+            return Err(loc.at(self.clusters.span(), "a route needs at least one cluster"));
+        }
+        Ok(ExtraRoute {
+            prefix: self.prefix.clone(),
+            clusters: self.clusters.get_ref().clone(),
+            policy: self.policy,
+        })
+    }
+}
+
+impl LocalSpec {
+    /// The `[local]` section (serde already read it; the ranges are checked here).
+    fn checked(self, loc: &Locator) -> Result<LocalSpec, ConfigError> {
+        if !(0.0..=64.0).contains(&self.balancer_reserve_cores)
+            || !(0.0..=64.0).contains(&self.loadgen_reserve_cores)
+        {
+            return Err(loc.at(0..0, "local reserves must be between 0 and 64 cores"));
+        }
+        if self.scale.is_some_and(|s| !(0.001..=1.0).contains(&s)) {
+            return Err(loc.at(
+                0..0,
+                "local.scale must be between 0.001 and 1 core per vCPU",
+            ));
+        }
+        Ok(self)
+    }
+}
+
+impl AwsSpec {
+    /// The `[aws]` section: its balancer's instance type must be one the catalog knows.
+    fn checked(self, loc: &Locator) -> Result<AwsSpec, ConfigError> {
+        catalog::lookup(&self.balancer_instance_type)
+            .map_err(|e| loc.at(0..0, format!("aws.balancer_instance_type: {e}")))?;
+        Ok(self)
+    }
+}
+
 impl Topology {
     /// The seed's topology.
     pub fn default_seed() -> Topology {
@@ -240,112 +392,17 @@ impl Topology {
     pub fn parse(text: &str, file: &str) -> Result<Topology, ConfigError> {
         let loc = Locator::new(file, text);
         let raw: FileTopology = toml::from_str(text).map_err(|e| loc.toml_error(e))?;
-        let name = raw.name.get_ref();
-        if name.is_empty()
-            || name.len() > 40
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(loc.at(
-                raw.name.span(),
-                "name must be 1-40 lowercase letters, digits or `-` (it names files and AWS tags)",
-            ));
-        }
-        if raw.clusters.is_empty() {
-            return Err(loc.at(0..0, "no [[cluster]]: a topology needs at least one"));
-        }
-        let mut clusters = Vec::new();
-        for c in &raw.clusters {
-            let fc = c.get_ref();
-            let id = *fc.id.get_ref();
-            if clusters.iter().any(|x: &Cluster| x.id == id) {
-                return Err(loc.at(fc.id.span(), format!("cluster {id} is defined twice")));
-            }
-            let route = fc.route.get_ref().clone();
-            if !route.starts_with('/') || route.len() < 2 {
-                return Err(loc.at(
-                    fc.route.span(),
-                    format!("route `{route}` must be a path like `/cluster{id}`"),
-                ));
-            }
-            if clusters.iter().any(|x: &Cluster| x.route == route) {
-                return Err(loc.at(fc.route.span(), format!("route `{route}` is used twice")));
-            }
-            let instance_type = catalog::lookup(fc.instance_type.get_ref())
-                .map_err(|e| loc.at(fc.instance_type.span(), e.to_string()))?;
-            let count = *fc.count.get_ref();
-            if !(1..=64).contains(&count) {
-                return Err(loc.at(fc.count.span(), "count must be between 1 and 64"));
-            }
-            if fc.work_us > 100_000 {
-                return Err(loc.at(c.span(), "work_us must be at most 100000"));
-            }
-            clusters.push(Cluster {
-                id,
-                route,
-                instance_type,
-                count,
-                work_us: fc.work_us,
-            });
-        }
-        let mut routes = Vec::new();
-        for r in &raw.balancer.routes {
-            let fr = r.get_ref();
-            if !fr.prefix.starts_with('/') {
-                return Err(loc.at(
-                    r.span(),
-                    format!("route prefix `{}` must start with `/`", fr.prefix),
-                ));
-            }
-            if clusters.iter().any(|c| c.route == fr.prefix)
-                || routes.iter().any(|x: &ExtraRoute| x.prefix == fr.prefix)
-            {
-                return Err(loc.at(r.span(), format!("route `{}` is defined twice", fr.prefix)));
-            }
-            for id in fr.clusters.get_ref() {
-                if !clusters.iter().any(|c| c.id == *id) {
-                    return Err(loc.at(fr.clusters.span(), format!("no cluster {id}")));
-                }
-            }
-            if fr.clusters.get_ref().is_empty() {
-                return Err(loc.at(fr.clusters.span(), "a route needs at least one cluster"));
-            }
-            routes.push(ExtraRoute {
-                prefix: fr.prefix.clone(),
-                clusters: fr.clusters.get_ref().clone(),
-                policy: fr.policy,
-            });
-        }
-        let l = &raw.local;
-        if !(0.0..=64.0).contains(&l.balancer_reserve_cores)
-            || !(0.0..=64.0).contains(&l.loadgen_reserve_cores)
-        {
-            return Err(loc.at(0..0, "local reserves must be between 0 and 64 cores"));
-        }
-        if l.scale.is_some_and(|s| !(0.001..=1.0).contains(&s)) {
-            return Err(loc.at(
-                0..0,
-                "local.scale must be between 0.001 and 1 core per vCPU",
-            ));
-        }
-        catalog::lookup(&raw.aws.balancer_instance_type)
-            .map_err(|e| loc.at(0..0, format!("aws.balancer_instance_type: {e}")))?;
+        let name = deployment_name(&raw.name, &loc)?;
+        let clusters = clusters(&raw.clusters, &loc)?;
+        let balancer = raw.balancer.into_spec(&clusters, &loc)?;
+        let local = raw.local.checked(&loc)?;
+        let aws = raw.aws.checked(&loc)?;
         Ok(Topology {
-            name: name.clone(),
+            name,
             clusters,
-            balancer: BalancerSpec {
-                policy: raw.balancer.policy,
-                telemetry: raw.balancer.telemetry,
-                collect: raw.balancer.collect,
-                listen: raw.balancer.listen,
-                admin: raw.balancer.admin,
-                routes,
-                cloudwatch_period: raw.balancer.cloudwatch_period,
-                threads: raw.balancer.threads,
-            },
-            local: raw.local,
-            aws: raw.aws,
+            balancer,
+            local,
+            aws,
         })
     }
 

@@ -390,9 +390,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Up(a) => up(a),
         Command::Status(a) => status(a),
         Command::Down(a) => down(a),
-        Command::Bench(a) => crate::commands::bench(a),
-        Command::Report(a) => crate::commands::report(a),
-        Command::Experiment(a) => crate::commands::experiment(a),
+        Command::Bench(a) => bench(a),
+        Command::Report(a) => crate::commands::report(&a.results, &a.out),
+        Command::Experiment(a) => experiment(a),
         Command::CreditKeeper(a) => {
             fulcrum_deploy::credits::keep(&a.state_dir, &a.name, a.initial_credits)
         }
@@ -467,7 +467,14 @@ fn deployment_name(d: &DeploymentArgs, name: &Option<String>) -> anyhow::Result<
 fn up(a: UpArgs) -> anyhow::Result<()> {
     let t = topology(&a.deployment)?;
     match a.deployment.provider {
-        Provider::Local => crate::commands::local_up(&t, &a),
+        Provider::Local => {
+            let opts = fulcrum_deploy::local::UpOptions {
+                binary: std::env::current_exe()?,
+                state_dir: a.deployment.state_dir.clone(),
+                no_emulation: a.no_emulation,
+            };
+            crate::commands::local_up(&t, &opts, a.json)
+        }
         Provider::Aws => aws_up(&t, &a.deployment),
     }
 }
@@ -486,6 +493,85 @@ fn down(a: DownArgs) -> anyhow::Result<()> {
         Provider::Local => crate::commands::local_down(&a.deployment.state_dir, &name),
         Provider::Aws => aws_down(&name, &a.deployment, a.by_tag),
     }
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use fulcrum_loadgen::{BenchConfig, Model, RequestMix, RunKind, Sampling};
+    let thresholds = match &a.threshold {
+        Some(t) => fulcrum_loadgen::threshold::parse(t)?,
+        None => Vec::new(),
+    };
+    let model = match (a.requests, a.rate, a.duration) {
+        (Some(n), None, None) => Model::Closed {
+            requests: n,
+            concurrency: a.connections,
+        },
+        (None, Some(rate), Some(d)) => Model::Open {
+            rate,
+            duration_s: d.as_secs_f64(),
+        },
+        (None, None, None) => Model::Closed {
+            requests: 1000,
+            concurrency: a.connections,
+        },
+        _ => anyhow::bail!("use either -n N (closed model) or --rate R --duration D (open model)"),
+    };
+    let sampling = match &a.admin {
+        Some(admin) => Sampling::from_balancer(
+            admin
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--admin `{admin}` is not ip:port"))?,
+        ),
+        None => Sampling::default(),
+    };
+    let config = BenchConfig {
+        name: "bench".into(),
+        kind: RunKind::Bench,
+        targets: a.urls.clone(),
+        mix: a.mix.as_deref().map(RequestMix::load).transpose()?,
+        model,
+        connections: a.connections,
+        threads: a.threads,
+        warmup: a.warmup,
+        timeout: a.timeout,
+        sampling,
+        progress: !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        policy: None,
+        telemetry: None,
+        // Set by `commands::bench` as the run starts.
+        clock_origin: None,
+    };
+    crate::commands::bench(config, &thresholds, a.out.as_deref(), a.json)
+}
+
+fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
+    let opts = fulcrum_experiment::Options {
+        topology: topology(&a.deployment)?,
+        binary: std::env::current_exe()?,
+        state_dir: a.deployment.state_dir.clone(),
+        reuse: a.reuse,
+        keep: a.keep,
+        quick: a.quick,
+        rounds: a.rounds,
+        out: a.out.clone(),
+        no_emulation: a.no_emulation,
+        command: std::env::args().collect(),
+        scenarios: fulcrum_experiment::scenario::Scenario::parse_list(&a.scenarios),
+        replicas: a.replicas as usize,
+        policies: a
+            .policies
+            .as_deref()
+            .map(fulcrum_experiment::shootout::Contender::parse_list)
+            .transpose()?,
+    };
+    crate::commands::experiment(&opts, |opts, interrupted, say| {
+        match a.deployment.provider {
+            Provider::Local => fulcrum_experiment::run_local(opts, interrupted, say),
+            Provider::Aws => aws_experiment(opts, &a.deployment, interrupted, say),
+        }
+    })
 }
 
 #[cfg(feature = "aws")]
@@ -525,15 +611,17 @@ fn aws_down(name: &str, d: &DeploymentArgs, by_tag: bool) -> anyhow::Result<()> 
 pub fn aws_experiment(
     opts: &fulcrum_experiment::Options,
     d: &DeploymentArgs,
+    interrupted: &std::sync::atomic::AtomicBool,
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<fulcrum_experiment::Outcome> {
-    fulcrum_aws::experiment(opts, &aws_options(d)?, &crate::commands::INTERRUPTED, say)
+    fulcrum_aws::experiment(opts, &aws_options(d)?, interrupted, say)
 }
 
 #[cfg(not(feature = "aws"))]
 pub fn aws_experiment(
     _: &fulcrum_experiment::Options,
     _: &DeploymentArgs,
+    _: &std::sync::atomic::AtomicBool,
     _: &mut dyn FnMut(&str),
 ) -> anyhow::Result<fulcrum_experiment::Outcome> {
     anyhow::bail!(NO_AWS)

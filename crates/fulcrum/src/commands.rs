@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cli::{BenchArgs, ExperimentArgs, ReportArgs, UpArgs};
 use fulcrum_deploy::local;
 use fulcrum_deploy::topology::Topology;
 
@@ -30,20 +29,14 @@ pub fn catch_interrupts() {
     }
 }
 
-pub fn local_up(t: &Topology, a: &UpArgs) -> anyhow::Result<()> {
+pub fn local_up(t: &Topology, opts: &local::UpOptions, json: bool) -> anyhow::Result<()> {
     catch_interrupts();
-    let opts = local::UpOptions {
-        binary: std::env::current_exe()?,
-        state_dir: a.deployment.state_dir.clone(),
-        no_emulation: a.no_emulation,
-    };
-    let json = a.json;
     let mut say = |line: &str| {
         if !json {
             println!("{line}");
         }
     };
-    let outcome = local::up(t, &opts, &INTERRUPTED, &mut say)?;
+    let outcome = local::up(t, opts, &INTERRUPTED, &mut say)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
         return Ok(());
@@ -157,57 +150,19 @@ pub fn local_down(state_dir: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    use fulcrum_loadgen::{results, BenchConfig, Model, RequestMix, RunKind, Sampling};
-    let thresholds = match &a.threshold {
-        Some(t) => fulcrum_loadgen::threshold::parse(t)?,
-        None => Vec::new(),
-    };
-    let model = match (a.requests, a.rate, a.duration) {
-        (Some(n), None, None) => Model::Closed {
-            requests: n,
-            concurrency: a.connections,
-        },
-        (None, Some(rate), Some(d)) => Model::Open {
-            rate,
-            duration_s: d.as_secs_f64(),
-        },
-        (None, None, None) => Model::Closed {
-            requests: 1000,
-            concurrency: a.connections,
-        },
-        _ => anyhow::bail!("use either -n N (closed model) or --rate R --duration D (open model)"),
-    };
-    let sampling = match &a.admin {
-        Some(admin) => Sampling::from_balancer(
-            admin
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--admin `{admin}` is not ip:port"))?,
-        ),
-        None => Sampling::default(),
-    };
-    let mix = a.mix.as_deref().map(RequestMix::load).transpose()?;
+/// Runs one benchmark, writes `out` (results.json) if asked, prints the summary, and exits 3
+/// unless every threshold holds.
+pub fn bench(
+    mut config: fulcrum_loadgen::BenchConfig,
+    thresholds: &[fulcrum_loadgen::threshold::Threshold],
+    out: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use fulcrum_loadgen::results;
     let started_at = fulcrum_loadgen::now_rfc3339();
-    let origin = std::time::Instant::now();
-    let run = fulcrum_loadgen::run(BenchConfig {
-        name: "bench".into(),
-        kind: RunKind::Bench,
-        targets: a.urls.clone(),
-        mix,
-        model,
-        connections: a.connections,
-        threads: a.threads,
-        warmup: a.warmup,
-        timeout: a.timeout,
-        sampling,
-        progress: !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        policy: None,
-        telemetry: None,
-        clock_origin: Some(origin),
-    })?;
-    if let Some(out) = &a.out {
+    config.clock_origin = Some(std::time::Instant::now());
+    let run = fulcrum_loadgen::run(config)?;
+    if let Some(out) = out {
         let file = results::Results {
             schema: results::SCHEMA_VERSION,
             fulcrum_version: env!("CARGO_PKG_VERSION").into(),
@@ -221,11 +176,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(out, serde_json::to_vec_pretty(&file)?)
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
     }
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&run)?);
     } else {
         print_run(&run);
-        if let Some(out) = &a.out {
+        if let Some(out) = out {
             println!("  results     {}", out.display());
         }
     }
@@ -238,7 +193,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         eprintln!("thresholds failed: {}", failed.join("; "));
         std::process::exit(3);
     }
-    if !thresholds.is_empty() && !a.json {
+    if !thresholds.is_empty() && !json {
         println!("  thresholds  all {} hold", thresholds.len());
     }
     Ok(())
@@ -351,42 +306,27 @@ fn print_targets_and_mix(run: &fulcrum_loadgen::Run) {
     }
 }
 
-pub fn report(a: ReportArgs) -> anyhow::Result<()> {
-    let results = fulcrum_report::load(&a.results)?;
-    let written = fulcrum_report::write(&results, &a.out)?;
+pub fn report(results: &Path, out: &Path) -> anyhow::Result<()> {
+    let results = fulcrum_report::load(results)?;
+    let written = fulcrum_report::write(&results, out)?;
     println!("wrote {}", written.markdown.display());
     println!("wrote {}", written.html.display());
     Ok(())
 }
 
-pub fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {
+/// Runs the experiment on the provider `run` drives (given `opts`, the interrupt flag and a
+/// progress sink), and says where its files went.
+pub fn experiment(
+    opts: &fulcrum_experiment::Options,
+    run: impl FnOnce(
+        &fulcrum_experiment::Options,
+        &AtomicBool,
+        &mut dyn FnMut(&str),
+    ) -> anyhow::Result<fulcrum_experiment::Outcome>,
+) -> anyhow::Result<()> {
     catch_interrupts();
-    let topology = crate::cli::topology(&a.deployment)?;
-    let opts = fulcrum_experiment::Options {
-        topology,
-        binary: std::env::current_exe()?,
-        state_dir: a.deployment.state_dir.clone(),
-        reuse: a.reuse,
-        keep: a.keep,
-        quick: a.quick,
-        rounds: a.rounds,
-        out: a.out.clone(),
-        no_emulation: a.no_emulation,
-        command: std::env::args().collect(),
-        scenarios: fulcrum_experiment::scenario::Scenario::parse_list(&a.scenarios),
-        replicas: a.replicas as usize,
-        policies: a
-            .policies
-            .as_deref()
-            .map(fulcrum_experiment::shootout::Contender::parse_list)
-            .transpose()?,
-    };
     let mut say = |line: &str| println!("{line}");
-    let outcome = match a.deployment.provider {
-        crate::cli::Provider::Local => fulcrum_experiment::run_local(&opts, &INTERRUPTED, &mut say),
-        crate::cli::Provider::Aws => crate::cli::aws_experiment(&opts, &a.deployment, &mut say),
-    };
-    let outcome = match outcome {
+    let outcome = match run(opts, &INTERRUPTED, &mut say) {
         Err(e) if INTERRUPTED.load(Ordering::Relaxed) => {
             anyhow::bail!("interrupted ({e}); the deployment this run started was removed")
         }
