@@ -46,6 +46,8 @@ pub enum RequestBody<'c> {
         client: &'c mut H1Client,
         length: BodyLength,
         expect_continue: bool,
+        /// An HTTP/1.1 client: interim (1xx) responses are relayed to it.
+        takes_interim: bool,
         limit: u64,
         idle: Duration,
         sent: BodySent,
@@ -64,6 +66,24 @@ impl RequestBody<'_> {
         }
     }
 
+    /// Relays a worker's interim (1xx) head to a client that takes them. HTTP/1.0 clients
+    /// must not get one (RFC 9110 §15.2); hyper's server side cannot send one on HTTP/2, so
+    /// there it is dropped.
+    async fn relay_interim(&mut self, interim: &[u8]) -> Result<(), ProxyError> {
+        match self {
+            RequestBody::H1 {
+                client,
+                takes_interim: true,
+                idle,
+                ..
+            } => client
+                .write(interim, *idle)
+                .await
+                .map_err(client_fault_error),
+            _ => Ok(()),
+        }
+    }
+
     /// Sends the body after the head, both on `conn`.
     async fn send(&mut self, head: &[u8], conn: &mut WorkerConn) -> Result<(), BodyFailure> {
         match self {
@@ -76,6 +96,7 @@ impl RequestBody<'_> {
                 idle,
                 sent,
                 decoder,
+                ..
             } => {
                 if std::mem::take(expect_continue) && client.pending().is_empty() {
                     client
@@ -412,7 +433,10 @@ async fn attempt_once(
         // client's time, not the worker's.
         let head_deadline = deadline.min(tokio::time::Instant::now() + settings.response_timeout);
         let mut fields = Fields::take();
-        match conn.read_head(req.method, &mut fields, head_deadline).await {
+        let read = final_head(&mut conn, req, &mut fields, head_deadline)
+            .await
+            .map_err(AttemptFailure::Client)?;
+        match read {
             Ok(head) => return Ok((conn, head, fields)),
             Err(HeadError::ClosedBeforeAnswer) if reused && req.replayable && !fresh_tried => {
                 fresh_tried = true;
@@ -432,6 +456,31 @@ async fn attempt_once(
             }
             Err(e) => return Err(AttemptFailure::Sent(worker_error(group, &e.to_string()))),
         }
+    }
+}
+
+/// Reads the worker's final response head (101 counts: the connection switches), relaying
+/// interim 1xx heads to the client on the way (RFC 9110 §15.2: a proxy forwards the 1xx it
+/// did not ask for). The outer error is the client's, failing to take an interim head.
+async fn final_head(
+    conn: &mut WorkerConn,
+    req: &mut Request<'_, '_>,
+    fields: &mut Vec<http1::Field>,
+    deadline: tokio::time::Instant,
+) -> Result<Result<ResponseHead, HeadError>, ProxyError> {
+    loop {
+        let head = match conn.read_head(req.method, fields, deadline).await {
+            Ok(head) if (100..200).contains(&head.status) && head.status != 101 => head,
+            read => return Ok(read),
+        };
+        let mut interim = Vec::new();
+        rewrite::interim_head(
+            &mut interim,
+            head.status,
+            rewrite::pairs(fields, conn.pending()),
+        );
+        conn.consume(head.head_len);
+        req.body.relay_interim(&interim).await?;
     }
 }
 

@@ -4,8 +4,9 @@
 //! Per RFC 9113 §8.3.1 `:authority` wins over a `host` field. A request body with a declared
 //! `content-length` up to [`WHOLE_BODY`] is read whole and checked against it before anything
 //! goes to a worker, so a stream whose DATA disagrees with its length never reaches one; a
-//! larger body is streamed, and a mismatch (which hyper detects) aborts the worker connection
-//! mid-message, so the worker never sees a complete request either. A connection idle for
+//! larger body is streamed, its last bytes held until the stream ends, and a mismatch (which
+//! hyper detects) aborts the worker connection mid-message, so the worker never sees a
+//! complete request either. A connection idle for
 //! `client_idle` is closed with GOAWAY.
 //!
 //! Also here: the byte tunnel behind an HTTP/1.1 `101 Switching Protocols`.
@@ -241,6 +242,7 @@ impl H2Body {
         conn.write_all(head).await.map_err(BodyFailure::Worker)?;
         let chunked = self.declared.is_none();
         let mut seen = 0u64;
+        let mut last = None;
         let stream = self
             .stream
             .as_mut()
@@ -271,6 +273,15 @@ impl H2Body {
             if chunked {
                 out.extend_from_slice(b"\r\n");
             }
+            // The bytes that complete the declared length wait for the stream's end: excess
+            // DATA after them makes it malformed, and the worker must not have a whole request.
+            if self.declared == Some(seen) {
+                last = Some(out);
+                continue;
+            }
+            conn.write_all(&out).await.map_err(BodyFailure::Worker)?;
+        }
+        if let Some(out) = last {
             conn.write_all(&out).await.map_err(BodyFailure::Worker)?;
         }
         if chunked {

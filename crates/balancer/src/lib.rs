@@ -8,8 +8,9 @@
 //! ejection, while active health checks run in the background. An admin listener serves
 //! metrics, a status document and a live status page.
 //!
-//! The request path is `proxy.rs` → `route.rs` → `policy.rs`. Per-worker state lives in
-//! `fleet.rs`; configuration and its validation in `config.rs`.
+//! The request path is `proxy.rs` (accept, route, relay, record) → `forward.rs` (send, retry)
+//! → `route.rs` (the pick, or the wait queue), whose pick is a `policy.rs` policy. Per-worker
+//! state lives in `fleet.rs`; configuration and its validation in `config/`.
 //!
 //! It does not own the workers themselves (`fulcrum-worker`), the load-report format
 //! (`fulcrum-telemetry`), or where anything runs (`fulcrum-deploy`, `fulcrum-aws`).

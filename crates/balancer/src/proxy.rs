@@ -297,11 +297,13 @@ async fn exchange(
         }
     };
     let out = outgoing(&head, fields, client, &id, config);
+    let upgrade_asked = upgrade_of(&head, client.pending()).is_some();
     client.consume(head_len);
     let body = RequestBody::H1 {
         client,
         length: head.body,
         expect_continue: head.expect_continue,
+        takes_interim: head.version == Version::Http11,
         limit: route.max_body_bytes,
         idle: config.timeouts.client_body_idle,
         sent: BodySent::Nothing,
@@ -327,6 +329,7 @@ async fn exchange(
                 config,
                 method: &head.method,
                 client_http10: head.version == Version::Http10,
+                upgrade_asked,
                 close: wants_close || !body_done,
                 started,
             };
@@ -418,6 +421,14 @@ fn path_of<'b>(head: &RequestHead, buf: &'b [u8]) -> &'b str {
     }
 }
 
+/// The protocol a request asks to switch to, when the worker is asked too: HTTP/2 by upgrade
+/// (`h2c`) is a hop's business and stops here.
+fn upgrade_of<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
+    head.upgrade
+        .map(|u| u.of(buf))
+        .filter(|u| !u.eq_ignore_ascii_case(b"h2c"))
+}
+
 /// The head workers get for this request, as bytes.
 fn outgoing(
     head: &RequestHead,
@@ -431,7 +442,16 @@ fn outgoing(
         TargetForm::Absolute { path_and_query, .. } => path_and_query.of(buf),
         _ => head.target.of(buf),
     };
-    let target: &[u8] = if target.is_empty() { b"/" } else { target };
+    // An absolute-form target with an empty path (`http://h?x=1`) has the path `/`.
+    let rooted;
+    let target: &[u8] = match target.first() {
+        None => b"/",
+        Some(b'?') => {
+            rooted = [b"/", target].concat();
+            &rooted
+        }
+        Some(_) => target,
+    };
     let framing = match head.body {
         BodyLength::None => OutFraming::None,
         BodyLength::Length(n) => OutFraming::Length(n),
@@ -478,6 +498,8 @@ struct Relay<'a> {
     config: &'a Config,
     method: &'a Method,
     client_http10: bool,
+    /// The request asked to switch protocols, and the ask went to the worker.
+    upgrade_asked: bool,
     /// The client connection closes after this response.
     close: bool,
     started: Instant,
@@ -496,8 +518,15 @@ async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) ->
         fwd.conn.pending(),
         ctx.started,
     );
-    if head.status == 101 {
+    if head.status == 101 && ctx.upgrade_asked {
         return tunnel(client, fwd, ctx).await;
+    }
+    if head.status == 101 {
+        // RFC 9110 §15.2.2: a server must not switch to a protocol nobody asked for.
+        let e = crate::forward::worker_error(&fwd.group, "it switched protocols unasked");
+        ctx.shared.metrics.error(e.code.as_str());
+        let _ = answer_error(client, &e, *ctx.id, true, ctx.config).await;
+        return false;
     }
     // A chunked body reaches an HTTP/1.0 client de-chunked, ended by the close.
     let dechunk = ctx.client_http10 && head.body == ResponseBody::Chunked;
@@ -511,7 +540,10 @@ async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) ->
         ResponseBody::None => OutFraming::None,
         ResponseBody::Length(n) => OutFraming::Length(n),
         ResponseBody::Chunked => OutFraming::Chunked(codings.as_deref().unwrap_or(b"chunked")),
-        ResponseBody::UntilClose => OutFraming::Close,
+        ResponseBody::UntilClose => match codings.as_deref() {
+            Some(c) => OutFraming::CodedUntilClose(c),
+            None => OutFraming::Close,
+        },
     };
     let mut out = Buffer::take();
     let pending = fwd.conn.pending();
@@ -887,6 +919,7 @@ fn respond_h2(
     } = fwd;
     let buf = conn.pending();
     record_response(shared, route, flight.worker(), &head, &fields, buf, started);
+    let head_request = *method == http::Method::HEAD;
     let mut response = Response::builder().status(head.status);
     let forward_load = config.telemetry.forward_load_header;
     let mut out = Buffer::take();
@@ -897,7 +930,12 @@ fn respond_h2(
             status: head.status,
             reason: b"",
             request_id: id.as_bytes(),
-            framing: OutFraming::None,
+            // A response to HEAD keeps the Content-Length a GET would have had (RFC 9110 §9.3.2).
+            framing: if head_request {
+                OutFraming::AsSent
+            } else {
+                OutFraming::None
+            },
             forward_load_header: forward_load,
             close: false,
             upgrade: false,
@@ -911,17 +949,19 @@ fn respond_h2(
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         // HTTP/2 forbids connection-specific fields.
-        if name.eq_ignore_ascii_case(b"connection") {
+        if name.eq_ignore_ascii_case(b"connection")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+        {
             continue;
         }
         response = response.header(name, value);
     }
-    if let (ResponseBody::Length(n), false) = (head.body, *method == http::Method::HEAD) {
+    if let (ResponseBody::Length(n), false) = (head.body, head_request) {
         response = response.header(http::header::CONTENT_LENGTH, n);
     }
     conn.consume(head.head_len);
     drop(fields);
-    let reader = BodyReader::for_response(if *method == http::Method::HEAD {
+    let reader = BodyReader::for_response(if head_request {
         ResponseBody::None
     } else {
         head.body

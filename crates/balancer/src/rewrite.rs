@@ -11,14 +11,14 @@
 
 use crate::http1::Field;
 
-/// Field names a proxy never forwards (RFC 9110 §7.6.1), lowercase. `Transfer-Encoding` and
+/// Field names a proxy never forwards (RFC 9110 §7.6.1), lowercase. `Trailer` is not among
+/// them any more (RFC 9110 §6.6.2): trailers pass, so does the field that announces them. `Transfer-Encoding` and
 /// `Content-Length` are rewritten from the parsed framing rather than copied.
-const HOP_BY_HOP: [&[u8]; 9] = [
+const HOP_BY_HOP: [&[u8]; 8] = [
     b"connection",
     b"keep-alive",
     b"proxy-connection",
     b"te",
-    b"trailer",
     b"transfer-encoding",
     b"upgrade",
     b"proxy-authenticate",
@@ -39,6 +39,9 @@ pub enum OutFraming<'a> {
     AsSent,
     /// No framing field: the body ends when the connection closes.
     Close,
+    /// `Transfer-Encoding: <codings>` not ending in `chunked`: the body, still coded, ends when
+    /// the connection closes (RFC 9112 §6.3).
+    CodedUntilClose(&'a [u8]),
 }
 
 /// This hop's part of the forwarding fields, rendered once per client connection.
@@ -91,9 +94,9 @@ pub fn request_head<'f>(
     out.push(b' ');
     out.extend_from_slice(parts.target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = parts.host {
-        line(out, b"host", host);
-    }
+    // RFC 9112 §3.2: an HTTP/1.1 request always carries Host, empty when the target has no
+    // authority (an HTTP/1.0 client may have sent none).
+    line(out, b"host", parts.host.unwrap_or_default());
     let named = connection_tokens(fields.clone());
     for (name, value) in fields.clone() {
         if is_hop_by_hop(name, &named)
@@ -144,6 +147,30 @@ pub struct ResponseParts<'a> {
     pub close: bool,
     /// A `101 Switching Protocols`: `Connection: upgrade` and the `Upgrade` field pass.
     pub upgrade: bool,
+}
+
+/// Writes the head of an interim (1xx) response as a client gets it: the worker's end-to-end
+/// fields (`Link` of a 103, say), no framing, no hop-by-hop field.
+pub fn interim_head<'f>(
+    out: &mut Vec<u8>,
+    status: u16,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    let reason = http::StatusCode::from_u16(status).ok();
+    let reason = reason.and_then(|s| s.canonical_reason()).unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let named = connection_tokens(fields.clone());
+    for (name, value) in fields {
+        let framing_field = eq(name, b"content-length") || eq(name, b"transfer-encoding");
+        if !is_hop_by_hop(name, &named) && !framing_field {
+            line(out, name, value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the head a client gets for a worker's response whose fields are `fields`.
@@ -228,7 +255,9 @@ fn framing(out: &mut Vec<u8>, f: OutFraming<'_>) {
             b"content-length",
             itoa::Buffer::new().format(n).as_bytes(),
         ),
-        OutFraming::Chunked(codings) => line(out, b"transfer-encoding", codings),
+        OutFraming::Chunked(codings) | OutFraming::CodedUntilClose(codings) => {
+            line(out, b"transfer-encoding", codings)
+        }
     }
 }
 

@@ -118,8 +118,8 @@ impl WorkerConn {
         self.stream.read_buf(&mut **buf).await
     }
 
-    /// Reads and parses the response head to `request_method`, by `deadline`. Interim 1xx
-    /// responses other than 101 are skipped (fulcrum never sends `Expect: 100-continue` on).
+    /// Reads and parses the next response head to `request_method`, by `deadline`: an interim
+    /// 1xx head comes back like a final one, for the caller to relay and then read on.
     pub async fn read_head(
         &mut self,
         request_method: &Method,
@@ -129,14 +129,9 @@ impl WorkerConn {
         loop {
             let parsed = http1::parse_response(self.pending(), request_method, fields)
                 .map_err(|e| HeadError::Malformed(e.message))?;
-            match parsed {
-                Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
-                    self.consume(head.head_len);
-                    continue;
-                }
-                Some(head) => return Ok(head),
-                // The codec refuses a head beyond its own limit.
-                None => {}
+            // The codec refuses a head beyond its own limit.
+            if let Some(head) = parsed {
+                return Ok(head);
             }
             let nothing_yet = self.pending().is_empty();
             match tokio::time::timeout_at(deadline, self.read_more()).await {

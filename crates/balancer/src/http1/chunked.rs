@@ -48,7 +48,7 @@ pub enum ChunkError {
     LineTooLong,
     /// A trailer section longer than [`MAX_TRAILER_BYTES`].
     TrailersTooLarge,
-    /// A chunk-size of more than 16 hex digits, or data beyond the decoder's `max_data`: the
+    /// A chunk-size beyond 64 bits, or data beyond the decoder's `max_data`: the
     /// proxy answers 413 to a request.
     TooLarge,
 }
@@ -275,10 +275,12 @@ impl ChunkedDecoder {
 
     fn size_digit(&mut self, b: u8) -> Result<(), ChunkError> {
         let digit = (b as char).to_digit(16).unwrap_or_default();
-        if self.digits == 16 {
+        // Leading zeros are allowed (`1*HEXDIG`) and change nothing: the size overflows only
+        // by its value. The line-length limit bounds a run of zeros.
+        if self.size > u64::MAX >> 4 {
             return Err(ChunkError::TooLarge);
         }
-        self.digits += 1;
+        self.digits = self.digits.saturating_add(1);
         self.size = self.size << 4 | u64::from(digit);
         // Refuse as soon as the size is too big, before its data is waited for.
         match self.size > self.max_data - self.data_bytes {

@@ -98,7 +98,7 @@ pub fn parse_response(
             && framing.content_length.is_some(),
         transfer_codings: framing
             .last_transfer_encoding
-            .filter(|_| body == ResponseBody::Chunked),
+            .filter(|_| matches!(body, ResponseBody::Chunked | ResponseBody::UntilClose)),
         content_length_fields: framing.content_length_fields,
     }))
 }
