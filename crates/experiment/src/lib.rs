@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fulcrum_deploy::cgroup::Cgroup;
 use fulcrum_deploy::local;
-use fulcrum_deploy::state::StateDir;
+use fulcrum_deploy::state::{InstanceState, State, StateDir};
 use fulcrum_deploy::topology::Topology;
 use fulcrum_loadgen::results::{
     self, Capacity, ClusterInfo, Deployment, Emulation, Experiment, InstanceInfo, PeerInfo,
@@ -231,6 +231,35 @@ pub fn run_local(
 /// The local deployment as a [`Target`], its workers' CPU read from their cgroups.
 pub fn local_target(state_dir: &Path, t: &Topology) -> anyhow::Result<Target> {
     let dir = StateDir::new(state_dir, &t.name);
+    let state = running_state(&dir, state_dir, t)?;
+    let (listen, admin) =
+        local::balancer_addresses(&state).context("the deployment's balancer is not running")?;
+    Ok(Target {
+        deployment: deployment_info(t, &state, listen, admin),
+        balancer: format!("http://{listen}"),
+        admin: Some(admin),
+        workers: state.instances.iter().map(worker_probe).collect(),
+        local: Some(LocalHandles {
+            state_dir: state_dir.to_owned(),
+            targets_dir: dir.targets(),
+            peers_dir: dir.root.join("peers"),
+            instances: state
+                .instances
+                .iter()
+                .map(|i| LocalInstance {
+                    name: i.name.clone(),
+                    cluster: i.cluster,
+                    cores: i.cores,
+                    instance_id: i.instance_id.clone(),
+                    cgroup: i.cgroup.clone(),
+                })
+                .collect(),
+        }),
+    })
+}
+
+/// The deployment's state, when every instance in it is running.
+fn running_state(dir: &StateDir, state_dir: &Path, t: &Topology) -> anyhow::Result<State> {
     let state = dir.load()?.with_context(|| {
         format!(
             "no local deployment `{}` in {}",
@@ -238,8 +267,6 @@ pub fn local_target(state_dir: &Path, t: &Topology) -> anyhow::Result<Target> {
             state_dir.display()
         )
     })?;
-    let (listen, admin) =
-        local::balancer_addresses(&state).context("the deployment's balancer is not running")?;
     let stopped: Vec<&str> = state
         .instances
         .iter()
@@ -252,29 +279,37 @@ pub fn local_target(state_dir: &Path, t: &Topology) -> anyhow::Result<Target> {
         t.name,
         stopped.join(", ")
     );
-    let workers = state
-        .instances
-        .iter()
-        .map(|i| {
-            let cpu = match (&i.cgroup, i.address.as_deref().and_then(|a| a.parse().ok())) {
-                (Some(g), _) => {
-                    let g = g.clone();
-                    CpuProbe::Counter {
-                        read: Arc::new(move || g.cpu_usage().ok()),
-                        cores: i.cores,
-                    }
-                }
-                (None, Some(addr)) => CpuProbe::Load(addr),
-                (None, None) => CpuProbe::Load(SocketAddr::from(([127, 0, 0, 1], 9))),
-            };
-            WorkerProbe {
-                instance_id: i.instance_id.clone(),
-                cluster: i.cluster.to_string(),
-                cpu,
+    Ok(state)
+}
+
+/// How the sampler reads an instance's CPU: its cgroup's counter, else its `/load` report.
+fn worker_probe(i: &InstanceState) -> WorkerProbe {
+    let cpu = match (&i.cgroup, i.address.as_deref().and_then(|a| a.parse().ok())) {
+        (Some(g), _) => {
+            let g = g.clone();
+            CpuProbe::Counter {
+                read: Arc::new(move || g.cpu_usage().ok()),
+                cores: i.cores,
             }
-        })
-        .collect();
-    let deployment = Deployment {
+        }
+        (None, Some(addr)) => CpuProbe::Load(addr),
+        (None, None) => CpuProbe::Load(SocketAddr::from(([127, 0, 0, 1], 9))),
+    };
+    WorkerProbe {
+        instance_id: i.instance_id.clone(),
+        cluster: i.cluster.to_string(),
+        cpu,
+    }
+}
+
+/// The deployment as `results.json` describes it.
+fn deployment_info(
+    t: &Topology,
+    state: &State,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Deployment {
+    Deployment {
         name: t.name.clone(),
         provider: "local".into(),
         balancer_url: format!("http://{listen}"),
@@ -314,31 +349,7 @@ pub fn local_target(state_dir: &Path, t: &Topology) -> anyhow::Result<Target> {
                 cores: i.cores,
             })
             .collect(),
-    };
-    let dir_targets = dir.targets();
-    let local = LocalHandles {
-        state_dir: state_dir.to_owned(),
-        targets_dir: dir_targets,
-        peers_dir: dir.root.join("peers"),
-        instances: state
-            .instances
-            .iter()
-            .map(|i| LocalInstance {
-                name: i.name.clone(),
-                cluster: i.cluster,
-                cores: i.cores,
-                instance_id: i.instance_id.clone(),
-                cgroup: i.cgroup.clone(),
-            })
-            .collect(),
-    };
-    Ok(Target {
-        deployment,
-        balancer: format!("http://{listen}"),
-        admin: Some(admin),
-        workers,
-        local: Some(local),
-    })
+    }
 }
 
 /// Runs steps 2 to 5 against a deployment that is up.
