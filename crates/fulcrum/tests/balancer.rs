@@ -16,17 +16,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fixture::{
-    block_on, by_instance, client, eventually, get, metric_sum, request, run, send, worker,
-    Balancer, Proc, Reply, Stub, StubRequest,
+    addrs, block_on, by_instance, client, echo_and_c1, eventually, get, metric_sum, policy_group,
+    request, routed, run, send, target_group, worker, Balancer, Proc, Reply, Stub, StubRequest,
 };
+use fulcrum_balancer::config::file::{TargetGroupSpec, TlsSpec};
+use fulcrum_balancer::{Policy, TelemetrySource};
 use http_body_util::{BodyExt as _, Full};
 
-fn quoted(workers: &[&Proc]) -> String {
-    workers
-        .iter()
-        .map(|w| format!("\"{}\"", w.addr))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// [`policy_group`] with CPU readings from polling each worker's `/load`.
+fn polled(name: &str, policy: Policy, workers: &[SocketAddr]) -> TargetGroupSpec {
+    let mut g = policy_group(name, policy, workers);
+    g.telemetry = TelemetrySource::Poll;
+    g
 }
 
 /// Sends `n` GETs one after the other and returns the answers (all must be 200).
@@ -173,23 +174,10 @@ fn round_robin_spreads_evenly() {
     let ws: Vec<Proc> = (0..3)
         .map(|i| worker(1, &format!("i-rr{i}"), &["--work-us", "0"]))
         .collect();
-    let refs: Vec<&Proc> = ws.iter().collect();
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/"
-target_group = "rr"
-[[target_group]]
-name = "rr"
-policy = "round-robin"
-workers = [{}]
-"#,
-        quoted(&refs)
-    ));
+    let b = Balancer::start_file(&routed([(
+        "/",
+        policy_group("rr", Policy::RoundRobin, &addrs(&ws)),
+    )]));
     let counts = by_instance(&sequential(&b.url("/cluster1"), 90));
     assert_eq!(counts.len(), 3, "{counts:?}");
     for (id, n) in &counts {
@@ -233,32 +221,12 @@ fn least_outstanding_avoids_a_busy_worker_holding_slow_requests() {
     let idle = worker(1, "i-idle", &["--work-us", "0"]);
     // `/cluster1` reaches only the slow worker; `/` balances both by least outstanding. The
     // two groups share the worker, so its in-flight count is one number.
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/cluster1"
-target_group = "slow-only"
-[[route]]
-prefix = "/"
-target_group = "lo"
-[[target_group]]
-name = "slow-only"
-workers = ["{s}"]
-# Slow on purpose, and slower still on a crowded machine: no worker timeout may end it.
-response_timeout = "60s"
-[[target_group]]
-name = "lo"
-policy = "least-outstanding"
-workers = ["{s}", "{i}"]
-response_timeout = "60s"
-"#,
-        s = slow.addr,
-        i = idle.addr
-    ));
+    let mut slow_only = target_group("slow-only", &[slow.addr]);
+    let mut lo = policy_group("lo", Policy::LeastOutstanding, &[slow.addr, idle.addr]);
+    // Slow on purpose, and slower still on a crowded machine: no worker timeout may end it.
+    slow_only.response_timeout = Duration::from_secs(60);
+    lo.response_timeout = Duration::from_secs(60);
+    let b = Balancer::start_file(&routed([("/cluster1", slow_only), ("/", lo)]));
     let slow_url = b.url("/cluster1?work_us=500000");
     let holders: Vec<_> = (0..3)
         .map(|_| {
@@ -303,25 +271,9 @@ response_timeout = "60s"
 fn lowest_cpu_follows_the_reported_cpu_of_a_busy_worker() {
     let a = worker(1, "i-a", &["--work-us", "0"]);
     let bw = worker(1, "i-b", &["--work-us", "0"]);
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[telemetry]
-poll_interval = "100ms"
-[[route]]
-prefix = "/"
-target_group = "seed"
-[[target_group]]
-name = "seed"
-policy = "lowest-cpu"
-telemetry = "poll"
-workers = [{}]
-"#,
-        quoted(&[&a, &bw])
-    ));
+    let mut file = routed([("/", polled("seed", Policy::LowestCpu, &addrs([&a, &bw])))]);
+    file.telemetry.poll_interval = Duration::from_millis(100);
+    let b = Balancer::start_file(&file);
     let cpu = |w: &Proc| {
         reading(&b, w.addr, "poll")
             .and_then(|r| r["cpu_utilization"].as_f64())
@@ -374,22 +326,10 @@ fn cpu_aware_sends_more_to_a_larger_quota_without_starving_the_smaller() {
     };
     let (_small_cg, small) = start_in("lb-small", Duration::from_micros(2500), "i-small");
     let (_large_cg, large) = start_in("lb-large", Duration::from_micros(5000), "i-large");
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/"
-target_group = "hetero"
-[[target_group]]
-name = "hetero"
-policy = "cpu-aware"
-workers = [{}]
-"#,
-        quoted(&[&small, &large])
-    ));
+    let b = Balancer::start_file(&routed([(
+        "/",
+        policy_group("hetero", Policy::CpuAware, &addrs([&small, &large])),
+    )]));
     // Closed loop, more clients than either worker can serve at once.
     let url = b.url("/cluster1?work_us=4000");
     let answers = block_on(async move {
@@ -466,34 +406,14 @@ fn stale_reports_of_a_busy_worker_fall_back_as_documented() {
             .unwrap()
             > 0.92
     }));
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[telemetry]
-poll_interval = "60s"
-stale_after = "5s"
-[[route]]
-prefix = "/cluster1"
-target_group = "aware"
-[[route]]
-prefix = "/"
-target_group = "seed"
-[[target_group]]
-name = "aware"
-policy = "cpu-aware"
-telemetry = "poll"
-workers = [{w}]
-[[target_group]]
-name = "seed"
-policy = "lowest-cpu"
-telemetry = "poll"
-workers = [{w}]
-"#,
-        w = quoted(&[&a, &bw])
-    ));
+    let both = addrs([&a, &bw]);
+    let mut file = routed([
+        ("/cluster1", polled("aware", Policy::CpuAware, &both)),
+        ("/", polled("seed", Policy::LowestCpu, &both)),
+    ]);
+    file.telemetry.poll_interval = Duration::from_secs(60);
+    file.telemetry.stale_after = Duration::from_secs(5);
+    let b = Balancer::start_file(&file);
     assert!(eventually(Duration::from_secs(5), || {
         reading(&b, a.addr, "poll").is_some() && reading(&b, bw.addr, "poll").is_some()
     }));
@@ -750,32 +670,15 @@ fn tls_and_h2_work_with_a_real_client() {
     let w = worker(1, "i-tls", &["--work-us", "0"]);
     let echo_stub = Stub::start(echo);
     let (cert, key, ca) = test_ca_and_leaf();
-    let b = Balancer::start_with(
-        &format!(
-            r#"
-[[listener]]
-address = "127.0.0.1:0"
-[[listener]]
-address = "127.0.0.1:0"
-tls = {{ cert = "cert.pem", key = "key.pem" }}
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/echo"
-target_group = "echo"
-[[route]]
-prefix = "/"
-target_group = "c1"
-[[target_group]]
-name = "echo"
-workers = ["{e}"]
-[[target_group]]
-name = "c1"
-workers = ["{w}"]
-"#,
-            e = echo_stub.addr,
-            w = w.addr
-        ),
+    let mut file = echo_and_c1(echo_stub.addr, w.addr);
+    let tls = TlsSpec {
+        cert: Some("cert.pem".into()),
+        key: Some("key.pem".into()),
+        ..TlsSpec::default()
+    };
+    file.listen("127.0.0.1:0", Some(tls));
+    let b = Balancer::start_file_with(
+        &file,
         &[("cert.pem", cert.as_bytes()), ("key.pem", key.as_bytes())],
     );
     let plain = b.listeners[0].0;
@@ -879,32 +782,11 @@ fn proxy_headers_are_rewritten_and_the_load_header_consumed() {
     let echo_stub = Stub::start(echo);
     let w = worker(1, "i-hdr", &["--work-us", "0"]);
     let config = |forward: bool| {
-        format!(
-            r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[telemetry]
-forward_load_header = {forward}
-[[route]]
-prefix = "/echo"
-target_group = "echo"
-[[route]]
-prefix = "/"
-target_group = "c1"
-[[target_group]]
-name = "echo"
-workers = ["{e}"]
-[[target_group]]
-name = "c1"
-workers = ["{w}"]
-"#,
-            e = echo_stub.addr,
-            w = w.addr
-        )
+        let mut file = echo_and_c1(echo_stub.addr, w.addr);
+        file.telemetry.forward_load_header = forward;
+        file
     };
-    let b = Balancer::start(&config(false));
+    let b = Balancer::start_file(&config(false));
     let request = "GET /echo/path?q=1 HTTP/1.1\r\n\
          Host: example.test:8080\r\n\
          Connection: keep-alive, x-secret\r\n\
@@ -989,7 +871,7 @@ workers = ["{w}"]
     assert_ne!(headers["x-request-id"], "<script>");
 
     // Configured to forward it, the balancer passes it through (a reload switches it).
-    b.write_config(&config(true));
+    b.write_file(&config(true));
     b.proc.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(5), || b.status()
         ["config_generation"]
@@ -1190,36 +1072,15 @@ fn invalid_configs_are_one_line_errors_with_file_line_and_column() {
 
 // ───────────────────────────── admin ─────────────────────────────
 
-fn two_worker_balancer(policy: &str, extra: &str) -> (Vec<Proc>, Balancer) {
+fn two_worker_balancer(policy: Policy) -> (Vec<Proc>, Balancer) {
     let ws = vec![
         worker(1, "i-one", &["--work-us", "0"]),
         worker(2, "i-two", &["--work-us", "0"]),
     ];
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-{extra}
-[[route]]
-prefix = "/cluster1"
-target_group = "c1"
-[[route]]
-prefix = "/cluster2"
-target_group = "c2"
-[[target_group]]
-name = "c1"
-policy = "{policy}"
-workers = ["{a}"]
-[[target_group]]
-name = "c2"
-policy = "{policy}"
-workers = ["{b}"]
-"#,
-        a = ws[0].addr,
-        b = ws[1].addr
-    ));
+    let b = Balancer::start_file(&routed([
+        ("/cluster1", policy_group("c1", policy, &[ws[0].addr])),
+        ("/cluster2", policy_group("c2", policy, &[ws[1].addr])),
+    ]));
     (ws, b)
 }
 
@@ -1230,7 +1091,7 @@ fn admin_page_in_chromium_shows_every_worker_and_updates() {
     else {
         return;
     };
-    let (ws, b) = two_worker_balancer("cpu-aware", "");
+    let (ws, b) = two_worker_balancer(Policy::CpuAware);
     for path in ["/cluster1", "/cluster2"] {
         sequential(&b.url(path), 5);
     }
@@ -1267,7 +1128,7 @@ fn admin_page_in_chromium_shows_every_worker_and_updates() {
 
 #[test]
 fn status_and_metrics_describe_routes_groups_and_workers() {
-    let (ws, b) = two_worker_balancer("cpu-aware", "");
+    let (ws, b) = two_worker_balancer(Policy::CpuAware);
     sequential(&b.url("/cluster1"), 6);
     sequential(&b.url("/cluster2"), 3);
     let missing = get(&b.url("/nowhere"));
@@ -1391,22 +1252,10 @@ fn policy_switch_at_runtime_through_the_admin_api() {
     let ws: Vec<Proc> = (0..2)
         .map(|i| worker(1, &format!("i-sw{i}"), &["--work-us", "0"]))
         .collect();
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/"
-target_group = "c1"
-[[target_group]]
-name = "c1"
-policy = "least-outstanding"
-workers = [{}]
-"#,
-        quoted(&ws.iter().collect::<Vec<_>>())
-    ));
+    let b = Balancer::start_file(&routed([(
+        "/",
+        policy_group("c1", Policy::LeastOutstanding, &addrs(&ws)),
+    )]));
     let alternates = |answers: &[Reply]| {
         answers
             .windows(2)

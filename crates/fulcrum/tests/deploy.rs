@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fixture::{eventually, get, run, Scratch};
+use fixture::{eventually, get, run, seed_topology, Scratch};
 
 /// A deployment name no other test (or run) uses.
 fn unique(tag: &str) -> String {
@@ -15,10 +15,7 @@ fn unique(tag: &str) -> String {
 
 /// A small topology: 2 × t2.micro on /cluster1, 1 × t2.large on /cluster2, / across both.
 fn small_topology(name: &str) -> String {
-    fulcrum_deploy::topology::DEFAULT_TOPOLOGY
-        .replace("name = \"seed\"", &format!("name = \"{name}\""))
-        .replace("count = 5", "count = 2")
-        .replace("count = 4", "count = 1")
+    seed_topology(name, Some((2, 1)))
 }
 
 /// Runs `fulcrum ARGS` in `dir` to completion (≤ 60 s).

@@ -7,7 +7,7 @@ mod fixture;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fixture::Scratch;
+use fixture::{seed_topology, Scratch};
 
 #[test]
 fn quick_experiment_end_to_end() {
@@ -17,12 +17,7 @@ fn quick_experiment_end_to_end() {
     let scratch = Scratch::new("experiment");
     let name = format!("texp-{}", std::process::id());
     let topo = scratch.path("topology.toml");
-    std::fs::write(
-        &topo,
-        fulcrum_deploy::topology::DEFAULT_TOPOLOGY
-            .replace("name = \"seed\"", &format!("name = \"{name}\"")),
-    )
-    .unwrap();
+    std::fs::write(&topo, seed_topology(&name, None)).unwrap();
     let out = scratch.path("results");
     let mut child = Command::new(fixture::BIN)
         .args([

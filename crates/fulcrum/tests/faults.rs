@@ -22,38 +22,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fixture::{
-    block_on, by_instance, client, eventually, get, metric_sum, paced, send, stub_status, worker,
-    Balancer, Proc, Reply, Shot, Stub,
+    block_on, by_instance, client, echo_and_c1, eventually, get, metric_sum, one_group, paced,
+    policy_group, routed, send, stub_status, target_group, worker, Balancer, Proc, Reply, Shot,
+    Stub,
 };
-
-fn quoted(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A one-route configuration (`/` → group `g`) with `top` first (top-level keys, or tables)
-/// and `group` lines added to the target group.
-fn one_group(workers: &[SocketAddr], top: &str, group: &str) -> String {
-    format!(
-        r#"{top}
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/"
-target_group = "g"
-[[target_group]]
-name = "g"
-workers = [{}]
-{group}
-"#,
-        quoted(workers)
-    )
-}
+use fulcrum_balancer::config::WhenAllUnhealthy;
+use fulcrum_balancer::Policy;
 
 /// Runs a paced load in the background; `join` returns the shots and the instant the run
 /// started, so events can be placed on its timeline.
@@ -132,7 +106,7 @@ fn sigkill_of_one_of_four_workers_under_load_loses_no_request() {
         .map(|i| worker(1, &format!("i-k{i}"), &["--work-us", "200"]))
         .collect();
     let addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
-    let b = Balancer::start(&one_group(&addrs, "", ""));
+    let b = Balancer::start_file(&one_group(&addrs, |_| {}));
     let victim = addrs[3];
     // Settle first: a worker's start-up calibration shows as CPU in its first load window, and
     // cpu-aware rightly avoids it until that report is refreshed or stale; the fault under
@@ -217,7 +191,9 @@ fn sigstop_worker_requests_move_away_and_nothing_hangs() {
         .map(|i| worker(1, &format!("i-s{i}"), &["--work-us", "200"]))
         .collect();
     let addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
-    let b = Balancer::start(&one_group(&addrs, "", "response_timeout = \"1s\""));
+    let b = Balancer::start_file(&one_group(&addrs, |g| {
+        g.response_timeout = Duration::from_secs(1);
+    }));
     // Resumed even if an assertion fails, so the worker can be killed and reaped normally.
     struct Resume<'a>(&'a Proc);
     impl Drop for Resume<'_> {
@@ -280,35 +256,13 @@ fn all_workers_of_a_route_down_answers_503_json_at_once() {
         .collect();
     let c2 = worker(2, "i-up", &["--work-us", "0"]);
     let down: Vec<SocketAddr> = c1.iter().map(|w| w.addr).collect();
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/cluster1"
-target_group = "c1"
-[[route]]
-prefix = "/cluster1/strict"
-target_group = "c1-strict"
-[[route]]
-prefix = "/cluster2"
-target_group = "c2"
-[[target_group]]
-name = "c1"
-workers = [{d}]
-[[target_group]]
-name = "c1-strict"
-workers = [{d}]
-when_all_unhealthy = "reject"
-[[target_group]]
-name = "c2"
-workers = ["{u}"]
-"#,
-        d = quoted(&down),
-        u = c2.addr
-    ));
+    let mut strict = target_group("c1-strict", &down);
+    strict.when_all_unhealthy = WhenAllUnhealthy::Reject;
+    let b = Balancer::start_file(&routed([
+        ("/cluster1", target_group("c1", &down)),
+        ("/cluster1/strict", strict),
+        ("/cluster2", target_group("c2", &[c2.addr])),
+    ]));
     assert_eq!(get(&b.url("/cluster1")).status, 200);
     for w in &c1 {
         w.signal(libc::SIGKILL);
@@ -346,14 +300,14 @@ workers = ["{u}"]
 
 /// Closed-loop clients against three real workers and one that answers 500 at once (and
 /// passes its health checks): the fast failer must not soak up the traffic.
-fn sinkhole_share(policy: &str) -> (f64, String) {
+fn sinkhole_share(policy: Policy) -> (f64, String) {
     let ws: Vec<Proc> = (0..3)
         .map(|i| worker(1, &format!("i-ok{i}"), &["--work-us", "500"]))
         .collect();
     let failing = Stub::start(stub_status(500));
     let mut addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
     addrs.push(failing.addr);
-    let b = Balancer::start(&one_group(&addrs, "", &format!("policy = \"{policy}\"")));
+    let b = Balancer::start_file(&one_group(&addrs, |g| g.policy = policy));
     let url = b.url("/cluster1");
     let statuses = block_on(async move {
         let c = client();
@@ -384,16 +338,20 @@ fn sinkhole_share(policy: &str) -> (f64, String) {
     );
     (
         to_failer / total,
-        format!("{policy}: {to_failer} of {total}; {}", b.status()),
+        format!("{}: {to_failer} of {total}; {}", policy.name(), b.status()),
     )
 }
 
 #[test]
 fn a_worker_failing_fast_does_not_sink_traffic_under_load() {
     // An even share would be 25 %; a sinkhole takes most of it.
-    for policy in ["cpu-aware", "least-outstanding"] {
+    for policy in [Policy::CpuAware, Policy::LeastOutstanding] {
         let (share, detail) = sinkhole_share(policy);
-        eprintln!("{policy}: {:.1} % to the failing worker", share * 100.0);
+        eprintln!(
+            "{}: {:.1} % to the failing worker",
+            policy.name(),
+            share * 100.0
+        );
         assert!(share < 0.05, "{detail}");
     }
 }
@@ -403,11 +361,9 @@ fn a_worker_failing_fast_does_not_sink_traffic_under_load() {
 #[test]
 fn slowloris_connections_are_closed_after_the_header_timeout() {
     let w = worker(1, "i-sl", &["--work-us", "0"]);
-    let b = Balancer::start(&one_group(
-        &[w.addr],
-        "[timeouts]\nclient_header = \"1s\"",
-        "",
-    ));
+    let mut file = one_group(&[w.addr], |_| {});
+    file.timeouts.client_header = Duration::from_secs(1);
+    let b = Balancer::start_file(&file);
     let addr = b.proc.addr;
     let admin = b.admin;
     let url = b.url("/cluster1");
@@ -516,11 +472,9 @@ fn idle_http2_connections_are_closed_and_busy_ones_are_kept() {
     use http_body_util::{BodyExt as _, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let w = worker(1, "i-idle", &["--work-us", "0", "--max-work-us", "2000000"]);
-    let b = Balancer::start(&one_group(
-        &[w.addr],
-        "[timeouts]\nclient_idle = \"1s\"",
-        "",
-    ));
+    let mut file = one_group(&[w.addr], |_| {});
+    file.timeouts.client_idle = Duration::from_secs(1);
+    let b = Balancer::start_file(&file);
     let addr = b.proc.addr;
     let (busy_status, idle) = block_on(async move {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -581,29 +535,9 @@ fn malformed_oversized_and_truncated_requests_get_4xx_and_the_balancer_keeps_ser
     let w = worker(1, "i-mal", &["--work-us", "0"]);
     // The echo stub reads every body whole, so body errors surface at the balancer.
     let echo = Stub::start(stub_status(200));
-    let b = Balancer::start(&format!(
-        r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/echo"
-target_group = "echo"
-max_body_bytes = 1024
-[[route]]
-prefix = "/"
-target_group = "c1"
-[[target_group]]
-name = "echo"
-workers = ["{e}"]
-[[target_group]]
-name = "c1"
-workers = ["{w}"]
-"#,
-        e = echo.addr,
-        w = w.addr
-    ));
+    let mut file = echo_and_c1(echo.addr, w.addr);
+    file.routes[0].get_mut().max_body_bytes = Some(1024);
+    let b = Balancer::start_file(&file);
     let addr = b.proc.addr;
     let header = |n: usize| format!("X-Big: {}\r\n", "a".repeat(n));
     let many = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
@@ -762,11 +696,11 @@ workers = ["{w}"]
 #[test]
 fn overload_answers_503_with_retry_after_at_once_under_load() {
     let w = worker(1, "i-ov", &["--max-work-us", "1000000"]);
-    let b = Balancer::start(&one_group(
-        &[w.addr],
-        "",
-        "max_in_flight_per_worker = 2\nqueue = 2\nqueue_timeout = \"10s\"",
-    ));
+    let b = Balancer::start_file(&one_group(&[w.addr], |g| {
+        g.max_in_flight_per_worker = 2;
+        g.queue = 2;
+        g.queue_timeout = Duration::from_secs(10);
+    }));
     let url = b.url("/cluster1?work_us=300000");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -818,11 +752,11 @@ fn overload_answers_503_with_retry_after_at_once_under_load() {
 fn retry_budget_holds_when_every_worker_fails() {
     let stubs: Vec<Stub> = (0..3).map(|_| Stub::start(stub_status(503))).collect();
     let addrs: Vec<SocketAddr> = stubs.iter().map(|s| s.addr).collect();
-    let b = Balancer::start(&one_group(
-        &addrs,
-        "",
-        "[target_group.retry]\nmax_attempts = 3\nbudget_percent = 20\nmin_retries_per_second = 1",
-    ));
+    let b = Balancer::start_file(&one_group(&addrs, |g| {
+        g.retry.max_attempts = 3;
+        g.retry.budget_percent = 20;
+        g.retry.min_retries_per_second = 1;
+    }));
     let shots = block_on(paced(
         &client(),
         &b.url("/cluster1"),
@@ -858,11 +792,7 @@ fn retry_budget_holds_when_every_worker_fails() {
     // With no other worker to go to there is no retry to count, and the client gets the
     // worker's own answer rather than a 502 in its place.
     let only = Stub::start(stub_status(503));
-    let b = Balancer::start(&one_group(
-        &[only.addr],
-        "",
-        "[target_group.retry]\nmax_attempts = 3",
-    ));
+    let b = Balancer::start_file(&one_group(&[only.addr], |g| g.retry.max_attempts = 3));
     for _ in 0..10 {
         assert_eq!(get(&b.url("/cluster1")).status, 503);
     }
@@ -878,11 +808,12 @@ fn sigterm_under_load_drains_every_in_flight_request_and_exits_zero() {
     use std::io::{Read as _, Write as _};
     let ws: Vec<Proc> = (0..2).map(|i| worker(1, &format!("i-t{i}"), &[])).collect();
     let addrs: Vec<SocketAddr> = ws.iter().map(|w| w.addr).collect();
-    let mut b = Balancer::start(&one_group(
-        &addrs,
-        "shutdown_timeout = \"20s\"",
-        "max_in_flight_per_worker = 3\nqueue_timeout = \"20s\"",
-    ));
+    let mut file = one_group(&addrs, |g| {
+        g.max_in_flight_per_worker = 3;
+        g.queue_timeout = Duration::from_secs(20);
+    });
+    file.shutdown_timeout = Duration::from_secs(20);
+    let mut b = Balancer::start_file(&file);
     // An idle keep-alive client must not hold the drain up.
     let mut idle = std::net::TcpStream::connect(b.proc.addr).unwrap();
     idle.write_all(b"GET /cluster1 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -957,34 +888,31 @@ fn sighup_reload_swaps_the_config_without_losing_requests_and_keeps_it_when_inva
     let c2 = worker(2, "i-r2", &["--work-us", "0"]);
     let c1_addrs: Vec<SocketAddr> = c1.iter().map(|w| w.addr).collect();
     // The reload also shortens the header timeout, which bounds idle keep-alive connections.
-    let config = |extra_route: bool, policy: &str| {
-        let top = if extra_route {
-            "[timeouts]\nclient_header = \"1s\""
-        } else {
-            ""
-        };
-        let mut text = one_group(&c1_addrs, top, &format!("policy = \"{policy}\""))
-            .replace("prefix = \"/\"", "prefix = \"/cluster1\"");
+    let config = |extra_route: bool, policy: Policy| {
+        let mut file = routed([("/cluster1", policy_group("g", policy, &c1_addrs))]);
         if extra_route {
-            text.push_str(&format!(
-                "[[route]]\nprefix = \"/cluster2\"\ntarget_group = \"c2\"\n[[target_group]]\nname = \"c2\"\nworkers = [\"{}\"]\n",
-                c2.addr
-            ));
+            file.timeouts.client_header = Duration::from_secs(1);
+            file.route("/cluster2", "c2")
+                .group(target_group("c2", &[c2.addr]));
         }
-        text
+        file
     };
-    let b = Balancer::start(&config(false, "cpu-aware"));
+    let b = Balancer::start_file(&config(false, Policy::CpuAware));
     assert_eq!(get(&b.url("/cluster2")).status, 404);
     let load = Load::start(b.url("/cluster1"), 150, Duration::from_secs(3));
 
     std::thread::sleep(Duration::from_millis(1000));
-    b.write_config(&config(true, "round-robin"));
+    b.write_file(&config(true, Policy::RoundRobin));
     b.proc.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(3), || b.status()
         ["config_generation"]
         == 2));
     std::thread::sleep(Duration::from_millis(500));
-    b.write_config(&config(true, "round-robin").replace("[[route]]", "[[rout]]"));
+    b.write_config(
+        &config(true, Policy::RoundRobin)
+            .to_toml()
+            .replace("[[route]]", "[[rout]]"),
+    );
     b.proc.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(3), || metric_sum(
         &b.metrics(),
@@ -1073,19 +1001,10 @@ fn discovery_adds_and_drains_workers_while_serving_under_load() {
                 .join(", ")
         )
     };
-    let config = r#"
-[[listener]]
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[[route]]
-prefix = "/"
-target_group = "d"
-[[target_group]]
-name = "d"
-discovery_file = "workers.json"
-"#;
-    let b = Balancer::start_with(config, &[("workers.json", list(&[a, bw]).as_bytes())]);
+    let mut d = target_group("d", &[]);
+    d.discovery_file = Some("workers.json".into());
+    let config = routed([("/", d)]);
+    let b = Balancer::start_file_with(&config, &[("workers.json", list(&[a, bw]).as_bytes())]);
     let write_list = |addrs: &[SocketAddr]| {
         let tmp = b.dir.path("workers.json.new");
         std::fs::write(&tmp, list(addrs)).unwrap();
@@ -1103,7 +1022,7 @@ discovery_file = "workers.json"
     // A reload keeps what the balancer learnt about discovered workers.
     std::thread::sleep(Duration::from_millis(700));
     let served_before = b.worker_status(a).unwrap()["requests"].as_u64().unwrap();
-    b.write_config(config);
+    b.write_file(&config);
     b.proc.signal(libc::SIGHUP);
     assert!(eventually(Duration::from_secs(3), || b.status()
         ["config_generation"]
@@ -1217,11 +1136,11 @@ fn a_worker_stalling_mid_body_is_cut_off_and_blamed() {
             raw_answer_small(s);
         }
     });
-    let b = Balancer::start(&one_group(
-        &[w.addr],
-        "",
-        "max_in_flight_per_worker = 1\nworker_body_idle = \"500ms\"\nhealth = { interval = \"30s\" }",
-    ));
+    let b = Balancer::start_file(&one_group(&[w.addr], |g| {
+        g.max_in_flight_per_worker = 1;
+        g.worker_body_idle = Duration::from_millis(500);
+        g.health.interval = Duration::from_secs(30);
+    }));
     let t0 = Instant::now();
     let got = fixture::raw_exchange(
         b.proc.addr,
@@ -1274,11 +1193,13 @@ fn clients_that_stop_reading_lose_their_slot_not_the_worker() {
             raw_answer_small(s);
         }
     });
-    let b = Balancer::start(&one_group(
-        &[w.addr],
-        "[timeouts]\nclient_write_idle = \"1s\"",
-        "max_in_flight_per_worker = 2\nqueue = 0\nhealth = { interval = \"30s\" }",
-    ));
+    let mut file = one_group(&[w.addr], |g| {
+        g.max_in_flight_per_worker = 2;
+        g.queue = 0;
+        g.health.interval = Duration::from_secs(30);
+    });
+    file.timeouts.client_write_idle = Duration::from_secs(1);
+    let b = Balancer::start_file(&file);
     // Two clients ask for 32 MB each and never read a byte.
     let stuck: Vec<std::net::TcpStream> = (0..2)
         .map(|_| {
@@ -1323,11 +1244,12 @@ fn clients_that_stop_reading_lose_their_slot_not_the_worker() {
 fn a_slow_upload_is_the_clients_time_not_the_workers() {
     use std::io::{Read as _, Write as _};
     let stub = Stub::start(stub_status(200));
-    let b = Balancer::start(&one_group(
-        &[stub.addr],
-        "[timeouts]\nclient_body_idle = \"2s\"",
-        "response_timeout = \"500ms\"\noutlier = { consecutive_failures = 1 }",
-    ));
+    let mut file = one_group(&[stub.addr], |g| {
+        g.response_timeout = Duration::from_millis(500);
+        g.outlier.consecutive_failures = 1;
+    });
+    file.timeouts.client_body_idle = Duration::from_secs(2);
+    let b = Balancer::start_file(&file);
     let mut s = std::net::TcpStream::connect(b.proc.addr).unwrap();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
         .unwrap();
@@ -1359,11 +1281,10 @@ fn a_slow_upload_is_the_clients_time_not_the_workers() {
 #[test]
 fn ejection_never_takes_a_groups_last_worker() {
     let failing = Stub::start(stub_status(500));
-    let b = Balancer::start(&one_group(
-        &[failing.addr],
-        "",
-        "outlier = { consecutive_failures = 1, max_ejected_percent = 100 }",
-    ));
+    let b = Balancer::start_file(&one_group(&[failing.addr], |g| {
+        g.outlier.consecutive_failures = 1;
+        g.outlier.max_ejected_percent = 100;
+    }));
     for _ in 0..20 {
         // The worker's own answer each time, never "no healthy workers".
         assert_eq!(get(&b.url("/x")).status, 500);
@@ -1397,7 +1318,9 @@ fn websocket_upgrades_are_tunnelled_both_ways() {
         }
         let _ = s.shutdown(std::net::Shutdown::Both);
     });
-    let b = Balancer::start(&one_group(&[w.addr], "", "health = { interval = \"30s\" }"));
+    let b = Balancer::start_file(&one_group(&[w.addr], |g| {
+        g.health.interval = Duration::from_secs(30);
+    }));
     let mut s = std::net::TcpStream::connect(b.proc.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(

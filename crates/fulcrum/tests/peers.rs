@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fixture::{get, run, Reply, Scratch, Stub, StubRequest};
+use fixture::{get, run, seed_topology, Reply, Scratch, Stub, StubRequest};
 use fulcrum_deploy::companion::Role;
 use fulcrum_deploy::state::{CompanionState, State, StateDir};
 use fulcrum_experiment::peers::{self, PeerKind, PeerRoute, PeerSetup};
@@ -55,11 +55,7 @@ impl Deployment {
         let scratch = Scratch::new("peers");
         let name = format!("tpeers-{}", std::process::id());
         let topology = scratch.path("topology.toml");
-        let text = fulcrum_deploy::topology::DEFAULT_TOPOLOGY
-            .replace("name = \"seed\"", &format!("name = \"{name}\""))
-            .replace("count = 5", "count = 1")
-            .replace("count = 4", "count = 1");
-        std::fs::write(&topology, text).unwrap();
+        std::fs::write(&topology, seed_topology(&name, Some((1, 1)))).unwrap();
         let mut d = Deployment {
             state_dir: scratch.path("state"),
             topology: topology.to_str().unwrap().to_owned(),
