@@ -56,6 +56,18 @@ rss_tree_kb() {
   ps -o rss= -p "$1" --ppid "$1" | awk '{s += $1} END {print s + 0}'
 }
 
+# cpu_ticks_tree PID: CPU time (user + system, clock ticks) of PID plus its direct children
+# (nginx: master + workers).
+cpu_ticks_tree() {
+  local pid=$1 total=0 p
+  for p in $pid $(ps -o pid= --ppid "$pid"); do
+    [ -r "/proc/$p/stat" ] || continue
+    # Fields 14 and 15 after the ")" that ends the command name: utime, stime.
+    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

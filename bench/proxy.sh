@@ -14,7 +14,10 @@
 #              pinned like the fulcrum workers) serving the file from a temp dir on two ports
 #              (the same two-upstream topology as the other cases).
 # wrk always runs with -t1. Per case and thread count it prints median req/s and p99 of each
-# proxy and the ratio fulcrum / best peer, and wrk's error count (non-2xx + socket errors). wrk
+# proxy and the ratio fulcrum / best peer; requests per proxy core-second (req/s over the
+# proxy's own CPU time in the round, user + system from /proc, nginx's workers included) and the
+# proxy cores busy, because with wrk and the upstream workers sharing the other core the req/s
+# of all three can be bound by that core rather than by the proxy; and wrk's error count (non-2xx + socket errors). wrk
 # counts fast error responses (e.g. a 503 from a full queue) in req/s, so rows with errors are
 # flagged (!) in the summary, which then also gives req/s and the ratio without them.
 #
@@ -65,7 +68,8 @@ for c in $CASES; do
     ;;
   esac
 done
-need nginx haproxy wrk taskset python3 ps
+need nginx haproxy wrk taskset python3 ps getconf
+CLK_TCK=$(getconf CLK_TCK)
 
 # wrk -c1000 plus a proxy holding 1,000 client and up to 1,000 upstream connections, all
 # started from this shell: ask for 8192 open files, need at least 4096.
@@ -316,16 +320,21 @@ print('%-8s warm-up %s | RSS %d KiB before, %d KiB holding %d idle keep-alive co
 }
 
 summarize() { # summarize CASE THREADS: medians of one case and thread count
-  python3 - "$WORK/res" "$1" "$2" <<'EOF'
+  python3 - "$WORK/res" "$1" "$2" "$SECS" <<'EOF'
 import statistics, sys
-res, case, t = sys.argv[1:]
+res, case, t, secs = sys.argv[1:]
+secs = float(secs)
 def load(w):
     rows = [list(map(float, l.split())) for l in open(f"{res}/{case}.{t}.{w}") if l.strip()]
     med = [statistics.median(c) for c in zip(*rows)]
-    return med[0], med[2], sum(r[3] for r in rows)
+    per_core = statistics.median(r[0] * secs / r[4] for r in rows if r[4] > 0)
+    return med[0], med[2], sum(r[3] for r in rows), per_core, med[4] / secs
 f, n, h = load("f"), load("n"), load("h")
 best = max(n[0], h[0])
 print(f"median req/s: fulcrum {f[0]:.0f}, nginx {n[0]:.0f}, haproxy {h[0]:.0f}")
+print(f"median proxy cores busy: fulcrum {f[4]:.2f}, nginx {n[4]:.2f}, haproxy {h[4]:.2f}")
+print(f"median req per proxy core-second: fulcrum {f[3]:.0f}, nginx {n[3]:.0f}, haproxy {h[3]:.0f}"
+      f" -> fulcrum / best = {f[3] / max(n[3], h[3]):.2f}")
 print(f"median p99 ms: fulcrum {f[1]:.3f}, nginx {n[1]:.3f}, haproxy {h[1]:.3f}")
 if f[2] or n[2] or h[2]:
     print(f"ERRORS (non-2xx + socket, all rounds): fulcrum {f[2]:.0f}, nginx {n[2]:.0f}, haproxy {h[2]:.0f}")
@@ -369,10 +378,12 @@ for t in $THREADS; do
     for r in $(seq 1 "$ROUNDS"); do
       case $((r % 3)) in 1) order="f n h" ;; 2) order="n h f" ;; 0) order="h f n" ;; esac
       for which in $order; do
-        CLIENT_CPU=$wrk_cpus wrk_full "http://127.0.0.1:$(port_of $which)$url" "$conns" "$SECS" \
-          >>"$WORK/res/$c.$t.$which"
+        ticks=$(cpu_ticks_tree "$(pid_of $which)")
+        row=$(CLIENT_CPU=$wrk_cpus wrk_full "http://127.0.0.1:$(port_of $which)$url" "$conns" "$SECS")
+        ticks=$(($(cpu_ticks_tree "$(pid_of $which)") - ticks))
+        echo "$row $(python3 -c "print('%.3f' % ($ticks / $CLK_TCK))")" >>"$WORK/res/$c.$t.$which"
       done
-      printf 'round %s: fulcrum %s | nginx %s | haproxy %s   (req/s p50_ms p99_ms errors; order %s)\n' "$r" \
+      printf 'round %s: fulcrum %s | nginx %s | haproxy %s   (req/s p50_ms p99_ms errors proxy_cpu_s; order %s)\n' "$r" \
         "$(tail -1 "$WORK/res/$c.$t.f")" "$(tail -1 "$WORK/res/$c.$t.n")" "$(tail -1 "$WORK/res/$c.$t.h")" "$order"
     done
     summarize "$c" "$t"
@@ -394,13 +405,16 @@ python3 - "$WORK/res" "$ROUNDS" "$CONNS" "$THREADS" "$CASES" "$IDLE_CONNS" "$SEC
 import os, statistics, sys
 res, rounds, conns, threads, cases, idle, secs = sys.argv[1:]
 threads, cases = threads.split(), cases.split()
+def rows_of(c, t, w):
+    return [list(map(float, l.split())) for l in open(f"{res}/{c}.{t}.{w}") if l.strip()]
 print(f"{'case':<10} {'thr':>3} {'conns':>5} | {'fulcrum req/s':>13} {'p99 ms':>8} | {'nginx req/s':>11} {'p99 ms':>8} | {'haproxy req/s':>13} {'p99 ms':>8} | {'fulcrum/best':>12}")
+per_core_rows = []
 notes = []
 for c in cases:
     for t in threads:
         med, errs, ok = {}, {}, {}
         for w in "fnh":
-            rows = [list(map(float, l.split())) for l in open(f"{res}/{c}.{t}.{w}") if l.strip()]
+            rows = rows_of(c, t, w)
             med[w] = [statistics.median(x) for x in zip(*rows)]
             errs[w] = sum(r[3] for r in rows)
             ok[w] = statistics.median(max(r[0] - r[3] / float(secs), 0) for r in rows)
@@ -410,6 +424,9 @@ for c in cases:
             ratio += " (!)"
         n = 1000 if c == "conns1000" else int(conns)
         print(f"{c:<10} {t:>3} {n:>5} | {med['f'][0]:>13.0f} {med['f'][2]:>8.2f} | {med['n'][0]:>11.0f} {med['n'][2]:>8.2f} | {med['h'][0]:>13.0f} {med['h'][2]:>8.2f} | {ratio:>12}")
+        pc = {w: statistics.median(r[0] * float(secs) / r[4] for r in rows_of(c, t, w) if r[4] > 0) for w in "fnh"}
+        busy = {w: med[w][4] / float(secs) for w in "fnh"}
+        per_core_rows.append(f"{c:<10} {t:>3} {n:>5} | {pc['f']:>8.0f} {busy['f']:>5.2f} | {pc['n']:>8.0f} {busy['n']:>5.2f} | {pc['h']:>8.0f} {busy['h']:>5.2f} | {pc['f'] / max(pc['n'], pc['h']):>12.2f}")
         if any(errs.values()):
             notes.append(f"  (!) {c}, threads={t}: wrk counted error responses (non-2xx + socket errors, all rounds; included in req/s): "
                          f"fulcrum {errs['f']:.0f}, nginx {errs['n']:.0f}, haproxy {errs['h']:.0f}")
@@ -418,6 +435,10 @@ for c in cases:
                          f"fulcrum/best = {ok['f'] / best_ok:.2f}" if best_ok else "      no peer result")
 for n in notes:
     print(n)
+print("requests per proxy core-second (req/s divided by the proxy's own CPU, user + system, read from /proc), and proxy cores busy:")
+print(f"{'case':<10} {'thr':>3} {'conns':>5} | {'fulcrum':>8} {'cores':>5} | {'nginx':>8} {'cores':>5} | {'haproxy':>8} {'cores':>5} | {'fulcrum/best':>12}")
+for r in per_core_rows:
+    print(r)
 if "body100k" in cases:
     print("  body100k upstream: one static nginx (worker_processes 1) serving a 100 KB file, for all three proxies")
 print(f"memory: RSS (KiB) after a warm-up load, before and while holding {idle} idle keep-alive client connections (nginx: master + workers);")
