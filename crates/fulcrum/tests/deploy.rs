@@ -356,7 +356,8 @@ fn emulation_fidelity_large_serves_twice_micro() {
     };
     // Saturate each worker alone (2 ms of CPU per request, 16 always waiting), one after the
     // other so they do not compete for the machine: the closed model's throughput is then the
-    // worker's capacity.
+    // worker's capacity. Other tests share the machine, and contention only ever lowers what a
+    // worker serves, so each worker's capacity is its best of three interleaved rounds.
     let served = |base: String, requests: u64| -> f64 {
         let (code, out, err) = run(&[
             "bench",
@@ -372,8 +373,11 @@ fn emulation_fidelity_large_serves_twice_micro() {
         let r: serde_json::Value = serde_json::from_str(&out).unwrap();
         r["achieved_rate"].as_f64().unwrap()
     };
-    let micro = served(url("t2.micro"), 120);
-    let large = served(url("t2.large"), 240);
+    let (mut micro, mut large) = (0.0f64, 0.0f64);
+    for _ in 0..3 {
+        micro = micro.max(served(url("t2.micro"), 80));
+        large = large.max(served(url("t2.large"), 160));
+    }
     let ratio = large / micro;
     assert!(
         (2.0 * 0.85..=2.0 * 1.15).contains(&ratio),
