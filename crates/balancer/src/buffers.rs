@@ -14,6 +14,8 @@ use crate::http1::Field;
 /// Bytes a buffer can hold: a whole head up to the usual limits, and body bytes in
 /// large-enough slices that a 100 KB body takes a handful of reads.
 pub const SIZE: usize = 16 * 1024;
+/// What a buffer may grow to for a long body and still come back to the pool.
+pub const LARGE: usize = 4 * SIZE;
 /// Free buffers a thread keeps; beyond this they go back to the allocator.
 const KEEP: usize = 256;
 
@@ -33,7 +35,7 @@ pub trait Pooled: Sized + 'static {
 
 impl Pooled for u8 {
     const CAPACITY: usize = SIZE;
-    const KEEP_BELOW: usize = 4 * SIZE + 1;
+    const KEEP_BELOW: usize = LARGE + 1;
     fn free_list() -> &'static std::thread::LocalKey<RefCell<Vec<Vec<u8>>>> {
         &FREE_BYTES
     }

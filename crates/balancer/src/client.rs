@@ -13,15 +13,21 @@ use tokio::net::TcpStream;
 
 use crate::buffers::Buffer;
 use crate::rewrite::Hop;
+use crate::spread::Placed;
 use crate::state::Shared;
 
-/// One open client connection, as the drain and `max_connections` count it.
-pub struct ConnectionGuard(Arc<Shared>);
+/// One open client connection, as the drain, `max_connections` and its thread count it.
+pub struct ConnectionGuard(Arc<Shared>, Placed);
 
 impl ConnectionGuard {
-    pub fn new(shared: &Arc<Shared>) -> ConnectionGuard {
+    pub fn new(shared: &Arc<Shared>, placed: Placed) -> ConnectionGuard {
         shared.drain.enter();
-        ConnectionGuard(shared.clone())
+        ConnectionGuard(shared.clone(), placed)
+    }
+
+    /// The proxy thread counting this connection.
+    pub fn thread(&self) -> usize {
+        self.1.thread
     }
 }
 

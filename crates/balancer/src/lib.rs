@@ -29,12 +29,14 @@ mod forward;
 mod h2;
 mod health;
 pub mod http1;
+mod line;
 mod metrics;
 mod policy;
 mod probe;
 mod proxy;
 mod rewrite;
 mod route;
+mod spread;
 mod state;
 mod telemetry;
 mod tls;
@@ -423,13 +425,17 @@ impl BoundBalancer {
         balancer.install((*config).clone());
         let shared = balancer.shared.clone();
         let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
-        let extra = spawn_proxy_threads(&shared, &listeners, threads, drained_rx)?;
-        let mut accepts = Vec::new();
+        let (mut seats, mut inboxes) = spread::Spread::over(threads);
+        let (others, other_inboxes) = (seats.split_off(1), inboxes.split_off(1));
+        let (seat, inbox) = (seats.remove(0), inboxes.remove(0));
+        let extra = spawn_proxy_threads(&shared, &listeners, others, other_inboxes, drained_rx)?;
+        let mut accepts = vec![tokio::spawn(proxy::take_handoffs(shared.clone(), inbox))];
         for (listener, tls) in listeners {
             accepts.push(tokio::spawn(proxy::accept_loop(
                 shared.clone(),
                 listener,
                 tls,
+                seat.clone(),
             )));
         }
         if let Some(admin) = admin {
@@ -461,17 +467,20 @@ type ProxyThread = (
 );
 
 /// Thread-per-core, as nginx's worker processes: every extra thread runs its own
-/// single-threaded runtime accepting on a duplicate of each listening socket, so a client
-/// connection and the worker connections it uses stay on one thread and one reactor. Each keeps
-/// driving its connections until `drained` says every one has gone.
+/// single-threaded runtime accepting on a duplicate of each listening socket (and taking the
+/// connections other threads hand it, `spread.rs`), so a client connection and the worker
+/// connections it uses stay on one thread and one reactor. Each keeps driving its connections
+/// until `drained` says every one has gone.
 fn spawn_proxy_threads(
     shared: &Arc<Shared>,
     listeners: &[(TcpListener, Option<TlsAcceptor>)],
-    threads: usize,
+    seats: Vec<spread::Seat>,
+    inboxes: Vec<spread::Inbox>,
     drained: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<ProxyThread>> {
     let mut extra = Vec::new();
-    for index in 1..threads {
+    for (seat, inbox) in seats.into_iter().zip(inboxes) {
+        let index = seat.index;
         let mut dups = Vec::new();
         for (listener, tls) in listeners {
             dups.push((duplicate(listener)?, tls.clone()));
@@ -481,16 +490,22 @@ fn spawn_proxy_threads(
         let thread = std::thread::Builder::new()
             .name(format!("fulcrum-proxy-{index}"))
             .spawn(move || {
-                upstream::set_runtime_index(index);
+                spread::set_this_thread(index);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("a proxy runtime");
                 rt.block_on(async move {
-                    let mut loops = Vec::new();
+                    let mut loops = vec![tokio::spawn(proxy::take_handoffs(shared.clone(), inbox))];
                     for (l, tls) in dups {
                         let l = TcpListener::from_std(l).expect("a duplicated listener registers");
-                        loops.push(tokio::spawn(proxy::accept_loop(shared.clone(), l, tls)));
+                        let seat = seat.clone();
+                        loops.push(tokio::spawn(proxy::accept_loop(
+                            shared.clone(),
+                            l,
+                            tls,
+                            seat,
+                        )));
                     }
                     for l in loops {
                         let _ = l.await;

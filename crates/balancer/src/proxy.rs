@@ -40,13 +40,20 @@ use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
 use crate::rewrite::{self, OutFraming, RequestParts, ResponseParts};
 use crate::route::{Group, RouteEntry, Router};
+use crate::spread::{Handoff, Inbox, Seat};
 use crate::state::{RequestId, Shared};
 use crate::upstream::{BodyFault, BodyPiece, BodyReader, WorkerConn};
 
 // ───────────────────────────── accept ─────────────────────────────
 
-/// Accepts on `listener` until shutdown begins.
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+/// Accepts on `listener` until shutdown begins, and serves each connection on this thread or
+/// hands it to one with fewer (`spread.rs`).
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    seat: Seat,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -69,14 +76,57 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option
         }
         shared.metrics.connections_open.inc();
         shared.metrics.connections_accepted.inc();
-        let guard = ConnectionGuard::new(&shared);
+        let guard = ConnectionGuard::new(&shared, seat.place());
         let _ = stream.set_nodelay(true);
+        if guard.thread() == seat.index {
+            tokio::spawn(serve_connection(
+                shared.clone(),
+                stream,
+                peer,
+                tls.clone(),
+                guard,
+            ));
+            continue;
+        }
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            tls: tls.clone(),
+            guard,
+        };
+        if let Err(h) = seat.hand_over(handoff.guard.thread(), handoff) {
+            // That thread is shutting down; this one still serves what it accepted.
+            serve_handed_over(&shared, h);
+        }
+    }
+}
+
+/// Serves the connections other threads hand to this one, until shutdown begins.
+pub async fn take_handoffs(shared: Arc<Shared>, mut inbox: Inbox) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.drain.stopping() => return,
+            handoff = inbox.recv() => match handoff {
+                Some(h) => serve_handed_over(&shared, h),
+                None => return,
+            },
+        }
+    }
+}
+
+fn serve_handed_over(shared: &Arc<Shared>, h: Handoff) {
+    // Registers the socket with this thread's reactor.
+    if let Ok(stream) = TcpStream::from_std(h.stream) {
         tokio::spawn(serve_connection(
             shared.clone(),
             stream,
-            peer,
-            tls.clone(),
-            guard,
+            h.peer,
+            h.tls,
+            h.guard,
         ));
     }
 }
@@ -644,6 +694,15 @@ async fn relay_body(
             None
         };
         match piece {
+            Some(BodyPiece::Bytes { len, .. }) if out.is_empty() && !dechunk => {
+                // Past the head, bytes go to the client straight from the worker's buffer: a
+                // copy into `out` cost a large body ~15% of a core (bench/proxy.sh body100k).
+                client
+                    .write(&conn.pending()[..len], write_idle)
+                    .await
+                    .map_err(ClientFault::code)?;
+                conn.consume(len);
+            }
             Some(BodyPiece::Bytes { len, data }) => {
                 let pending = conn.pending();
                 match (dechunk, data) {

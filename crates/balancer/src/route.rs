@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
 use crate::fleet::{now_us, CapacitySignal, Fleet, InFlight, Worker};
+use crate::line::Line;
 use crate::policy::{self, PickContext};
 
 /// A routing table and its target groups: one immutable generation of the configuration.
@@ -115,6 +116,7 @@ pub struct Group {
     rr: AtomicUsize,
     weighted: policy::CapacityWeighted,
     queued: AtomicUsize,
+    line: Line,
     pub budget: RetryBudget,
     stale_after_us: u64,
 }
@@ -140,6 +142,7 @@ impl Group {
             rr: AtomicUsize::new(0),
             weighted: policy::CapacityWeighted::default(),
             queued: AtomicUsize::new(0),
+            line: Line::default(),
             budget: RetryBudget::new(
                 settings.retry.budget_percent,
                 settings.retry.min_retries_per_second,
@@ -225,18 +228,25 @@ impl Group {
     }
 
     /// Claims an in-flight slot on a worker chosen by the group's policy, excluding `tried`.
-    /// When every eligible worker is at its cap the request waits (bounded by the queue size and
-    /// `queue_timeout`, and by the request's own deadline) for a slot to free.
+    /// When every eligible worker is at its cap the request waits in line (`line.rs`; bounded
+    /// by the queue size and `queue_timeout`, and by the request's own deadline) for a slot to
+    /// free. A retry waits beside the line, not in it: it avoids a worker the line may be
+    /// waiting for.
     pub async fn acquire(
         &self,
         tried: &[SocketAddr],
         signal: &CapacitySignal,
         request_deadline: tokio::time::Instant,
     ) -> Result<InFlight, PickError> {
-        match self.try_pick(tried) {
-            Attempt::Got(f) => return Ok(f),
-            Attempt::Failed(e) => return Err(e),
-            Attempt::Full => {}
+        let first_try = tried.is_empty();
+        // With others waiting, a new request goes behind them rather than taking the slot the
+        // front of the line was woken for.
+        if !(first_try && self.queued.load(Ordering::Relaxed) > 0) {
+            match self.try_pick(tried) {
+                Attempt::Got(f) => return Ok(f),
+                Attempt::Failed(e) => return Err(e),
+                Attempt::Full => {}
+            }
         }
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.settings.queue {
             self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -251,7 +261,23 @@ impl Group {
         };
         let queue_deadline = tokio::time::Instant::now() + self.settings.queue_timeout;
         let deadline = queue_deadline.min(request_deadline);
+        let timed_out = || {
+            if deadline == queue_deadline {
+                PickError::Overloaded
+            } else {
+                PickError::Deadline
+            }
+        };
+        let place = first_try.then(|| self.line.join());
         let result = loop {
+            if let Some(place) = &place {
+                if tokio::time::timeout_at(deadline, place.front())
+                    .await
+                    .is_err()
+                {
+                    break Err(timed_out());
+                }
+            }
             let freed = signal.notify.notified();
             tokio::pin!(freed);
             // Register before re-checking, so a slot freed in between is not missed.
@@ -262,11 +288,7 @@ impl Group {
                 Attempt::Full => {}
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                break Err(if deadline == queue_deadline {
-                    PickError::Overloaded
-                } else {
-                    PickError::Deadline
-                });
+                break Err(timed_out());
             }
         };
         result
