@@ -425,7 +425,7 @@ impl BoundBalancer {
         balancer.install((*config).clone());
         let shared = balancer.shared.clone();
         let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
-        let (mut seats, mut inboxes) = spread::Spread::over(threads);
+        let (mut seats, mut inboxes) = spread::Spread::<proxy::Handoff>::over(threads);
         let (others, other_inboxes) = (seats.split_off(1), inboxes.split_off(1));
         let (seat, inbox) = (seats.remove(0), inboxes.remove(0));
         let extra = spawn_proxy_threads(&shared, &listeners, others, other_inboxes, drained_rx)?;
@@ -474,8 +474,8 @@ type ProxyThread = (
 fn spawn_proxy_threads(
     shared: &Arc<Shared>,
     listeners: &[(TcpListener, Option<TlsAcceptor>)],
-    seats: Vec<spread::Seat>,
-    inboxes: Vec<spread::Inbox>,
+    seats: Vec<spread::Seat<proxy::Handoff>>,
+    inboxes: Vec<spread::Inbox<proxy::Handoff>>,
     drained: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<ProxyThread>> {
     let mut extra = Vec::new();

@@ -40,11 +40,19 @@ use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
 use crate::rewrite::{self, OutFraming, RequestParts, ResponseParts};
 use crate::route::{Group, RouteEntry, Router};
-use crate::spread::{Handoff, Inbox, Seat};
+use crate::spread::{Inbox, Seat};
 use crate::state::{RequestId, Shared};
 use crate::upstream::{BodyFault, BodyPiece, BodyReader, WorkerConn};
 
 // ───────────────────────────── accept ─────────────────────────────
+
+/// A connection accepted on one proxy thread, for another to serve.
+pub struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    guard: ConnectionGuard,
+}
 
 /// Accepts on `listener` until shutdown begins, and serves each connection on this thread or
 /// hands it to one with fewer (`spread.rs`).
@@ -52,7 +60,7 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    seat: Seat,
+    seat: Seat<Handoff>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -105,7 +113,7 @@ pub async fn accept_loop(
 }
 
 /// Serves the connections other threads hand to this one, until shutdown begins.
-pub async fn take_handoffs(shared: Arc<Shared>, mut inbox: Inbox) {
+pub async fn take_handoffs(shared: Arc<Shared>, mut inbox: Inbox<Handoff>) {
     loop {
         tokio::select! {
             biased;

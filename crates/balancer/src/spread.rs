@@ -8,14 +8,10 @@
 //! connection to its least loaded thread. A connection counts against its thread from the
 //! moment it is placed there, so a burst spreads even before the first one is served.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio_rustls::TlsAcceptor;
-
-use crate::client::ConnectionGuard;
 
 thread_local! {
     static THIS_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -32,45 +28,46 @@ pub fn this_thread() -> usize {
     THIS_THREAD.with(|t| t.get())
 }
 
-/// The proxy threads' open client connections, and a way to hand each one a new one.
-pub struct Spread {
-    open: Box<[AtomicUsize]>,
-    inboxes: Box<[UnboundedSender<Handoff>]>,
-}
-
-/// A connection accepted on one thread, for another to serve.
-pub struct Handoff {
-    pub stream: std::net::TcpStream,
-    pub peer: SocketAddr,
-    pub tls: Option<TlsAcceptor>,
-    pub guard: ConnectionGuard,
+/// The proxy threads' open client connections, and a way to hand each one a new one (a `T`:
+/// the accepted socket and what goes with it).
+pub struct Spread<T> {
+    open: Arc<[AtomicUsize]>,
+    inboxes: Box<[UnboundedSender<T>]>,
 }
 
 /// Where a thread receives the connections handed to it.
-pub type Inbox = UnboundedReceiver<Handoff>;
+pub type Inbox<T> = UnboundedReceiver<T>;
 
 /// One proxy thread's place among the others.
-#[derive(Clone)]
-pub struct Seat {
-    spread: Arc<Spread>,
+pub struct Seat<T> {
+    spread: Arc<Spread<T>>,
     pub index: usize,
+}
+
+impl<T> Clone for Seat<T> {
+    fn clone(&self) -> Self {
+        Seat {
+            spread: self.spread.clone(),
+            index: self.index,
+        }
+    }
 }
 
 /// One open connection, counted against the thread serving it until dropped.
 pub struct Placed {
-    spread: Arc<Spread>,
+    open: Arc<[AtomicUsize]>,
     pub thread: usize,
 }
 
 impl Drop for Placed {
     fn drop(&mut self) {
-        self.spread.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+        self.open[self.thread].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Spread {
+impl<T> Spread<T> {
     /// A seat and an inbox for each of `threads` threads, in order.
-    pub fn over(threads: usize) -> (Vec<Seat>, Vec<Inbox>) {
+    pub fn over(threads: usize) -> (Vec<Seat<T>>, Vec<Inbox<T>>) {
         let (senders, inboxes): (Vec<_>, Vec<_>) =
             (0..threads.max(1)).map(|_| unbounded_channel()).unzip();
         let spread = Arc::new(Spread {
@@ -87,7 +84,7 @@ impl Spread {
     }
 }
 
-impl Seat {
+impl<T> Seat<T> {
     /// The thread to serve a connection accepted here: this one, unless another has at least
     /// two fewer open (one fewer is not worth waking another thread for).
     pub fn place(&self) -> Placed {
@@ -106,13 +103,13 @@ impl Seat {
         };
         open[thread].fetch_add(1, Ordering::Relaxed);
         Placed {
-            spread: self.spread.clone(),
+            open: self.spread.open.clone(),
             thread,
         }
     }
 
     /// Gives `handoff` to `thread`; back if that thread has stopped taking connections.
-    pub fn hand_over(&self, thread: usize, handoff: Handoff) -> Result<(), Handoff> {
+    pub fn hand_over(&self, thread: usize, handoff: T) -> Result<(), T> {
         self.spread.inboxes[thread]
             .send(handoff)
             .map_err(|refused| refused.0)
@@ -132,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_burst_accepted_on_one_thread_spreads_evenly() {
-        let (seats, _inboxes) = Spread::over(2);
+        let (seats, _inboxes) = Spread::<()>::over(2);
         let placed: Vec<Placed> = (0..64).map(|_| seats[0].place()).collect();
         let open = seats[0].open();
         assert!(open[0].abs_diff(open[1]) <= 2, "{open:?}");
@@ -144,7 +141,7 @@ mod tests {
 
     #[test]
     fn one_fewer_elsewhere_is_not_worth_a_handoff() {
-        let (seats, _inboxes) = Spread::over(3);
+        let (seats, _inboxes) = Spread::<()>::over(3);
         let _a = seats[1].place();
         let _b = seats[2].place();
         let c = seats[0].place();
@@ -159,7 +156,7 @@ mod tests {
 
     #[test]
     fn one_thread_keeps_everything() {
-        let (seats, _inboxes) = Spread::over(1);
+        let (seats, _inboxes) = Spread::<()>::over(1);
         let placed: Vec<Placed> = (0..5).map(|_| seats[0].place()).collect();
         assert!(placed.iter().all(|p| p.thread == 0));
         assert_eq!(seats[0].open(), vec![5]);
