@@ -1033,24 +1033,71 @@ fn field_count(head: &str, name: &str) -> usize {
 }
 
 /// Mismatches of `head` against has / lacks / once lists, each prefixed by `who`.
-fn head_checks(
+/// What one message that arrived (at the worker or the client) is checked against.
+struct Wants<'a> {
+    head_has: &'a [String],
+    head_lacks: &'a [String],
+    head_once: &'a [String],
+    body: Option<&'a Vec<u8>>,
+    trailers_has: &'a [String],
+}
+
+impl WorkerChecks {
+    fn wants(&self) -> Wants<'_> {
+        Wants {
+            head_has: &self.head_has,
+            head_lacks: &self.head_lacks,
+            head_once: &self.head_once,
+            body: self.body.as_ref(),
+            trailers_has: &self.trailers_has,
+        }
+    }
+}
+
+impl ClientChecks {
+    fn wants(&self) -> Wants<'_> {
+        Wants {
+            head_has: &self.head_has,
+            head_lacks: &self.head_lacks,
+            head_once: &self.head_once,
+            body: self.body.as_ref(),
+            trailers_has: &self.trailers_has,
+        }
+    }
+}
+
+/// `who`'s message against `want`: head lines, body, and trailers when the protocol has them
+/// (`None` for HTTP/2 answers, whose trailers are not read).
+fn message_checks(
     who: &str,
     head: &str,
-    has: &[String],
-    lacks: &[String],
-    once: &[String],
+    body: &[u8],
+    trailers: Option<&str>,
+    want: Wants<'_>,
 ) -> Vec<String> {
     let mut bad = Vec::new();
-    for p in has.iter().filter(|p| !has_line(head, p)) {
+    for p in want.head_has.iter().filter(|p| !has_line(head, p)) {
         bad.push(format!("{who} head lacks {p:?}"));
     }
-    for p in lacks.iter().filter(|p| has_line(head, p)) {
+    for p in want.head_lacks.iter().filter(|p| has_line(head, p)) {
         bad.push(format!("{who} head has {p:?}"));
     }
-    for n in once {
+    for n in want.head_once {
         let count = field_count(head, n);
         if count != 1 {
             bad.push(format!("{who} head has {count} {n:?} lines, not one"));
+        }
+    }
+    if let Some(wanted) = want.body.filter(|b| **b != body) {
+        bad.push(format!(
+            "{who} body was {}, not {}",
+            show(body),
+            show(wanted)
+        ));
+    }
+    if let Some(trailers) = trailers {
+        for t in want.trailers_has.iter().filter(|t| !has_line(trailers, t)) {
+            bad.push(format!("{who} trailers {trailers:?} lack {t:?}"));
         }
     }
     bad
@@ -1136,24 +1183,13 @@ fn first_message_checks(w: &WorkerChecks, rec: &RawRecord) -> Vec<String> {
             false => Vec::new(),
         };
     };
-    let mut bad = head_checks(
+    message_checks(
         "the worker's",
         &m.head,
-        &w.head_has,
-        &w.head_lacks,
-        &w.head_once,
-    );
-    if let Some(body) = w.body.as_ref().filter(|b| **b != m.body) {
-        bad.push(format!(
-            "the worker's body was {}, not {}",
-            show(&m.body),
-            show(body)
-        ));
-    }
-    for t in w.trailers_has.iter().filter(|t| !has_line(&m.trailers, t)) {
-        bad.push(format!("the worker's trailers {:?} lack {t:?}", m.trailers));
-    }
-    bad
+        &m.body,
+        Some(&m.trailers),
+        w.wants(),
+    )
 }
 
 /// The statuses the client should get, in order.
@@ -1225,23 +1261,13 @@ fn decision_checks(case: &Case, head: &str, body: &[u8]) -> Vec<String> {
 }
 
 fn first_response_checks(c: &ClientChecks, r: &H1Response) -> Vec<String> {
-    let mut bad = head_checks(
+    let mut bad = message_checks(
         "the client's",
         &r.head,
-        &c.head_has,
-        &c.head_lacks,
-        &c.head_once,
+        &r.body,
+        Some(&r.trailers),
+        c.wants(),
     );
-    if let Some(body) = c.body.as_ref().filter(|b| **b != r.body) {
-        bad.push(format!(
-            "the client's body was {}, not {}",
-            show(&r.body),
-            show(body)
-        ));
-    }
-    for t in c.trailers_has.iter().filter(|t| !has_line(&r.trailers, t)) {
-        bad.push(format!("the client's trailers {:?} lack {t:?}", r.trailers));
-    }
     if c.truncated && r.complete && balancer_error(&r.head, &r.body).is_none() {
         bad.push(format!(
             "a cut-short response reached the client looking complete ({} bytes)",
@@ -1296,20 +1322,13 @@ fn h2_checks(case: &Case, answer: &Result<H2Answer, String>) -> Vec<String> {
     }
     let head = format!("\r\n{}", a.head);
     bad.extend(decision_checks(case, &head, &a.body));
-    bad.extend(head_checks(
+    bad.extend(message_checks(
         "the client's",
         &head,
-        &c.head_has,
-        &c.head_lacks,
-        &c.head_once,
+        &a.body,
+        None,
+        c.wants(),
     ));
-    if let Some(body) = c.body.as_ref().filter(|b| **b != a.body) {
-        bad.push(format!(
-            "the client's body was {}, not {}",
-            show(&a.body),
-            show(body)
-        ));
-    }
     bad
 }
 
