@@ -240,10 +240,14 @@ fn a_saturated_worker_and_an_antagonist_split_the_quota() {
     let worker_alone =
         (cg.group.cpu_usage().unwrap() - alone).as_secs_f64() / t_alone.elapsed().as_secs_f64();
 
+    // CFS splits a group's time per runnable thread: against the worker's computing thread
+    // (and, now and then, its I/O threads) a one-thread antagonist's fair share is between a
+    // third and a half of the quota. Asking for a quarter checks that it gets what it asks for
+    // when it asks for less than its fair share; asking for a half sat on that ceiling.
     let a = Antagonist::start(
         &cg.group,
         &[
-            "--cores", "0.2", "--share", "0.5", "--on", "1h", "--off", "0s",
+            "--cores", "0.2", "--share", "0.25", "--on", "1h", "--off", "0s",
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -267,10 +271,10 @@ fn a_saturated_worker_and_an_antagonist_split_the_quota() {
         "the group used {group:.4} cores of {QUOTA_CORES}"
     );
     assert!(
-        (own - 0.5 * QUOTA_CORES).abs() <= 0.15 * QUOTA_CORES,
+        (own - 0.25 * QUOTA_CORES).abs() <= 0.1 * QUOTA_CORES,
         "the antagonist used {own:.4} cores, want {} ± {}",
-        0.5 * QUOTA_CORES,
-        0.15 * QUOTA_CORES
+        0.25 * QUOTA_CORES,
+        0.1 * QUOTA_CORES
     );
     assert!(throttled > 0, "no throttled periods: {:?}", after.stat);
     assert!(served > 0, "the worker served nothing");
