@@ -46,6 +46,12 @@
 # Memory the load touched and freed is reused by the idle connections, and nginx allocates its
 # worker_connections (4096) connection structures at start, so "before" already holds those.
 #
+# Access logs: off in all three by default (nginx `access_log off`, HAProxy without `log`,
+# fulcrum `[access_log] enabled = false`). ACCESS_LOG=on turns them on in all three, each to a
+# file in the temp dir: fulcrum JSON lines, nginx its default `combined` format, HAProxy
+# `option httplog` to its stdout (`log stdout format raw`). bench/access-log.sh measures what the
+# log costs each of fulcrum and nginx in interleaved rounds of one run.
+#
 # Environment: FULCRUM_BIN=path benchmarks that binary without building (default: cargo build
 # --release and target/release/fulcrum); SERVER_CPU / CLIENT_CPU (default 1 / 0); WARMUP=secs of
 # unrecorded load per proxy before each case (default 1, 0 = none); KEEP_WORK=1 keeps the temp
@@ -60,7 +66,13 @@ CONNS=${3:-64}
 THREADS=${4:-"1 2"}
 CASES=${5:-"small conns1000 body100k"}
 WARMUP=${WARMUP:-1}
+ACCESS_LOG=${ACCESS_LOG:-off}
 IDLE_CONNS=1000
+case $ACCESS_LOG in on | off) ;; *)
+  echo "ACCESS_LOG must be on or off, not '$ACCESS_LOG'" >&2
+  exit 2
+  ;;
+esac
 for c in $CASES; do
   case $c in small | conns1000 | body100k) ;; *)
     echo "unknown case '$c' (cases: small conns1000 body100k)" >&2
@@ -131,7 +143,14 @@ wait_http "http://127.0.0.1:$S2/static/100k.bin"
 # start_proxies THREADS CPUSET TAG: writes configs, starts the three proxies (logs NAME-TAG.log),
 # sets F/N/H ports and FPID/NPID/HPID.
 start_proxies() {
-  local t=$1 cpus=$2 tag=$3
+  local t=$1 cpus=$2 tag=$3 f_log=false n_log="access_log off;" h_log="" h_opt=""
+  if [ "$ACCESS_LOG" = on ]; then
+    f_log=true
+    n_log="access_log $WORK/nginx-access-$tag.log;"
+    h_log="log stdout format raw local0"
+    h_opt="log global
+  option httplog"
+  fi
   F=$(free_port); N=$(free_port); H=$(free_port); A=$(free_port)
   cat >"$WORK/fulcrum.toml" <<EOF
 threads = $t
@@ -139,6 +158,9 @@ threads = $t
 address = "127.0.0.1:$F"
 [admin]
 address = "127.0.0.1:$A"
+[access_log]
+enabled = $f_log
+path = "$WORK/fulcrum-access-$tag.log"
 [[route]]
 prefix = "/static/"
 target_group = "s"
@@ -161,7 +183,7 @@ pid $WORK/nginx.pid;
 error_log $WORK/nginx.err warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $n_log
   keepalive_requests 1000000;
   client_body_temp_path $WORK/tmp/n_body;
   proxy_temp_path $WORK/tmp/n_proxy;
@@ -203,8 +225,10 @@ EOF
 global
   nbthread $t
   maxconn 8000
+  $h_log
 defaults
   mode http
+  $h_opt
   maxconn 4000
   timeout connect 1s
   timeout client 30s
@@ -357,7 +381,7 @@ conns_of_case() {
 
 echo "fulcrum: $("$FULCRUM" --version 2>/dev/null | head -1) ($FULCRUM)"
 echo "peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}')"
-echo "open files: $(ulimit -n); cases: $CASES; threads: $THREADS; $ROUNDS rounds x ${SECS}s, wrk -t1"
+echo "open files: $(ulimit -n); cases: $CASES; threads: $THREADS; $ROUNDS rounds x ${SECS}s, wrk -t1; access logs $ACCESS_LOG"
 
 for t in $THREADS; do
   if [ "$t" = 1 ]; then cpus=$SERVER_CPU; wrk_cpus=$CLIENT_CPU; else cpus=0,1; wrk_cpus=0,1; fi

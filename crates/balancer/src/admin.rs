@@ -262,5 +262,19 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
         "routes": router.routes().iter().map(|r| json!({"prefix": r.prefix, "target_group": r.group.name})).collect::<Vec<_>>(),
         "target_groups": groups,
         "workers": workers,
+        "access_log": access_log_status(shared, config),
+    })
+}
+
+fn access_log_status(shared: &Shared, config: &crate::config::Config) -> Value {
+    let settings = &config.access_log;
+    let log = &shared.access_log;
+    json!({
+        "enabled": settings.enabled,
+        "format": settings.format,
+        "path": settings.path.display().to_string(),
+        "lines": log.written(),
+        "dropped": log.dropped(),
+        "last_error": log.last_error(),
     })
 }

@@ -40,16 +40,36 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Who is on the other end of a client connection.
+/// Who is on the other end of a client connection, and which listener it came in on.
 pub struct ConnInfo {
     pub hop: Hop,
+    pub peer: SocketAddr,
+    pub listener: Option<SocketAddr>,
+    /// The TLS version, on a TLS listener.
+    pub tls: Option<&'static str>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        listener: Option<SocketAddr>,
+        tls: Option<&'static str>,
+    ) -> ConnInfo {
         ConnInfo {
-            hop: Hop::new(peer, tls),
+            hop: Hop::new(peer, tls.is_some()),
+            peer,
+            listener,
+            tls,
         }
+    }
+}
+
+/// The TLS version a handshake settled on, as logs name it.
+pub fn tls_version(conn: &rustls::ServerConnection) -> &'static str {
+    match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
     }
 }
 
@@ -124,6 +144,9 @@ pub struct H1Client {
     pub info: ConnInfo,
     /// Requests served on this connection so far.
     pub served: u64,
+    /// Bytes taken from the client (consumed) and written to it, for the access log.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 impl H1Client {
@@ -133,6 +156,8 @@ impl H1Client {
             buf: None,
             info,
             served: 0,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 
@@ -143,6 +168,7 @@ impl H1Client {
     pub fn consume(&mut self, n: usize) {
         if let Some(b) = self.buf.as_mut() {
             b.consume(n);
+            self.bytes_in += n as u64;
         }
     }
 
@@ -164,6 +190,7 @@ impl H1Client {
     }
 
     pub async fn write(&mut self, bytes: &[u8], idle: Duration) -> Result<(), ClientFault> {
+        self.bytes_out += bytes.len() as u64;
         // Most writes fit the socket's buffer at once: a timer only for one that does not.
         let written = match &self.stream {
             ClientStream::Plain(s) => {

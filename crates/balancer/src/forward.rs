@@ -12,6 +12,7 @@ use fulcrum_telemetry::LoadReport;
 use http::Method;
 use tokio::net::TcpStream;
 
+use crate::access_log::Trace;
 use crate::buffers::Fields;
 use crate::client::{ClientFault, H1Client};
 use crate::errors::{ErrorCode, ProxyError};
@@ -30,6 +31,8 @@ pub struct Request<'a, 'c> {
     pub body: RequestBody<'c>,
     /// Safe to send again after a failure that may have reached the worker.
     pub replayable: bool,
+    /// How the attempts went, for the access log.
+    pub trace: Trace,
 }
 
 /// How far a request body got.
@@ -273,10 +276,13 @@ pub async fn forward(
         let worker = flight.worker().clone();
         state.tried.push(worker.addr);
         let t0 = Instant::now();
+        req.trace.begin(attempt, worker.addr, t0 - started);
         let result = attempt_once(&worker, group, req, deadline).await;
         let latency = t0.elapsed();
+        req.trace.worker_time = Some(latency);
         match result {
             Ok((conn, head, fields)) => {
+                req.trace.worker_status = Some(head.status);
                 if wants_status_retry(req, group, &head, attempt, &state.tried) {
                     if group.budget.try_retry() {
                         record_outcome(shared, group, &worker, Outcome::Failure, latency);
@@ -410,7 +416,12 @@ async fn attempt_once(
     loop {
         let mut conn = match worker.pool.checkout(settings.pool_idle_timeout) {
             Some(c) if !fresh_tried => c,
-            _ => connect(worker, group, deadline).await?,
+            _ => {
+                let t0 = Instant::now();
+                let c = connect(worker, group, deadline).await?;
+                req.trace.connect = Some(t0.elapsed());
+                c
+            }
         };
         let reused = conn.reused;
         let sending = tokio::time::timeout_at(deadline, req.body.send(req.head, &mut conn)).await;

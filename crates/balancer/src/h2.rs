@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::access_log::Unfinished;
 use crate::buffers::Buffer;
 use crate::drain::Drain;
 use crate::errors::{ErrorCode, ProxyError};
@@ -315,6 +316,8 @@ pub struct WorkerBody {
     cap: usize,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The request's access-log line, written when the body ends or is abandoned.
+    pub log: Option<Unfinished>,
 }
 
 impl WorkerBody {
@@ -334,6 +337,7 @@ impl WorkerBody {
             cap,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            log: None,
         }
     }
 }
@@ -357,6 +361,9 @@ impl WorkerBody {
                     let bytes = data.map(|d| Bytes::copy_from_slice(d.of(conn.pending())));
                     conn.consume(len);
                     if let Some(b) = bytes.filter(|b| !b.is_empty()) {
+                        if let Some(log) = self.log.as_mut() {
+                            log.bytes_out += b.len() as u64;
+                        }
                         self.sleep
                             .as_mut()
                             .reset(tokio::time::Instant::now() + self.idle);

@@ -17,6 +17,7 @@
 //! It does not own the workers themselves (`fulcrum-worker`), the load-report format
 //! (`fulcrum-telemetry`), or where anything runs (`fulcrum-deploy`, `fulcrum-aws`).
 
+mod access_log;
 mod admin;
 mod buffers;
 mod client;
@@ -55,7 +56,9 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use config::{Config, ConfigError, Policy, QuickConfig, TelemetrySource};
+pub use config::{
+    AccessLogFormat, AccessLogSettings, Config, ConfigError, Policy, QuickConfig, TelemetrySource,
+};
 pub use extension::{CloudwatchCpu, DiscoveredWorker, Discovery, DiscoveryProvider, Extensions};
 pub use policy::cpu_aware_cost;
 pub use tls::install_crypto_provider;
@@ -335,7 +338,33 @@ impl Balancer {
                 tracing::error!(error = %e, "configuration rejected; keeping the one in force");
             }
         }
+        // Every SIGHUP reopens the access log, whatever became of the reload: logrotate has
+        // moved the file and signals so that lines go to a new one.
+        let log = &self.shared.router.load().config.access_log;
+        if log.enabled {
+            self.shared.access_log.reopen(&log.path);
+        }
     }
+}
+
+/// The access log's writer, on the configured file (stdout while off, so that turning it on in a
+/// reload has a writer to send to and an off log creates no file).
+fn start_access_log(
+    settings: &config::AccessLogSettings,
+    metrics: &metrics::Metrics,
+) -> anyhow::Result<Arc<access_log::AccessLog>> {
+    let path = if settings.enabled {
+        settings.path.as_path()
+    } else {
+        std::path::Path::new("-")
+    };
+    let log = access_log::AccessLog::start(
+        path,
+        metrics.access_log_lines.clone(),
+        metrics.access_log_dropped.clone(),
+    )
+    .with_context(|| format!("cannot open the access log {}", path.display()))?;
+    Ok(Arc::new(log))
 }
 
 /// A balancer whose sockets are bound, ready to serve.
@@ -383,8 +412,9 @@ impl BoundBalancer {
             0,
         )));
         let metrics = metrics::Metrics::new(router.clone());
+        let access_log = start_access_log(&router.load().config.access_log, &metrics)?;
         let balancer = Arc::new(Balancer {
-            shared: Arc::new(Shared::new(router, fleet, metrics)),
+            shared: Arc::new(Shared::new(router, fleet, metrics, access_log)),
             source,
             extensions,
             generation: AtomicU64::new(0),
@@ -546,10 +576,13 @@ async fn drain(
         _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
     }
     let _ = drained_tx.send(true);
+    let log = shared.access_log.clone();
     tokio::task::spawn_blocking(move || {
         for t in threads {
             let _ = t.join();
         }
+        // The last requests' lines, unless the log's destination is stuck.
+        log.flush(Duration::from_secs(2));
     })
     .await
     .ok();

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub tunnels_open: Gauge,
     pub tunnel_bytes: Counter,
     pub abandoned: Family<ErrorLabels, Counter>,
+    pub access_log_lines: Counter,
+    pub access_log_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +112,8 @@ impl Metrics {
             tunnels_open: Gauge::default(),
             tunnel_bytes: Counter::default(),
             abandoned: Family::default(),
+            access_log_lines: Counter::default(),
+            access_log_dropped: Counter::default(),
         };
         let mut registry = std::mem::take(&mut metrics.registry);
         metrics.register_requests(&mut registry);
@@ -210,6 +214,16 @@ impl Metrics {
             "config_generation",
             "Generation of the configuration in use",
             self.config_generation.clone(),
+        );
+        registry.register(
+            "access_log_lines",
+            "Access log lines written",
+            self.access_log_lines.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind (requests never wait)",
+            self.access_log_dropped.clone(),
         );
     }
 

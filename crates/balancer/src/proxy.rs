@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request as HttpRequest, Response, StatusCode};
@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::{text_of, Record, Trace, Unfinished};
 use crate::buffers::{Buffer, Fields};
 use crate::client::{ClientFault, ClientStream, ConnInfo, ConnectionGuard, H1Client};
 use crate::config::Config;
@@ -148,6 +149,7 @@ async fn serve_connection(
     _guard: ConnectionGuard,
 ) {
     let config = shared.router.load().config.clone();
+    let listener = stream.local_addr().ok();
     // The first request head must arrive within the header timeout of the accept, TLS
     // handshake and protocol sniffing included.
     let first_deadline = tokio::time::Instant::now() + config.timeouts.client_header;
@@ -159,7 +161,7 @@ async fn serve_connection(
                 let h2 = serve_h2(
                     shared,
                     stream,
-                    ConnInfo::new(peer, false),
+                    ConnInfo::new(peer, listener, None),
                     &config,
                     first_deadline,
                 );
@@ -175,10 +177,11 @@ async fn serve_connection(
             let handshake = Box::pin(acceptor.accept(stream));
             match tokio::time::timeout_at(first_deadline, handshake).await {
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    let version = crate::client::tls_version(s.get_ref().1);
                     let h2 = serve_h2(
                         shared,
                         s,
-                        ConnInfo::new(peer, true),
+                        ConnInfo::new(peer, listener, Some(version)),
                         &config,
                         first_deadline,
                     );
@@ -197,8 +200,11 @@ async fn serve_connection(
             }
         }
     };
-    let tls = matches!(stream, ClientStream::Tls(_));
-    let mut client = H1Client::new(stream, ConnInfo::new(peer, tls));
+    let tls = match &stream {
+        ClientStream::Tls(s) => Some(crate::client::tls_version(s.get_ref().1)),
+        ClientStream::Plain(_) => None,
+    };
+    let mut client = H1Client::new(stream, ConnInfo::new(peer, listener, tls));
     serve_h1(&shared, &mut client, first_deadline).await;
 }
 
@@ -239,7 +245,11 @@ async fn serve_h1(
             NextHead::Head(h) => h,
             NextHead::Closed => return,
             NextHead::Reject(e) => {
-                let _ = answer_error(client, &e, shared.ids.next(), false, &config).await;
+                let (id, written) = (shared.ids.next(), client.bytes_out);
+                let _ = answer_error(client, &e, id, false, &config).await;
+                if config.access_log.enabled {
+                    log_rejected_head(shared, client, &e, id, written, &config);
+                }
                 return;
             }
         };
@@ -260,6 +270,33 @@ async fn serve_h1(
             deadline = deadline.min(now + config.timeouts.client_idle);
         }
     }
+}
+
+/// The access-log line of a head refused before it could be read as a request.
+fn log_rejected_head(
+    shared: &Shared,
+    client: &H1Client,
+    e: &ProxyError,
+    id: RequestId,
+    written_before: u64,
+    config: &Config,
+) {
+    let record = Record {
+        time: Some(SystemTime::now()),
+        client: Some(client.info.peer),
+        listener: client.info.listener,
+        protocol: "HTTP/1.1",
+        tls: client.info.tls,
+        method: "-".into(),
+        target: "-".into(),
+        status: e.status().as_u16(),
+        bytes_in: client.pending().len() as u64,
+        bytes_out: client.bytes_out - written_before,
+        request_id: id.as_str().to_owned(),
+        error: Some(e.code.as_str()),
+        ..Record::default()
+    };
+    shared.access_log.write(record, config.access_log.format);
 }
 
 /// What waiting for a request head gave.
@@ -326,8 +363,8 @@ fn codec_limits(config: &Config) -> http1::Limits {
     }
 }
 
-/// One request on an HTTP/1.1 connection, from its parsed head to the end of its response.
-/// Returns whether the connection may serve another.
+/// One request on an HTTP/1.1 connection, from its parsed head to the end of its response,
+/// then its access-log line. Returns whether the connection may serve another.
 async fn exchange(
     shared: &Arc<Shared>,
     client: &mut H1Client,
@@ -337,24 +374,109 @@ async fn exchange(
 ) -> bool {
     let started = Instant::now();
     let router = shared.router.load_full();
-    let head_len = head.head_len;
     let id = rewrite::find(fields, client.pending(), b"x-request-id")
         .and_then(RequestId::from_client)
         .unwrap_or_else(|| shared.ids.next());
+    let record = config
+        .access_log
+        .enabled
+        .then(|| h1_record(client, &head, fields, &id));
+    let served = serve_request(shared, &router, client, head, fields, id, started).await;
+    let keep = served.keep;
+    if let Some(mut r) = record {
+        r.bytes_in = client.bytes_in - r.bytes_in;
+        r.bytes_out = client.bytes_out - r.bytes_out;
+        served.fill(&mut r, started);
+        shared.access_log.write(r, config.access_log.format);
+    }
+    keep
+}
+
+/// What serving one request came to: for the connection, and for the access log.
+struct Served<'r> {
+    /// The connection may serve another request.
+    keep: bool,
+    status: u16,
+    error: Option<&'static str>,
+    route: Option<&'r RouteEntry>,
+    trace: Trace,
+}
+
+impl<'r> Served<'r> {
+    fn refused(keep: bool, e: &ProxyError, route: Option<&'r RouteEntry>, trace: Trace) -> Self {
+        Served {
+            keep,
+            status: e.status().as_u16(),
+            error: Some(e.code.as_str()),
+            route,
+            trace,
+        }
+    }
+
+    fn fill(self, r: &mut Record, started: Instant) {
+        r.status = self.status;
+        r.error = self.error;
+        r.trace = self.trace;
+        r.total = started.elapsed();
+        if let Some(route) = self.route {
+            r.route = Some(route.prefix.clone());
+            r.target_group = Some(route.group.name.clone());
+            r.policy = Some(route.group.policy().name());
+        }
+    }
+}
+
+/// The access-log record of an HTTP/1.1 request as far as its head tells, with the
+/// connection's byte counts so far (the request's own are the difference at its end).
+fn h1_record(client: &H1Client, head: &RequestHead, fields: &Fields, id: &RequestId) -> Record {
+    let buf = client.pending();
+    Record {
+        time: Some(SystemTime::now()),
+        client: Some(client.info.peer),
+        listener: client.info.listener,
+        protocol: if head.version == Version::Http10 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        },
+        tls: client.info.tls,
+        method: head.method.as_str().to_owned(),
+        target: text_of(head.target.of(buf)),
+        host: head.host.map(|h| text_of(h.of(buf))),
+        user_agent: rewrite::find(fields, buf, b"user-agent").map(text_of),
+        request_id: id.as_str().to_owned(),
+        bytes_in: client.bytes_in,
+        bytes_out: client.bytes_out,
+        ..Record::default()
+    }
+}
+
+/// Routes, forwards and relays one HTTP/1.1 request (or answers it with an error).
+async fn serve_request<'r>(
+    shared: &Arc<Shared>,
+    router: &'r Router,
+    client: &mut H1Client,
+    head: RequestHead,
+    fields: &mut Fields,
+    id: RequestId,
+    started: Instant,
+) -> Served<'r> {
+    let config = &router.config;
+    let head_len = head.head_len;
     let wants_close =
         head.connection.close || (head.version == Version::Http10 && !head.connection.keep_alive);
-    let routed = check_and_route(&router, &head, fields, client.pending());
-    let route = match routed {
+    let route = match check_and_route(router, &head, fields, client.pending()) {
         Ok(r) => r,
         Err(e) => {
             shared.metrics.error(e.code.as_str());
             client.consume(head_len);
             // Unread body bytes would be taken for the next request: close instead.
             let close = wants_close || head.body != BodyLength::None;
-            return answer_error(client, &e, id, close, config).await && !close;
+            let keep = answer_error(client, &e, id, close, config).await && !close;
+            return Served::refused(keep, &e, None, Trace::default());
         }
     };
-    let out = outgoing(&head, fields, client, &id, config);
+    let out = outgoing(&head, fields, client, &id);
     let upgrade_asked = upgrade_of(&head, client.pending()).is_some();
     client.consume(head_len);
     let body = RequestBody::H1 {
@@ -372,8 +494,10 @@ async fn exchange(
         head: &out,
         body,
         replayable: is_idempotent(&head.method) && head.body == BodyLength::None,
+        trace: Trace::default(),
     };
-    let result = forward(shared, &router, route, &mut request, started).await;
+    let result = forward(shared, router, route, &mut request, started).await;
+    let trace = std::mem::take(&mut request.trace);
     let RequestBody::H1 { client, sent, .. } = request.body else {
         unreachable!("an HTTP/1.1 request keeps its HTTP/1.1 body");
     };
@@ -391,12 +515,20 @@ async fn exchange(
                 close: wants_close || !body_done,
                 started,
             };
-            relay_h1(client, fwd, &ctx).await
+            let (keep, status, error) = relay_h1(client, fwd, &ctx).await;
+            Served {
+                keep,
+                status,
+                error,
+                route: Some(route),
+                trace,
+            }
         }
         Err(e) => {
             shared.metrics.error(e.code.as_str());
             let close = wants_close || !body_done;
-            answer_error(client, &e, id, close, config).await && !close
+            let keep = answer_error(client, &e, id, close, config).await && !close;
+            Served::refused(keep, &e, Some(route), trace)
         }
     }
 }
@@ -488,13 +620,7 @@ fn upgrade_of<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
 }
 
 /// The head workers get for this request, as bytes.
-fn outgoing(
-    head: &RequestHead,
-    fields: &Fields,
-    client: &H1Client,
-    id: &RequestId,
-    _config: &Config,
-) -> Buffer {
+fn outgoing(head: &RequestHead, fields: &Fields, client: &H1Client, id: &RequestId) -> Buffer {
     let buf = client.pending();
     let target = match head.target_form {
         TargetForm::Absolute { path_and_query, .. } => path_and_query.of(buf),
@@ -564,8 +690,13 @@ struct Relay<'a> {
 }
 
 /// Relays a worker's response to an HTTP/1.1 client: head, then body as it comes, then the
-/// worker connection back to its pool. Returns whether the client connection may go on.
-async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) -> bool {
+/// worker connection back to its pool. Returns whether the client connection may go on, the
+/// status the client got, and what cut the response short, if anything.
+async fn relay_h1(
+    client: &mut H1Client,
+    mut fwd: Forwarded,
+    ctx: &Relay<'_>,
+) -> (bool, u16, Option<&'static str>) {
     let head = fwd.head;
     record_response(
         ctx.shared,
@@ -577,14 +708,14 @@ async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) ->
         ctx.started,
     );
     if head.status == 101 && ctx.upgrade_asked {
-        return tunnel(client, fwd, ctx).await;
+        return (tunnel(client, fwd, ctx).await, 101, None);
     }
     if head.status == 101 {
         // RFC 9110 §15.2.2: a server must not switch to a protocol nobody asked for.
         let e = crate::forward::worker_error(&fwd.group, "it switched protocols unasked");
         ctx.shared.metrics.error(e.code.as_str());
         let _ = answer_error(client, &e, *ctx.id, true, ctx.config).await;
-        return false;
+        return (false, e.status().as_u16(), Some(e.code.as_str()));
     }
     // A chunked body reaches an HTTP/1.0 client de-chunked, ended by the close.
     let dechunk = ctx.client_http10 && head.body == ResponseBody::Chunked;
@@ -646,7 +777,7 @@ async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) ->
                     .pool
                     .checkin(fwd.conn, fwd.group.settings.max_in_flight_per_worker);
             }
-            !close
+            (!close, head.status, None)
         }
         Err(fault) => {
             ctx.shared
@@ -661,7 +792,7 @@ async fn relay_h1(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) ->
                     worker.record_late_failure(now, outlier)
                 });
             }
-            false
+            (false, head.status, Some(fault))
         }
     }
 }
@@ -867,9 +998,17 @@ async fn handle_h2(
         &shared,
         req.headers().get("x-request-id").map(|v| v.as_bytes()),
     );
+    let config = router.config.clone();
+    let record = config
+        .access_log
+        .enabled
+        .then(|| h2_record(&req, &info, &id));
+    let mut trace = Trace::default();
+    let mut routed = None;
     let result = async {
         let declared = declared_length(req.headers())?;
         let route = check_route_path(&router, req.uri().path(), declared)?;
+        routed = Some(route);
         let (parts, incoming) = req.into_parts();
         let body = H2Body::read(incoming, declared, route.max_body_bytes).await?;
         let head = h2_outgoing(&parts, &info, &id, body.framing());
@@ -878,21 +1017,93 @@ async fn handle_h2(
             head: &head,
             body: RequestBody::H2(body),
             replayable: is_idempotent(&parts.method),
+            trace: Trace::default(),
         };
         request.replayable &= !request.body_may_stream();
-        let fwd = forward(&shared, &router, route, &mut request, started).await?;
-        Ok::<_, ProxyError>((route, fwd, parts.method))
+        let forwarded = forward(&shared, &router, route, &mut request, started).await;
+        trace = std::mem::take(&mut request.trace);
+        Ok::<_, ProxyError>((route, forwarded?, parts.method))
     }
     .await;
-    Ok(match result {
+    let (response, served) = match result {
         Ok((route, fwd, method)) => {
-            respond_h2(&shared, route, fwd, &id, &router.config, started, &method)
+            let status = fwd.head.status;
+            let response = respond_h2(&shared, route, fwd, &id, &config, started, &method);
+            let served = Served {
+                keep: true,
+                status,
+                error: None,
+                route: Some(route),
+                trace,
+            };
+            (response, served)
         }
         Err(e) => {
             shared.metrics.error(e.code.as_str());
-            h2_error_response(&e, &id)
+            let served = Served::refused(true, &e, routed, trace);
+            (h2_error_response(&e, &id), served)
         }
+    };
+    Ok(match record {
+        Some(r) => log_h2(&shared, response, served, r, started, &config),
+        None => response,
     })
+}
+
+/// The access-log record of an HTTP/2 request as far as its head tells.
+fn h2_record(req: &HttpRequest<Incoming>, info: &ConnInfo, id: &RequestId) -> Record {
+    let header = |name| req.headers().get(name).map(|v| text_of(v.as_bytes()));
+    Record {
+        time: Some(SystemTime::now()),
+        client: Some(info.peer),
+        listener: info.listener,
+        protocol: "HTTP/2.0",
+        tls: info.tls,
+        method: req.method().as_str().to_owned(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        host: req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| header(http::header::HOST)),
+        user_agent: header(http::header::USER_AGENT),
+        request_id: id.as_str().to_owned(),
+        // HPACK makes header bytes a connection's, not a request's: the body's length only.
+        bytes_in: req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
+        ..Record::default()
+    }
+}
+
+/// Writes an HTTP/2 request's access-log line: now for an answer of the balancer's own, when
+/// the body ends for a worker's streamed one.
+fn log_h2(
+    shared: &Arc<Shared>,
+    mut response: Response<H2Response>,
+    served: Served<'_>,
+    mut record: Record,
+    started: Instant,
+    config: &Config,
+) -> Response<H2Response> {
+    served.fill(&mut record, started);
+    let format = config.access_log.format;
+    match response.body_mut() {
+        H2Response::Proxied(body) => {
+            let log = shared.access_log.clone();
+            body.log = Some(Unfinished::new(record, started, format, log));
+        }
+        H2Response::Full(bytes) => {
+            record.bytes_out = bytes.as_ref().map_or(0, |b| b.len() as u64);
+            shared.access_log.write(record, format);
+        }
+    }
+    response
 }
 
 impl Request<'_, '_> {

@@ -1,9 +1,11 @@
 //! What every connection of the balancer shares: the router generation in force, the fleet of
-//! workers, the metrics, the drain, request ids, and the count of client connections.
+//! workers, the metrics, the drain, the access log, request ids, and the count of client
+//! connections.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::drain::Drain;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -15,17 +17,24 @@ pub struct Shared {
     pub fleet: Fleet,
     pub metrics: Metrics,
     pub drain: Drain,
+    pub access_log: Arc<AccessLog>,
     pub(crate) ids: RequestIds,
     pub(crate) connections: AtomicUsize,
 }
 
 impl Shared {
-    pub fn new(router: Arc<arc_swap::ArcSwap<Router>>, fleet: Fleet, metrics: Metrics) -> Shared {
+    pub fn new(
+        router: Arc<arc_swap::ArcSwap<Router>>,
+        fleet: Fleet,
+        metrics: Metrics,
+        access_log: Arc<AccessLog>,
+    ) -> Shared {
         Shared {
             router,
             fleet,
             metrics,
             drain: Drain::default(),
+            access_log,
             ids: RequestIds::new(),
             connections: AtomicUsize::new(0),
         }

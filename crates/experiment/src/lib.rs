@@ -153,10 +153,12 @@ pub struct Options {
 impl Options {
     /// The topology as the experiment runs it: every telemetry source collected from the start
     /// (each contender has data when its turn comes; the emulated CloudWatch needs whole
-    /// windows), with the timing's CloudWatch period.
+    /// windows), with the timing's CloudWatch period, and no access log (the peers run with
+    /// `access_log off` too: every contender pays for the same work).
     pub fn topology_for(&self, timing: &Timing) -> Topology {
         let mut topology = self.topology.clone();
         topology.balancer.cloudwatch_period = timing.cloudwatch_period;
+        topology.balancer.access_log = false;
         for s in [
             fulcrum_balancer::TelemetrySource::Poll,
             fulcrum_balancer::TelemetrySource::Cloudwatch,

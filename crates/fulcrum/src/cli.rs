@@ -63,6 +63,26 @@ pub enum Command {
     /// Burns a share of its cgroup's CPU quota on a schedule (started by `experiment`).
     #[command(hide = true)]
     Antagonist(AntagonistArgs),
+    /// Print a shell completion script (e.g. `fulcrum completions bash > /etc/bash_completion.d/fulcrum`).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `fulcrum man > fulcrum.1`, or `--out DIR` for one page per
+    /// command.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write `fulcrum.1` and a `fulcrum-COMMAND.1` per command into this directory instead of
+    /// printing the main page.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -331,6 +351,12 @@ pub struct BalanceArgs {
     /// Runtime threads (default: the config's `threads`, else every core).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
+    /// Access log: a file, `-` for stdout (the default), or `off` (quick form)
+    #[arg(long, value_name = "PATH|-|off", conflicts_with = "config")]
+    pub access_log: Option<String>,
+    /// Access log line format (quick form)
+    #[arg(long, value_parser = ["json", "text"], conflicts_with = "config")]
+    pub access_log_format: Option<String>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check: bool,
@@ -397,6 +423,30 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             fulcrum_deploy::credits::keep(&a.state_dir, &a.name, a.initial_credits)
         }
         Command::Antagonist(a) => antagonist(a),
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cmd, "fulcrum", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(a) => man(a),
+    }
+}
+
+/// The man page(s), from the same clap definitions the binary parses with.
+fn man(a: ManArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match a.out {
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("cannot write the man page"),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            Ok(())
+        }
     }
 }
 
@@ -660,6 +710,11 @@ fn balance(a: BalanceArgs) -> anyhow::Result<()> {
             tls_key: a.tls_key,
             self_signed: a.self_signed,
             threads: None,
+            access_log: a.access_log,
+            access_log_format: a.access_log_format.map(|f| match f.as_str() {
+                "text" => fulcrum_balancer::AccessLogFormat::Text,
+                _ => fulcrum_balancer::AccessLogFormat::Json,
+            }),
         }),
     };
     if a.check {

@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::{
     default_connect_timeout, default_max_in_flight, default_policy, default_pool_idle,
     default_queue, default_queue_timeout, default_response_timeout, default_source,
-    default_when_all_unhealthy, HealthCheck, Limits, OutlierDetection, Policy, RetryPolicy,
-    TelemetrySettings, TelemetrySource, Timeouts, WhenAllUnhealthy,
+    default_when_all_unhealthy, AccessLogFormat, HealthCheck, Limits, OutlierDetection, Policy,
+    RetryPolicy, TelemetrySettings, TelemetrySource, Timeouts, WhenAllUnhealthy,
 };
 
 /// A whole balancer configuration file.
@@ -40,6 +40,29 @@ pub struct BalancerFile {
     pub target_groups: Vec<Spanned<TargetGroupSpec>>,
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    #[serde(default)]
+    pub access_log: AccessLogSpec,
+}
+
+/// `[access_log]`: one line per request, on unless `enabled = false`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogSpec {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// A file, or `-` (the default) for stdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Spanned<String>>,
+}
+
+impl Default for AccessLogSpec {
+    fn default() -> Self {
+        AccessLogSpec {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            path: None,
+        }
+    }
 }
 
 fn default_shutdown() -> Duration {
@@ -152,6 +175,7 @@ impl BalancerFile {
             routes: Vec::new(),
             target_groups: Vec::new(),
             shutdown_timeout: default_shutdown(),
+            access_log: AccessLogSpec::default(),
         }
     }
 

@@ -61,6 +61,37 @@ pub struct Config {
     pub target_groups: Vec<TargetGroup>,
     /// Longest wait for in-flight requests after SIGTERM.
     pub shutdown_timeout: Duration,
+    pub access_log: AccessLogSettings,
+}
+
+/// The per-request access log (`[access_log]`): on by default, as nginx's is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    /// `-` for stdout, else a file appended to (relative paths from the config file's
+    /// directory), reopened on every SIGHUP for logrotate.
+    pub path: PathBuf,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        AccessLogSettings {
+            enabled: true,
+            format: AccessLogFormat::Json,
+            path: PathBuf::from("-"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLogFormat {
+    /// One JSON object per line, every field present.
+    #[default]
+    Json,
+    /// Space-separated fields in the order of ALB's access logs, then fulcrum's own.
+    Text,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -408,7 +439,7 @@ pub mod file;
 mod quick;
 
 pub use file::BalancerFile;
-use file::{ListenerSpec, RouteSpec, TargetGroupSpec, TlsSpec};
+use file::{AccessLogSpec, ListenerSpec, RouteSpec, TargetGroupSpec, TlsSpec};
 pub use quick::QuickConfig;
 
 /// The policy a target group gets when its configuration names none.
@@ -523,6 +554,7 @@ impl Config {
         let (names, target_groups) = target_groups(&raw, loc, &resolve)?;
         let routes = routes(&raw, &names, loc)?;
         check_limits(&raw, loc)?;
+        let access_log = access_log(&raw.access_log, loc, &resolve)?;
         Ok(Config {
             listeners,
             admin,
@@ -533,6 +565,7 @@ impl Config {
             routes,
             target_groups,
             shutdown_timeout: raw.shutdown_timeout,
+            access_log,
         })
     }
 
@@ -775,6 +808,42 @@ fn routes(
         return Err(loc.at(0..0, "no [[route]]: nothing would be served"));
     }
     Ok(routes)
+}
+
+fn access_log(
+    spec: &AccessLogSpec,
+    loc: &Locator,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<AccessLogSettings, ConfigError> {
+    let path = match &spec.path {
+        None => PathBuf::from("-"),
+        Some(p) if p.get_ref() == "-" => PathBuf::from("-"),
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(loc.at(
+                p.span(),
+                "access_log.path is empty: give a file, or `-` for stdout",
+            ))
+        }
+        Some(p) => {
+            let path = resolve(PathBuf::from(p.get_ref()));
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                return Err(loc.at(
+                    p.span(),
+                    format!(
+                        "access_log.path: the directory {} does not exist",
+                        dir.display()
+                    ),
+                ));
+            }
+            path
+        }
+    };
+    Ok(AccessLogSettings {
+        enabled: spec.enabled,
+        format: spec.format,
+        path,
+    })
 }
 
 fn check_limits(raw: &BalancerFile, loc: &Locator) -> Result<(), ConfigError> {

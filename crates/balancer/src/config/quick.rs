@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::file::{BalancerFile, TargetGroupSpec, TlsSpec};
-use super::{Config, ConfigError, Policy, TelemetrySource};
+use super::{AccessLogFormat, Config, ConfigError, Policy, TelemetrySource};
 
 #[derive(Debug, Clone, Default)]
 pub struct QuickConfig {
@@ -18,6 +18,9 @@ pub struct QuickConfig {
     pub tls_key: Option<PathBuf>,
     pub self_signed: bool,
     pub threads: Option<usize>,
+    /// A file, `-` for stdout, or `off`.
+    pub access_log: Option<String>,
+    pub access_log_format: Option<AccessLogFormat>,
 }
 
 fn flag_error(message: String) -> ConfigError {
@@ -62,6 +65,14 @@ impl QuickConfig {
             group.policy = self.policy.unwrap_or(group.policy);
             group.telemetry = self.telemetry.unwrap_or(group.telemetry);
             file.route(prefix, name).group(group);
+        }
+        match self.access_log.as_deref() {
+            Some("off") => file.access_log.enabled = false,
+            Some(path) => file.access_log.path = Some(super::file::unplaced(path.to_owned())),
+            None => {}
+        }
+        if let Some(f) = self.access_log_format {
+            file.access_log.format = f;
         }
         Ok(file)
     }

@@ -17,7 +17,8 @@ use crate::cgroup::{deployment_cgroup, Cgroup, CgroupHost, Version};
 use crate::error::DeployError;
 use crate::process::{reap, spawn_recorded, stop_instance, wait_for_address, wait_healthy};
 use crate::state::{InstanceState, ProcessState, State, StateDir, STATE_VERSION};
-use crate::topology::{Cluster, Topology, WorkerSource};
+use crate::topology::{generated_config, Cluster, Topology, WorkerSource};
+use fulcrum_balancer::config::file::unplaced;
 
 /// How long a worker or the balancer may take to announce itself and answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -325,11 +326,15 @@ impl<'a> LocalDeployer<'a> {
         }
         let t = self.topology;
         let config = self.dir.root.join("balancer.toml");
-        let text = t.balancer_config(
+        let mut file = t.balancer_file(
             &t.balancer.listen,
             &t.balancer.admin,
             WorkerSource::Files(&self.dir.targets()),
         );
+        // Beside the other logs, not in the balancer's stdout (where its addresses are read).
+        let access_log = self.dir.logs().join("access.log");
+        file.access_log.path = Some(unplaced(access_log.display().to_string()));
+        let text = generated_config(&file);
         fs::write(&config, text).map_err(DeployError::io(config.display()))?;
         let mut cmd = Command::new(&self.options.binary);
         cmd.args(["balance", "--config"]).arg(&config);
