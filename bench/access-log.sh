@@ -10,8 +10,11 @@
 # the same two fulcrum workers (`--work-us 0`) pinned with wrk -t1 to cpu $CLIENT_CPU, and is
 # asked for GET /cluster1. Same per-request work as bench/proxy.sh (least-outstanding; nginx
 # least_conn with keepalive and the same forwarded headers). It prints the median req/s of each
-# and the cost of logging, 1 - (median req/s with the log / median req/s without), for fulcrum
-# and for nginx; then checks that fulcrum's log holds one line per request it answered (the
+# and the cost of logging, 1 - (median with the log / median without), for fulcrum and for
+# nginx, in req/s and in requests per proxy core-second (req/s over the proxy's own CPU time in
+# the round, user + system from /proc, its access-log writer thread included; the steadier of
+# the two on a shared machine, since a neighbour's load moves req/s more than CPU per request);
+# then checks that fulcrum's log holds one line per request it answered (the
 # status document's `lines`, `dropped`).
 #
 # Environment: FULCRUM_BIN=path (see bench/lib.sh), SERVER_CPU / CLIENT_CPU (default 1 / 0),
@@ -23,7 +26,7 @@ source bench/lib.sh
 ROUNDS=${1:-5}
 SECS=${2:-8}
 CONNS=${3:-64}
-need nginx wrk taskset python3 curl
+need nginx wrk taskset python3 curl getconf
 fulcrum_bin
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
@@ -63,6 +66,7 @@ policy = "least-outstanding"
 workers = ["127.0.0.1:$W1", "127.0.0.1:$W2"]
 EOF
   start_pinned "$SERVER_CPU" "$WORK/$name.log" "$FULCRUM" balance --config "$WORK/$name.toml"
+  printf -v "PID_${name//-/_}" %s "${PIDS[-1]}"
   printf -v "PORT_${name//-/_}" %s "$port"
   printf -v "ADMIN_${name//-/_}" %s "$admin"
 }
@@ -107,6 +111,7 @@ http {
 }
 EOF
   start_pinned "$SERVER_CPU" "$WORK/$name.log" nginx -c "$WORK/$name.conf" -e "$WORK/$name.err"
+  printf -v "PID_${name//-/_}" %s "${PIDS[-1]}"
   printf -v "PORT_${name//-/_}" %s "$port"
 }
 
@@ -117,6 +122,8 @@ start_nginx nginx-off "access_log off;"
 start_nginx nginx-on "access_log $WORK/nginx-on-access.log;"
 NAMES=(fulcrum-off fulcrum-json fulcrum-text nginx-off nginx-on)
 port_of() { local v="PORT_${1//-/_}"; echo "${!v}"; }
+pid_of() { local v="PID_${1//-/_}"; echo "${!v}"; }
+CLK_TCK=$(getconf CLK_TCK)
 for n in "${NAMES[@]}"; do wait_http "http://127.0.0.1:$(port_of "$n")/cluster1"; done
 
 echo "fulcrum: $("$FULCRUM" --version 2>/dev/null | head -1); nginx: $(nginx -v 2>&1 | cut -d/ -f2)"
@@ -126,25 +133,32 @@ for r in $(seq 1 "$ROUNDS"); do
   order=("${NAMES[@]:$(((r - 1) % 5))}" "${NAMES[@]:0:$(((r - 1) % 5))}")
   line="round $r:"
   for n in "${order[@]}"; do
+    pid=$(pid_of "$n")
+    t0=$(cpu_ticks_tree "$pid")
     res=$(wrk_full "http://127.0.0.1:$(port_of "$n")/cluster1" "$CONNS" "$SECS")
+    t1=$(cpu_ticks_tree "$pid")
     read -r rps _ p99 errors <<<"$res"
-    echo "$rps $p99 $errors" >>"$WORK/res/$n"
-    line+=" $n $rps req/s (p99 $p99 ms, errors $errors);"
+    cpu_s=$(python3 -c "print(($t1 - $t0) / $CLK_TCK)")
+    echo "$rps $p99 $errors $cpu_s" >>"$WORK/res/$n"
+    line+=" $n $rps req/s (p99 $p99 ms, errors $errors, cpu ${cpu_s}s);"
   done
   echo "$line"
 done
 
-python3 - "$WORK/res" <<'EOF'
+python3 - "$WORK/res" "$SECS" <<'EOF'
 import statistics, sys
-res = sys.argv[1]
+res, secs = sys.argv[1], float(sys.argv[2])
 med = {}
 for n in ["fulcrum-off", "fulcrum-json", "fulcrum-text", "nginx-off", "nginx-on"]:
     rows = [list(map(float, l.split())) for l in open(f"{res}/{n}") if l.strip()]
-    med[n] = (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows),
-              sum(r[2] for r in rows))
-    print(f"median {n:13s} {med[n][0]:8.0f} req/s  p99 {med[n][1]:.3f} ms  errors {med[n][2]:.0f}")
+    rps = statistics.median(r[0] for r in rows)
+    per_core = statistics.median(r[0] * secs / r[3] for r in rows if r[3] > 0)
+    med[n] = (rps, per_core)
+    print(f"median {n:13s} {rps:8.0f} req/s  {per_core:8.0f} req per proxy core-second  "
+          f"p99 {statistics.median(r[1] for r in rows):.3f} ms  errors {sum(r[2] for r in rows):.0f}")
 for on, off in [("fulcrum-json", "fulcrum-off"), ("fulcrum-text", "fulcrum-off"), ("nginx-on", "nginx-off")]:
-    print(f"cost of logging: {on} = {100 * (1 - med[on][0] / med[off][0]):+.1f}% req/s vs {off}")
+    print(f"cost of logging, {on} vs {off}: {100 * (1 - med[on][0] / med[off][0]):+.1f}% req/s, "
+          f"{100 * (1 - med[on][1] / med[off][1]):+.1f}% req per core-second")
 EOF
 
 # Every answered request has its line (wrk's requests are all answered when errors are 0).

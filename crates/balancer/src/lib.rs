@@ -544,6 +544,7 @@ fn spawn_proxy_threads(
                     }
                     let _ = accepting_tx.send(());
                     let _ = drained.wait_for(|d| *d).await;
+                    shared.access_log.flush_local();
                 });
             })
             .context("cannot start a proxy thread")?;
@@ -576,6 +577,8 @@ async fn drain(
         _ = tokio::time::sleep(limit) => tracing::warn!(?limit, "drain timed out; exiting with requests in flight"),
     }
     let _ = drained_tx.send(true);
+    // This thread's lines; the proxy threads hand theirs over as they end.
+    shared.access_log.flush_local();
     let log = shared.access_log.clone();
     tokio::task::spawn_blocking(move || {
         for t in threads {

@@ -113,8 +113,11 @@ pub async fn accept_loop(
     }
 }
 
-/// Serves the connections other threads hand to this one, until shutdown begins.
+/// Serves the connections other threads hand to this one, until shutdown begins; meanwhile
+/// hands this thread's access-log lines to the writer at least every 100 ms.
 pub async fn take_handoffs(shared: Arc<Shared>, mut inbox: Inbox<Handoff>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -123,6 +126,7 @@ pub async fn take_handoffs(shared: Arc<Shared>, mut inbox: Inbox<Handoff>) {
                 Some(h) => serve_handed_over(&shared, h),
                 None => return,
             },
+            _ = tick.tick() => shared.access_log.flush_local(),
         }
     }
 }
