@@ -260,6 +260,7 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
         "config_generation": router.generation,
         "stale_after_ms": config.telemetry.stale_after.as_millis() as u64,
         "routes": router.routes().iter().map(|r| json!({"prefix": r.prefix, "target_group": r.group.name})).collect::<Vec<_>>(),
+        "rules": router.rules.iter().map(|r| r.status()).collect::<Vec<_>>(),
         "target_groups": groups,
         "workers": workers,
         "access_log": access_log_status(shared, config),

@@ -56,7 +56,7 @@ impl ConnInfo {
         tls: Option<&'static str>,
     ) -> ConnInfo {
         ConnInfo {
-            hop: Hop::new(peer, tls.is_some()),
+            hop: Hop::new(peer, listener.map(|l| l.port()), tls.is_some()),
             peer,
             listener,
             tls,

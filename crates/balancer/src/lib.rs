@@ -39,6 +39,7 @@ mod probe;
 mod proxy;
 mod rewrite;
 mod route;
+mod rules;
 mod spread;
 mod state;
 mod telemetry;
@@ -374,6 +375,9 @@ pub struct BoundBalancer {
     threads: usize,
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     admin: Option<TcpListener>,
+    /// Installed at bind, before any address is announced: a SIGHUP sent as soon as the
+    /// balancer says it listens must reload it, not kill it (the default action).
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl BoundBalancer {
@@ -420,11 +424,14 @@ impl BoundBalancer {
             generation: AtomicU64::new(0),
             generation_tasks: Mutex::new(Vec::new()),
         });
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
         Ok(BoundBalancer {
             balancer,
             threads: 1,
             listeners,
             admin,
+            hangup,
         })
     }
 
@@ -452,6 +459,7 @@ impl BoundBalancer {
             threads,
             listeners,
             admin,
+            hangup: mut hup,
         } = self;
         let config = balancer.shared.router.load().config.clone();
         balancer.install((*config).clone());
@@ -477,8 +485,6 @@ impl BoundBalancer {
             }));
         }
 
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("cannot install the SIGHUP handler")?;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -640,6 +646,8 @@ pub fn run(
     let result = runtime.block_on(async {
         let mut bound = BoundBalancer::bind(source, extensions).await?;
         bound.threads = threads;
+        // Handlers first, addresses second: whoever reads the addresses may signal at once.
+        let shutdown = termination();
         for (addr, tls) in bound.addresses() {
             println!(
                 "fulcrum balance listening on {}://{addr}",
@@ -649,19 +657,21 @@ pub fn run(
         if let Some(a) = bound.admin_address() {
             println!("fulcrum balance admin on http://{a}");
         }
-        bound.serve(termination()).await
+        bound.serve(shutdown).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn termination() {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of either.
+fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

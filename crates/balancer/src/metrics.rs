@@ -80,6 +80,12 @@ pub struct Metrics {
     pub abandoned: Family<ErrorLabels, Counter>,
     pub access_log_lines: Counter,
     pub access_log_dropped: Counter,
+    pub rules_matched: Family<RuleLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: Arc<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +120,7 @@ impl Metrics {
             abandoned: Family::default(),
             access_log_lines: Counter::default(),
             access_log_dropped: Counter::default(),
+            rules_matched: Family::default(),
         };
         let mut registry = std::mem::take(&mut metrics.registry);
         metrics.register_requests(&mut registry);
@@ -216,6 +223,11 @@ impl Metrics {
             self.config_generation.clone(),
         );
         registry.register(
+            "rules_matched",
+            "Requests each listener rule matched (its `name`, `rule-PRIORITY` without one)",
+            self.rules_matched.clone(),
+        );
+        registry.register(
             "access_log_lines",
             "Access log lines written",
             self.access_log_lines.clone(),
@@ -225,6 +237,12 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind (requests never wait)",
             self.access_log_dropped.clone(),
         );
+    }
+
+    pub fn rule_matched(&self, rule: &Arc<String>) {
+        self.rules_matched
+            .get_or_create(&RuleLabels { rule: rule.clone() })
+            .inc();
     }
 
     pub fn error(&self, error: &'static str) {

@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access_log::{text_of, Record, Trace, Unfinished};
 use crate::buffers::{Buffer, Fields};
 use crate::client::{ClientFault, ClientStream, ConnInfo, ConnectionGuard, H1Client};
+use crate::config::rules::HeaderEdits;
 use crate::config::Config;
 use crate::errors::{ErrorCode, ProxyError};
 use crate::forward::{
@@ -41,6 +42,7 @@ use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
 use crate::rewrite::{self, OutFraming, RequestParts, ResponseParts};
 use crate::route::{Group, RouteEntry, Router};
+use crate::rules::{Decision, HeaderSource, RedirectFrom, RequestView, RuleEntry};
 use crate::spread::{Inbox, Seat};
 use crate::state::{RequestId, Shared};
 use crate::upstream::{BodyFault, BodyPiece, BodyReader, WorkerConn};
@@ -403,6 +405,8 @@ struct Served<'r> {
     status: u16,
     error: Option<&'static str>,
     route: Option<&'r RouteEntry>,
+    /// The rule that answered the request itself (a redirect, a fixed response).
+    rule: Option<&'r RuleEntry>,
     trace: Trace,
 }
 
@@ -413,7 +417,30 @@ impl<'r> Served<'r> {
             status: e.status().as_u16(),
             error: Some(e.code.as_str()),
             route,
+            rule: None,
             trace,
+        }
+    }
+
+    fn forwarded(status: u16, route: &'r RouteEntry, trace: Trace) -> Self {
+        Served {
+            keep: true,
+            status,
+            error: None,
+            route: Some(route),
+            rule: None,
+            trace,
+        }
+    }
+
+    fn answered(keep: bool, decision: &Decision<'r>) -> Self {
+        Served {
+            keep,
+            status: decision.answer_status(),
+            error: None,
+            route: None,
+            rule: decision.rule(),
+            trace: Trace::default(),
         }
     }
 
@@ -426,8 +453,30 @@ impl<'r> Served<'r> {
             r.route = Some(route.prefix.clone());
             r.target_group = Some(route.group.name.clone());
             r.policy = Some(route.group.policy().name());
+        } else if let Some(rule) = self.rule {
+            r.route = Some(rule.label.to_string());
         }
     }
+}
+
+/// A rule's redirect or fixed response to an HTTP/1.1 request, head and body.
+fn rule_answer(
+    decision: &Decision<'_>,
+    head: &RequestHead,
+    client: &H1Client,
+    id: &RequestId,
+    edits: Option<&HeaderEdits>,
+    close: bool,
+) -> Vec<u8> {
+    let buf = client.pending();
+    let from = RedirectFrom {
+        protocol: client.info.hop.proto,
+        host: head.host.map_or(&b""[..], |h| h.of(buf)),
+        port: client.info.listener.map_or(80, |l| l.port()),
+        path: path_of(head, buf),
+        query: query_of(head, buf),
+    };
+    crate::rules::answer(decision, &from, id.as_bytes(), close, edits)
 }
 
 /// The access-log record of an HTTP/1.1 request as far as its head tells, with the
@@ -469,8 +518,10 @@ async fn serve_request<'r>(
     let head_len = head.head_len;
     let wants_close =
         head.connection.close || (head.version == Version::Http10 && !head.connection.keep_alive);
-    let route = match check_and_route(router, &head, fields, client.pending()) {
-        Ok(r) => r,
+    let from = (client.info.peer, client.info.hop.proto);
+    let decision = check_and_decide(router, &head, fields, client.pending(), from);
+    let decision = match decision {
+        Ok(d) => d,
         Err(e) => {
             shared.metrics.error(e.code.as_str());
             client.consume(head_len);
@@ -480,7 +531,21 @@ async fn serve_request<'r>(
             return Served::refused(keep, &e, None, Trace::default());
         }
     };
-    let out = outgoing(&head, fields, client, &id);
+    if let Some(rule) = decision.rule() {
+        shared.metrics.rule_matched(&rule.label);
+    }
+    let (request_edits, response_edits) = decision.edits();
+    let route = match decision {
+        Decision::Forward { route, .. } => route,
+        answered => {
+            let close = wants_close || head.body != BodyLength::None;
+            let made = rule_answer(&answered, &head, client, &id, response_edits, close);
+            client.consume(head_len);
+            let written = client.write(&made, config.timeouts.client_write_idle).await;
+            return Served::answered(written.is_ok() && !close, &answered);
+        }
+    };
+    let out = outgoing(&head, fields, client, &id, request_edits);
     let upgrade_asked = upgrade_of(&head, client.pending()).is_some();
     client.consume(head_len);
     let body = RequestBody::H1 {
@@ -513,6 +578,7 @@ async fn serve_request<'r>(
                 route,
                 id: &id,
                 config,
+                edits: response_edits,
                 method: &head.method,
                 client_http10: head.version == Version::Http10,
                 upgrade_asked,
@@ -522,10 +588,8 @@ async fn serve_request<'r>(
             let (keep, status, error) = relay_h1(client, fwd, &ctx).await;
             Served {
                 keep,
-                status,
                 error,
-                route: Some(route),
-                trace,
+                ..Served::forwarded(status, route, trace)
             }
         }
         Err(e) => {
@@ -545,13 +609,14 @@ fn sent_all(length: BodyLength, sent: BodySent) -> bool {
     }
 }
 
-/// Limits on the request head, then the route.
-fn check_and_route<'r>(
+/// Limits on the request head, then what the rules and routes decide.
+fn check_and_decide<'r>(
     router: &'r Router,
     head: &RequestHead,
     fields: &Fields,
     buf: &[u8],
-) -> Result<&'r RouteEntry, ProxyError> {
+    (peer, protocol): (SocketAddr, &str),
+) -> Result<Decision<'r>, ProxyError> {
     let limits = &router.config.limits;
     let target = head.target.of(buf);
     if target.len() > limits.max_uri_bytes {
@@ -588,15 +653,47 @@ fn check_and_route<'r>(
         ));
     }
     let path = path_of(head, buf);
-    let route = router
-        .route(path)
+    let view = RequestView {
+        host: head.host.map(|h| h.of(buf)),
+        path,
+        query: query_of(head, buf),
+        method: head.method.as_str(),
+        source: peer.ip(),
+        protocol,
+        headers: &H1Headers { fields, buf },
+    };
+    let decision = router
+        .decide(&view)
         .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
-    if let BodyLength::Length(len) = head.body {
+    if let (Decision::Forward { route, .. }, BodyLength::Length(len)) = (&decision, head.body) {
         if len > route.max_body_bytes {
             return Err(body_too_large(route.max_body_bytes));
         }
     }
-    Ok(route)
+    Ok(decision)
+}
+
+/// An HTTP/1.1 request's fields, for rule conditions.
+struct H1Headers<'a> {
+    fields: &'a Fields,
+    buf: &'a [u8],
+}
+
+impl HeaderSource for H1Headers<'_> {
+    fn any_value(&self, name: &str, check: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.fields.iter().any(|f| {
+            f.name.of(self.buf).eq_ignore_ascii_case(name.as_bytes()) && check(f.value.of(self.buf))
+        })
+    }
+}
+
+/// The query of the target, without its `?`.
+fn query_of<'b>(head: &RequestHead, buf: &'b [u8]) -> &'b [u8] {
+    let target = head.target.of(buf);
+    target
+        .iter()
+        .position(|b| *b == b'?')
+        .map_or(&b""[..], |i| &target[i + 1..])
 }
 
 /// The path a request is routed by: the target's, without its query.
@@ -624,7 +721,13 @@ fn upgrade_of<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
 }
 
 /// The head workers get for this request, as bytes.
-fn outgoing(head: &RequestHead, fields: &Fields, client: &H1Client, id: &RequestId) -> Buffer {
+fn outgoing(
+    head: &RequestHead,
+    fields: &Fields,
+    client: &H1Client,
+    id: &RequestId,
+    edits: Option<&HeaderEdits>,
+) -> Buffer {
     let buf = client.pending();
     let target = match head.target_form {
         TargetForm::Absolute { path_and_query, .. } => path_and_query.of(buf),
@@ -669,6 +772,7 @@ fn outgoing(head: &RequestHead, fields: &Fields, client: &H1Client, id: &Request
                 .upgrade
                 .map(|u| u.of(buf))
                 .filter(|u| !u.eq_ignore_ascii_case(b"h2c")),
+            edits,
         },
         fields_iter,
         &client.info.hop,
@@ -684,6 +788,8 @@ struct Relay<'a> {
     route: &'a RouteEntry,
     id: &'a RequestId,
     config: &'a Config,
+    /// A rule's changes to the response's fields.
+    edits: Option<&'a HeaderEdits>,
     method: &'a Method,
     client_http10: bool,
     /// The request asked to switch protocols, and the ask went to the worker.
@@ -750,6 +856,7 @@ async fn relay_h1(
             forward_load_header: ctx.config.telemetry.forward_load_header,
             close,
             upgrade: false,
+            edits: ctx.edits,
         },
         rewrite::pairs(&fwd.fields, pending),
     );
@@ -890,6 +997,7 @@ async fn tunnel(client: &mut H1Client, mut fwd: Forwarded, ctx: &Relay<'_>) -> b
             forward_load_header: false,
             close: false,
             upgrade: true,
+            edits: ctx.edits,
         },
         rewrite::pairs(&fwd.fields, pending),
     );
@@ -1007,15 +1115,51 @@ async fn handle_h2(
         .access_log
         .enabled
         .then(|| h2_record(&req, &info, &id));
+    let (response, served) = serve_h2_request(&shared, &router, &info, req, &id, started).await;
+    Ok(match record {
+        Some(r) => log_h2(&shared, response, served, r, started, &config),
+        None => response,
+    })
+}
+
+/// Decides, forwards and answers one HTTP/2 request.
+async fn serve_h2_request<'r>(
+    shared: &Arc<Shared>,
+    router: &'r Router,
+    info: &ConnInfo,
+    req: HttpRequest<Incoming>,
+    id: &RequestId,
+    started: Instant,
+) -> (Response<H2Response>, Served<'r>) {
+    let refuse = |e: ProxyError, route, trace| {
+        shared.metrics.error(e.code.as_str());
+        (
+            h2_error_response(&e, id),
+            Served::refused(true, &e, route, trace),
+        )
+    };
+    let decided = declared_length(req.headers())
+        .and_then(|declared| Ok((decide_h2(router, &req, info, declared)?, declared)));
+    let (decision, declared) = match decided {
+        Ok(d) => d,
+        Err(e) => return refuse(e, None, Trace::default()),
+    };
+    if let Some(rule) = decision.rule() {
+        shared.metrics.rule_matched(&rule.label);
+    }
+    let (request_edits, response_edits) = decision.edits();
+    let route = match decision {
+        Decision::Forward { route, .. } => route,
+        answered => {
+            let response = h2_rule_answer(&answered, &req, info, id, response_edits);
+            return (response, Served::answered(true, &answered));
+        }
+    };
+    let (parts, incoming) = req.into_parts();
     let mut trace = Trace::default();
-    let mut routed = None;
     let result = async {
-        let declared = declared_length(req.headers())?;
-        let route = check_route_path(&router, req.uri().path(), declared)?;
-        routed = Some(route);
-        let (parts, incoming) = req.into_parts();
         let body = H2Body::read(incoming, declared, route.max_body_bytes).await?;
-        let head = h2_outgoing(&parts, &info, &id, body.framing());
+        let head = h2_outgoing(&parts, info, id, body.framing(), request_edits);
         let mut request = Request {
             method: &parts.method,
             head: &head,
@@ -1024,33 +1168,93 @@ async fn handle_h2(
             trace: Trace::default(),
         };
         request.replayable &= !request.body_may_stream();
-        let forwarded = forward(&shared, &router, route, &mut request, started).await;
+        let forwarded = forward(shared, router, route, &mut request, started).await;
         trace = std::mem::take(&mut request.trace);
-        Ok::<_, ProxyError>((route, forwarded?, parts.method))
+        forwarded
     }
     .await;
-    let (response, served) = match result {
-        Ok((route, fwd, method)) => {
+    match result {
+        Ok(fwd) => {
             let status = fwd.head.status;
-            let response = respond_h2(&shared, route, fwd, &id, &config, started, &method);
-            let served = Served {
-                keep: true,
-                status,
-                error: None,
-                route: Some(route),
-                trace,
+            let reply = H2Reply {
+                route,
+                id,
+                config: &router.config,
+                started,
+                method: &parts.method,
+                edits: response_edits,
             };
-            (response, served)
+            (
+                respond_h2(shared, fwd, &reply),
+                Served::forwarded(status, route, trace),
+            )
         }
-        Err(e) => {
-            shared.metrics.error(e.code.as_str());
-            let served = Served::refused(true, &e, routed, trace);
-            (h2_error_response(&e, &id), served)
-        }
+        Err(e) => refuse(e, Some(route), trace),
+    }
+}
+
+/// What the rules and routes decide for an HTTP/2 request.
+fn decide_h2<'r>(
+    router: &'r Router,
+    req: &HttpRequest<Incoming>,
+    info: &ConnInfo,
+    declared: Option<u64>,
+) -> Result<Decision<'r>, ProxyError> {
+    let path = req.uri().path();
+    let view = RequestView {
+        host: h2_host(req),
+        path,
+        query: req.uri().query().unwrap_or_default().as_bytes(),
+        method: req.method().as_str(),
+        source: info.peer.ip(),
+        protocol: info.hop.proto,
+        headers: req.headers(),
     };
-    Ok(match record {
-        Some(r) => log_h2(&shared, response, served, r, started, &config),
-        None => response,
+    let decision = router
+        .decide(&view)
+        .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
+    if let Decision::Forward { route, .. } = &decision {
+        if declared.is_some_and(|len| len > route.max_body_bytes) {
+            return Err(body_too_large(route.max_body_bytes));
+        }
+    }
+    Ok(decision)
+}
+
+/// `:authority`, else the `host` field.
+fn h2_host<B>(req: &HttpRequest<B>) -> Option<&[u8]> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(http::header::HOST).map(|h| h.as_bytes()))
+}
+
+/// A rule's redirect or fixed response to an HTTP/2 request.
+fn h2_rule_answer(
+    decision: &Decision<'_>,
+    req: &HttpRequest<Incoming>,
+    info: &ConnInfo,
+    id: &RequestId,
+    edits: Option<&HeaderEdits>,
+) -> Response<H2Response> {
+    let from = RedirectFrom {
+        protocol: info.hop.proto,
+        host: h2_host(req).unwrap_or_default(),
+        port: info.listener.map_or(80, |l| l.port()),
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or_default().as_bytes(),
+    };
+    let message = crate::rules::answer(decision, &from, id.as_bytes(), false, edits);
+    let split = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 4);
+    let (head, body) = message.split_at(split);
+    let builder = h2_fields(Response::builder().status(decision.answer_status()), head);
+    let body = H2Response::Full(Some(Bytes::copy_from_slice(body)));
+    builder.body(body).unwrap_or_else(|_| {
+        let e = ProxyError::new(ErrorCode::WorkerError, "a rule's answer cannot be sent");
+        h2_error_response(&e, id)
     })
 }
 
@@ -1139,12 +1343,32 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
     text.parse().map(Some).map_err(|_| bad())
 }
 
+/// The fields of an HTTP/1.1 response head (status line first) on an HTTP/2 response, less
+/// those HTTP/2 forbids.
+fn h2_fields(mut response: http::response::Builder, head: &[u8]) -> http::response::Builder {
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"connection")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+        {
+            continue;
+        }
+        response = response.header(name, value);
+    }
+    response
+}
+
 /// The HTTP/1.1 head a worker gets for an HTTP/2 request.
 fn h2_outgoing(
     parts: &http::request::Parts,
     info: &ConnInfo,
     id: &RequestId,
     framing: OutFraming<'_>,
+    edits: Option<&HeaderEdits>,
 ) -> Buffer {
     // `:authority` wins; a `host` field is used only when there is none.
     let authority = parts
@@ -1174,6 +1398,7 @@ fn h2_outgoing(
             request_id: id.as_bytes(),
             framing,
             upgrade: None,
+            edits,
         },
         fields.collect::<Vec<_>>().into_iter(),
         &info.hop,
@@ -1182,15 +1407,18 @@ fn h2_outgoing(
 }
 
 /// The response an HTTP/2 client gets for a worker's answer.
-fn respond_h2(
-    shared: &Arc<Shared>,
-    route: &crate::route::RouteEntry,
-    fwd: Forwarded,
-    id: &RequestId,
-    config: &Config,
+/// What answering an HTTP/2 request with a worker's response needs besides the response.
+struct H2Reply<'a> {
+    route: &'a RouteEntry,
+    id: &'a RequestId,
+    config: &'a Config,
     started: Instant,
-    method: &http::Method,
-) -> Response<H2Response> {
+    method: &'a http::Method,
+    /// A rule's changes to the response's fields.
+    edits: Option<&'a HeaderEdits>,
+}
+
+fn respond_h2(shared: &Arc<Shared>, fwd: Forwarded, reply: &H2Reply<'_>) -> Response<H2Response> {
     let Forwarded {
         mut conn,
         head,
@@ -1199,10 +1427,18 @@ fn respond_h2(
         group,
         ..
     } = fwd;
+    let (id, config) = (reply.id, reply.config);
     let buf = conn.pending();
-    record_response(shared, route, flight.worker(), &head, &fields, buf, started);
-    let head_request = *method == http::Method::HEAD;
-    let mut response = Response::builder().status(head.status);
+    record_response(
+        shared,
+        reply.route,
+        flight.worker(),
+        &head,
+        &fields,
+        buf,
+        reply.started,
+    );
+    let head_request = *reply.method == http::Method::HEAD;
     let forward_load = config.telemetry.forward_load_header;
     let mut out = Buffer::take();
     // The same rules as for HTTP/1.1 clients, then parsed back into a map for hyper.
@@ -1221,23 +1457,11 @@ fn respond_h2(
             forward_load_header: forward_load,
             close: false,
             upgrade: false,
+            edits: reply.edits,
         },
         rewrite::pairs(&fields, buf),
     );
-    for line in out.split(|b| *b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        // HTTP/2 forbids connection-specific fields.
-        if name.eq_ignore_ascii_case(b"connection")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-        {
-            continue;
-        }
-        response = response.header(name, value);
-    }
+    let mut response = h2_fields(Response::builder().status(head.status), &out);
     if let (ResponseBody::Length(n), false) = (head.body, head_request) {
         response = response.header(http::header::CONTENT_LENGTH, n);
     }
@@ -1281,21 +1505,6 @@ fn h2_error_response(e: &ProxyError, id: &RequestId) -> Response<H2Response> {
         h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
     }
     r
-}
-
-/// Routes an HTTP/2 request's path, checking the route's body limit against a declared length.
-pub fn check_route_path<'r>(
-    router: &'r Router,
-    path: &str,
-    declared: Option<u64>,
-) -> Result<&'r RouteEntry, ProxyError> {
-    let route = router
-        .route(path)
-        .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
-    if declared.is_some_and(|len| len > route.max_body_bytes) {
-        return Err(body_too_large(route.max_body_bytes));
-    }
-    Ok(route)
 }
 
 /// A request id for an HTTP/2 request: the client's if plain, else a new one.

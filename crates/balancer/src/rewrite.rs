@@ -9,6 +9,7 @@
 //! Towards a client: hop-by-hop fields and the worker's load report go, `Via` is appended,
 //! `X-Request-Id` set, and the framing follows how fulcrum relays the body.
 
+use crate::config::rules::HeaderEdits;
 use crate::http1::Field;
 
 /// Field names a proxy never forwards (RFC 9110 §7.6.1), lowercase. `Trailer` is not among
@@ -51,10 +52,12 @@ pub struct Hop {
     /// `for=...;proto=...`: the start of this hop's `Forwarded` element.
     pub forwarded_for: String,
     pub proto: &'static str,
+    /// The listener's port, for `X-Forwarded-Port`.
+    pub port: Option<u16>,
 }
 
 impl Hop {
-    pub fn new(peer: std::net::SocketAddr, tls: bool) -> Hop {
+    pub fn new(peer: std::net::SocketAddr, port: Option<u16>, tls: bool) -> Hop {
         let ip = peer.ip();
         let proto = if tls { "https" } else { "http" };
         let for_ = match ip {
@@ -65,6 +68,7 @@ impl Hop {
             client_ip: ip.to_string(),
             forwarded_for: format!("for={for_};proto={proto}"),
             proto,
+            port,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct RequestParts<'a> {
     pub framing: OutFraming<'a>,
     /// The `Upgrade` value to pass on (a WebSocket handshake), if any.
     pub upgrade: Option<&'a [u8]>,
+    /// A listener rule's changes to the request's fields.
+    pub edits: Option<&'a HeaderEdits>,
 }
 
 /// Writes the head a worker gets for a request whose fields are `fields` (name, value pairs).
@@ -105,11 +111,15 @@ pub fn request_head<'f>(
             || eq(name, b"content-length")
             || eq(name, b"x-request-id")
             || eq(name, b"x-forwarded-proto")
+            || eq(name, b"x-forwarded-host")
+            || eq(name, b"x-forwarded-port")
+            || parts.edits.is_some_and(|e| e.drops(name))
         {
             continue;
         }
         line(out, name, value);
     }
+    edited(out, parts.edits);
     list_line(out, b"x-forwarded-for", fields.clone(), |out| {
         out.extend_from_slice(hop.client_ip.as_bytes())
     });
@@ -126,6 +136,16 @@ pub fn request_head<'f>(
         out.extend_from_slice(b" fulcrum");
     });
     line(out, b"x-forwarded-proto", hop.proto.as_bytes());
+    if let Some(h) = parts.host.filter(|h| !h.is_empty()) {
+        line(out, b"x-forwarded-host", h);
+    }
+    if let Some(port) = hop.port {
+        line(
+            out,
+            b"x-forwarded-port",
+            itoa::Buffer::new().format(port).as_bytes(),
+        );
+    }
     line(out, b"x-request-id", parts.request_id);
     if let Some(u) = parts.upgrade {
         line(out, b"connection", b"upgrade");
@@ -145,6 +165,8 @@ pub struct ResponseParts<'a> {
     pub forward_load_header: bool,
     /// Tell the client this connection closes after the response.
     pub close: bool,
+    /// A listener rule's changes to the response's fields.
+    pub edits: Option<&'a HeaderEdits>,
     /// A `101 Switching Protocols`: `Connection: upgrade` and the `Upgrade` field pass.
     pub upgrade: bool,
 }
@@ -193,11 +215,13 @@ pub fn response_head<'f>(
             || eq(name, b"via")
             || eq(name, b"x-request-id")
             || (!parts.forward_load_header && eq(name, b"endpoint-load-metrics"))
+            || parts.edits.is_some_and(|e| e.drops(name))
         {
             continue;
         }
         line(out, name, value);
     }
+    edited(out, parts.edits);
     list_line(out, b"via", fields.clone(), |out| {
         out.extend_from_slice(b"1.1 fulcrum")
     });
@@ -220,6 +244,13 @@ pub fn response_head<'f>(
         f => framing(out, f),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The fields a rule sets or adds.
+fn edited(out: &mut Vec<u8>, edits: Option<&HeaderEdits>) {
+    for (name, value) in edits.iter().flat_map(|e| e.written()) {
+        line(out, name.as_bytes(), value.as_bytes());
+    }
 }
 
 /// The forwarding lists a request carries, which this hop appends to.
@@ -316,7 +347,7 @@ mod tests {
     use super::*;
 
     fn hop() -> Hop {
-        Hop::new("198.51.100.7:5555".parse().unwrap(), false)
+        Hop::new("198.51.100.7:5555".parse().unwrap(), None, false)
     }
 
     fn text(out: &[u8]) -> String {
@@ -349,6 +380,7 @@ mod tests {
                 request_id: b"00ab",
                 framing: OutFraming::Length(5),
                 upgrade: None,
+                edits: None,
             },
             fields.iter().copied(),
             &hop(),
@@ -392,6 +424,7 @@ mod tests {
                 request_id: b"1",
                 framing: OutFraming::Chunked(b"gzip, chunked"),
                 upgrade: Some(b"websocket"),
+                edits: None,
             },
             fields.iter().copied(),
             &hop(),
@@ -430,6 +463,7 @@ mod tests {
                 forward_load_header: false,
                 close: false,
                 upgrade: false,
+                edits: None,
             },
             fields.iter().copied(),
         );
@@ -461,6 +495,7 @@ mod tests {
                 forward_load_header: false,
                 close: true,
                 upgrade: false,
+                edits: None,
             },
             fields.iter().copied(),
         );

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::config::rules::{Action, Rule};
 use crate::config::{Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
 use crate::fleet::{now_us, CapacitySignal, Fleet, InFlight, Worker};
 use crate::line::Line;
 use crate::policy::{self, PickContext};
+use crate::rules::{Decision, RequestView, RuleEntry};
 
 /// A routing table and its target groups: one immutable generation of the configuration.
 /// Requests hold the generation they started with; a reload swaps in a new one.
@@ -19,6 +21,8 @@ pub struct Router {
     pub generation: u64,
     pub config: Arc<Config>,
     routes: Vec<RouteEntry>,
+    /// Listener rules, by priority; checked before `routes`.
+    pub rules: Vec<RuleEntry>,
     pub groups: Vec<Arc<Group>>,
 }
 
@@ -28,6 +32,33 @@ pub struct RouteEntry {
     pub label: Arc<String>,
     pub group: Arc<Group>,
     pub max_body_bytes: u64,
+}
+
+/// A rule with its forward targets as routes: `rule:NAME` in metrics and the access log.
+fn rule_entry(rule: &Rule, groups: &[Arc<Group>], max_body_bytes: u64) -> RuleEntry {
+    let label = Arc::new(format!("rule:{}", rule.name));
+    let targets = match &rule.action {
+        Action::Forward(targets) => targets
+            .iter()
+            .filter(|(_, weight)| *weight > 0)
+            .map(|&(group, weight)| {
+                let route = RouteEntry {
+                    prefix: label.to_string(),
+                    label: label.clone(),
+                    group: groups[group].clone(),
+                    max_body_bytes,
+                };
+                (route, weight)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    RuleEntry {
+        rule: rule.clone(),
+        targets,
+        label,
+        matched: Default::default(),
+    }
 }
 
 /// Whether `prefix` covers `path`, on segment boundaries: `/cluster1` covers `/cluster1` and
@@ -59,12 +90,27 @@ impl Router {
             .collect();
         // Longest prefix first, as ALB evaluates its most specific rule first.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| rule_entry(rule, &groups, config.limits.max_body_bytes))
+            .collect();
         Router {
             generation,
             config,
             routes,
+            rules,
             groups,
         }
+    }
+
+    /// The first rule `req` matches decides; without one, the longest matching prefix route.
+    pub fn decide(&self, req: &RequestView<'_>) -> Option<Decision<'_>> {
+        if let Some(rule) = self.rules.iter().find(|r| r.matches(req)) {
+            return Some(rule.decide());
+        }
+        self.route(req.path)
+            .map(|route| Decision::Forward { route, rule: None })
     }
 
     pub fn route(&self, path: &str) -> Option<&RouteEntry> {

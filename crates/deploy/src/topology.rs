@@ -48,6 +48,8 @@ collect = ["poll", "cloudwatch"]
 # Locally, port 0 picks a free loopback port; on AWS the balancer listens on 80.
 listen = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+# One line per request: locally logs/access.log in the state directory, on AWS the journal.
+access_log = true
 
 # `/` is served by every worker of both clusters.
 [[balancer.route]]

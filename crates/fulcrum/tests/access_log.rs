@@ -28,8 +28,10 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The next `n` access-log lines on the balancer's stdout, parsed.
-fn next_lines(b: &Balancer, n: usize) -> Vec<Value> {
+/// The next `n` access-log lines on the balancer's stdout, parsed, by request id. Each proxy
+/// thread hands over its own lines, so lines of requests served on different threads may come
+/// in either order.
+fn next_lines(b: &Balancer, n: usize) -> std::collections::HashMap<String, Value> {
     (0..n)
         .map(|i| {
             let line = b
@@ -37,7 +39,8 @@ fn next_lines(b: &Balancer, n: usize) -> Vec<Value> {
                 .stdout
                 .recv_timeout(Duration::from_secs(10))
                 .unwrap_or_else(|_| panic!("access-log line {} of {n} never came", i + 1));
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            (v["request_id"].as_str().unwrap().to_owned(), v)
         })
         .collect()
 }
@@ -63,9 +66,7 @@ fn every_request_leaves_one_json_line_with_what_happened() {
         "x-request-id: req-1",
         &format!("http://{plain}/cluster1?work_us=0&q=1"),
     ]);
-    let [get] = &next_lines(&b, 1)[..] else {
-        unreachable!()
-    };
+    let get = &next_lines(&b, 1)["req-1"];
     assert_eq!(get["method"], "GET", "{get}");
     assert_eq!(get["target"], "/cluster1?work_us=0&q=1", "{get}");
     assert_eq!(get["host"], plain.to_string(), "{get}");
@@ -96,10 +97,22 @@ fn every_request_leaves_one_json_line_with_what_happened() {
 
     // A body's bytes count as the request's; a 404 names its error and no worker.
     let body = "x".repeat(1000);
-    curl(&["-d", &body, &format!("http://{plain}/cluster1")]);
-    curl(&["-o", "/dev/null", &format!("http://{plain}/elsewhere")]);
+    curl(&[
+        "-H",
+        "x-request-id: post",
+        "-d",
+        &body,
+        &format!("http://{plain}/cluster1"),
+    ]);
+    curl(&[
+        "-H",
+        "x-request-id: missing",
+        "-o",
+        "/dev/null",
+        &format!("http://{plain}/elsewhere"),
+    ]);
     let lines = next_lines(&b, 2);
-    let (post, missing) = (&lines[0], &lines[1]);
+    let (post, missing) = (&lines["post"], &lines["missing"]);
     assert_eq!(post["method"], "POST", "{post}");
     assert!(post["bytes_in"].as_u64().unwrap() >= 1000, "{post}");
     assert!(post["bytes_out"].as_u64().unwrap() > 0, "{post}");
@@ -109,30 +122,32 @@ fn every_request_leaves_one_json_line_with_what_happened() {
 
     // HTTP/2 by prior knowledge, and over TLS (ALPN h2): the body's bytes are counted when
     // the stream ends.
+    let (h2c_url, tls_url) = (
+        format!("http://{plain}/cluster1"),
+        format!("https://localhost:{}/cluster1", tls.port()),
+    );
     curl(&[
+        "-H",
+        "x-request-id: h2c",
         "--http2-prior-knowledge",
-        &format!("http://{plain}/cluster1"),
+        &h2c_url,
     ]);
-    curl(&[
-        "--http2",
-        "-k",
-        &format!("https://localhost:{}/cluster1", tls.port()),
-    ]);
+    curl(&["-H", "x-request-id: h2", "--http2", "-k", &tls_url]);
     let lines = next_lines(&b, 2);
-    for (line, tls_version) in lines.iter().zip([None, Some("TLSv1.3")]) {
+    for (id, tls_version) in [("h2c", None), ("h2", Some("TLSv1.3"))] {
+        let line = &lines[id];
         assert_eq!(line["protocol"], "HTTP/2.0", "{line}");
         assert_eq!(line["status"], 200, "{line}");
         assert_eq!(line["tls"].as_str(), tls_version, "{line}");
         assert!(line["bytes_out"].as_u64().unwrap() > 0, "{line}");
     }
-    assert_eq!(lines[1]["listener"], tls.to_string());
+    assert_eq!(lines["h2"]["listener"], tls.to_string());
 
     // A head that is not HTTP still gets its line: the 400 and why.
     let answer = raw_exchange(plain, b"NOT HTTP\r\n\r\n", Duration::from_secs(5));
     assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
-    let [bad] = &next_lines(&b, 1)[..] else {
-        unreachable!()
-    };
+    let lines = next_lines(&b, 1);
+    let bad = lines.values().next().unwrap();
     assert_eq!(bad["status"], 400, "{bad}");
     assert_eq!(bad["method"], "-", "{bad}");
     assert!(bad["error"].as_str().is_some(), "{bad}");

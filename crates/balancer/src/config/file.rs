@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use super::rules::{FixedResponse, ForwardSpec, HeaderEdits, Redirect, RuleSpec, WeightedSpec};
 use super::{
     default_connect_timeout, default_max_in_flight, default_policy, default_pool_idle,
     default_queue, default_queue_timeout, default_response_timeout, default_source,
@@ -38,6 +39,8 @@ pub struct BalancerFile {
     pub routes: Vec<Spanned<RouteSpec>>,
     #[serde(default, rename = "target_group")]
     pub target_groups: Vec<Spanned<TargetGroupSpec>>,
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Spanned<RuleSpec>>,
     #[serde(default = "default_shutdown", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     #[serde(default)]
@@ -174,6 +177,7 @@ impl BalancerFile {
             telemetry: TelemetrySettings::default(),
             routes: Vec::new(),
             target_groups: Vec::new(),
+            rules: Vec::new(),
             shutdown_timeout: default_shutdown(),
             access_log: AccessLogSpec::default(),
         }

@@ -59,6 +59,8 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
     pub routes: Vec<Route>,
     pub target_groups: Vec<TargetGroup>,
+    /// Listener rules, by priority: checked before the prefix routes.
+    pub rules: Vec<rules::Rule>,
     /// Longest wait for in-flight requests after SIGTERM.
     pub shutdown_timeout: Duration,
     pub access_log: AccessLogSettings,
@@ -437,6 +439,7 @@ impl Default for RetryPolicy {
 
 pub mod file;
 mod quick;
+pub mod rules;
 
 pub use file::BalancerFile;
 use file::{AccessLogSpec, ListenerSpec, RouteSpec, TargetGroupSpec, TlsSpec};
@@ -552,7 +555,8 @@ impl Config {
             }
         }
         let (names, target_groups) = target_groups(&raw, loc, &resolve)?;
-        let routes = routes(&raw, &names, loc)?;
+        let rules = rules::rules(&raw.rules, &names, loc)?;
+        let routes = routes(&raw, &names, loc, !rules.is_empty())?;
         check_limits(&raw, loc)?;
         let access_log = access_log(&raw.access_log, loc, &resolve)?;
         Ok(Config {
@@ -564,6 +568,7 @@ impl Config {
             telemetry: raw.telemetry,
             routes,
             target_groups,
+            rules,
             shutdown_timeout: raw.shutdown_timeout,
             access_log,
         })
@@ -767,6 +772,7 @@ fn routes(
     raw: &BalancerFile,
     names: &BTreeMap<String, usize>,
     loc: &Locator,
+    has_rules: bool,
 ) -> Result<Vec<Route>, ConfigError> {
     let mut routes = Vec::new();
     let mut prefixes = HashSet::new();
@@ -804,8 +810,8 @@ fn routes(
             max_body_bytes: fr.max_body_bytes.unwrap_or(raw.limits.max_body_bytes),
         });
     }
-    if routes.is_empty() {
-        return Err(loc.at(0..0, "no [[route]]: nothing would be served"));
+    if routes.is_empty() && !has_rules {
+        return Err(loc.at(0..0, "no [[route]] or [[rule]]: nothing would be served"));
     }
     Ok(routes)
 }
