@@ -198,6 +198,13 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
                 "workers": g.workers().iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
                 "queued": g.queued(),
                 "when_all_unhealthy": g.settings.when_all_unhealthy,
+                "slow_start_s": g.settings.slow_start.as_secs_f64(),
+                // Each worker's share now: its weight times its slow-start ramp.
+                "shares": g.workers().iter().map(|w| {
+                    let weight = g.settings.weights.get(&w.addr).copied().unwrap_or(1) as f64;
+                    let ramp = w.ramp(now, g.settings.slow_start.as_micros() as u64);
+                    (w.name.clone(), json!(weight * ramp))
+                }).collect::<serde_json::Map<_, _>>(),
             })
         })
         .collect();

@@ -134,6 +134,10 @@ struct Ejection {
     probation_successes: u32,
 }
 
+/// The share of its weight a worker gets at the very start of its slow start: enough to be
+/// picked now and then (ALB also sends a new target a trickle at once).
+pub const SLOW_START_FLOOR: f64 = 0.05;
+
 pub struct Worker {
     pub addr: SocketAddr,
     /// `ip:port`, for logs and the status page.
@@ -153,6 +157,8 @@ pub struct Worker {
     listen_check: AtomicBool,
     ejection: Mutex<Ejection>,
     ejected_until_us: AtomicU64,
+    /// When it was added, last turned healthy, or its last ejection ends: slow start's origin.
+    up_since_us: AtomicU64,
     estimates: Mutex<Estimates>,
     slots: [Slot; 3],
     /// CPU the worker says it may use, in cores (from any report); f64 bits, 0 = unknown.
@@ -212,6 +218,7 @@ impl Worker {
             listen_check: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
             ejected_until_us: AtomicU64::new(0),
+            up_since_us: AtomicU64::new(now_us()),
             estimates: Mutex::new(Estimates::fresh()),
             slots: Default::default(),
             cores: AtomicU64::new(0),
@@ -244,6 +251,7 @@ impl Worker {
         let old = self.health.swap(h as u8, Ordering::Relaxed);
         let changed = old != h as u8;
         if changed && h == Health::Healthy {
+            self.up_since_us.store(now_us(), Ordering::Relaxed);
             *self.estimates.lock().expect("never poisoned") = Estimates::fresh();
             let mut e = self.ejection.lock().expect("never poisoned");
             if e.until_us != 0 {
@@ -454,7 +462,25 @@ impl Worker {
         ej.probation = true;
         ej.probation_successes = 0;
         self.ejected_until_us.store(ej.until_us, Ordering::Relaxed);
+        self.up_since_us.store(ej.until_us, Ordering::Relaxed);
         true
+    }
+
+    #[cfg(test)]
+    pub fn force_up_since(&self, us: u64) {
+        self.up_since_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Slow start: the share of its weight a worker gets `now`, rising linearly from
+    /// [`SLOW_START_FLOOR`] to 1 over `slow_start_us` after it was added, turned healthy or
+    /// came back from an ejection.
+    pub fn ramp(&self, now: u64, slow_start_us: u64) -> f64 {
+        if slow_start_us == 0 {
+            return 1.0;
+        }
+        let since = self.up_since_us.load(Ordering::Relaxed);
+        let done = now.saturating_sub(since) as f64 / slow_start_us as f64;
+        done.clamp(SLOW_START_FLOOR, 1.0)
     }
 
     // ----- telemetry -----

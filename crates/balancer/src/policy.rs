@@ -58,6 +58,7 @@
 //!   than random or least-connections arrivals), and the busy skip keeps a long request (heavy
 //!   tails) from holding up the next.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +74,26 @@ pub struct PickContext<'a> {
     pub now: u64,
     pub rr: &'a AtomicUsize,
     pub weighted: &'a CapacityWeighted,
+    /// The group's per-worker weights (1 when not listed) and slow start.
+    pub weights: &'a HashMap<SocketAddr, u32>,
+    pub slow_start_us: u64,
+}
+
+impl PickContext<'_> {
+    /// The operator's share for `w`: its configured weight, times its slow-start ramp.
+    pub fn share(&self, w: &Worker) -> f64 {
+        let weight = self.weights.get(&w.addr).copied().unwrap_or(1) as f64;
+        weight * w.ramp(self.now, self.slow_start_us)
+    }
+
+    /// Whether every candidate has the same share, so a policy can ignore shares.
+    fn shares_equal(&self, candidates: &[&Arc<Worker>]) -> bool {
+        if self.weights.is_empty() && self.slow_start_us == 0 {
+            return true;
+        }
+        let first = self.share(candidates[0]);
+        candidates.iter().all(|w| self.share(w) == first)
+    }
 }
 
 /// Index of the chosen candidate. `candidates` must not be empty.
@@ -82,23 +103,72 @@ pub fn pick(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
     if n == 1 {
         return 0;
     }
+    if ctx.shares_equal(candidates) {
+        return pick_unweighted(candidates, ctx);
+    }
+    // Weights and slow start: every cost divided by the worker's share, every turn in
+    // proportion to it.
     match ctx.policy {
-        Policy::RoundRobin => ctx.rr.fetch_add(1, Ordering::Relaxed) % n,
+        Policy::RoundRobin => {
+            let shares: Vec<f64> = candidates.iter().map(|w| ctx.share(w)).collect();
+            ctx.weighted.smooth(candidates, &shares, None)
+        }
+        Policy::LeastOutstanding => least_then_smooth(candidates, ctx),
+        Policy::P2cEwma => p2c(candidates, |w| {
+            w.ewma_us(ctx.now) * (w.in_flight() as f64 + 1.0) / ctx.share(w)
+        }),
+        Policy::LowestCpu => {
+            argmin_random_ties(candidates, |w| (cpu_reading(w, ctx) + 0.01) / ctx.share(w))
+        }
+        Policy::CpuAware => {
+            let fallback_cores = mean_cores(candidates);
+            p2c(candidates, |w| {
+                cpu_aware_cost(w, ctx, fallback_cores) / ctx.share(w)
+            })
+        }
+        Policy::CapacityWeighted => ctx.weighted.pick(candidates, ctx),
+    }
+}
+
+/// Weighted least-outstanding (nginx's weighted `least_conn`): the fewest in flight per unit
+/// of share; among those tied, smooth weighted round-robin, so idle workers take turns in
+/// proportion to their weights instead of the heaviest taking everything.
+fn least_then_smooth(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
+    let load: Vec<f64> = candidates
+        .iter()
+        .map(|w| w.in_flight() as f64 / ctx.share(w))
+        .collect();
+    let least = load.iter().copied().fold(f64::INFINITY, f64::min);
+    let tied: Vec<usize> = (0..candidates.len())
+        .filter(|&i| load[i] <= least * (1.0 + 1e-9))
+        .collect();
+    let tied_workers: Vec<&Arc<Worker>> = tied.iter().map(|&i| candidates[i]).collect();
+    let shares: Vec<f64> = tied_workers.iter().map(|w| ctx.share(w)).collect();
+    tied[ctx.weighted.smooth(&tied_workers, &shares, None)]
+}
+
+/// The policies as they are when every candidate has the same share.
+fn pick_unweighted(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
+    match ctx.policy {
+        Policy::RoundRobin => ctx.rr.fetch_add(1, Ordering::Relaxed) % candidates.len(),
         Policy::LeastOutstanding => argmin_random_ties(candidates, |w| w.in_flight() as f64),
         Policy::P2cEwma => p2c(candidates, |w| {
             w.ewma_us(ctx.now) * (w.in_flight() as f64 + 1.0)
         }),
-        Policy::LowestCpu => argmin_random_ties(candidates, |w| {
-            w.slot(ctx.source)
-                .read(ctx.now)
-                .map_or(0.0, |r| r.cpu_utilization)
-        }),
+        Policy::LowestCpu => argmin_random_ties(candidates, |w| cpu_reading(w, ctx)),
         Policy::CpuAware => {
             let fallback_cores = mean_cores(candidates);
             p2c(candidates, |w| cpu_aware_cost(w, ctx, fallback_cores))
         }
         Policy::CapacityWeighted => ctx.weighted.pick(candidates, ctx),
     }
+}
+
+/// The latest CPU reading from the group's source, however old; none counts as 0 %.
+fn cpu_reading(w: &Worker, ctx: &PickContext) -> f64 {
+    w.slot(ctx.source)
+        .read(ctx.now)
+        .map_or(0.0, |r| r.cpu_utilization)
 }
 
 /// How long a worker's report of other balancers' in-flight requests is trusted, at most.
@@ -116,8 +186,19 @@ impl CapacityWeighted {
         let fallback = mean_cores(candidates);
         let weights: Vec<f64> = candidates
             .iter()
-            .map(|w| weight(w, ctx, fallback))
+            .map(|w| weight(w, ctx, fallback) * ctx.share(w))
             .collect();
+        self.smooth(candidates, &weights, Some(ctx.now))
+    }
+
+    /// Smooth weighted round-robin over `weights`; with `busy_skip_at` (now), a busy worker's
+    /// turn goes to the most owed one that is not, or the least expected delay when all are.
+    fn smooth(
+        &self,
+        candidates: &[&Arc<Worker>],
+        weights: &[f64],
+        busy_skip_at: Option<u64>,
+    ) -> usize {
         let mut credits = self.credits.lock().expect("never poisoned");
         // Workers that left are forgotten; new ones start level.
         credits.retain(|(a, _)| candidates.iter().any(|w| w.addr == *a));
@@ -135,13 +216,19 @@ impl CapacityWeighted {
         for (i, &slot) in slots.iter().enumerate() {
             credits[slot].1 += weights[i];
         }
-        // The most owed worker that is not busy; when every one is, the least expected delay.
-        let idle = (0..candidates.len())
-            .filter(|&i| !is_busy(candidates[i], ctx.now))
-            .max_by(|&a, &b| credits[slots[a]].1.total_cmp(&credits[slots[b]].1));
-        let chosen = idle.unwrap_or_else(|| {
-            least_expected_delay(candidates, &weights, |i| credits[slots[i]].1, ctx.now)
-        });
+        let most_owed = |among: &mut dyn Iterator<Item = usize>| {
+            among.max_by(|&a, &b| credits[slots[a]].1.total_cmp(&credits[slots[b]].1))
+        };
+        let chosen = match busy_skip_at {
+            None => most_owed(&mut (0..candidates.len())).unwrap_or(0),
+            Some(now) => {
+                let idle =
+                    most_owed(&mut (0..candidates.len()).filter(|&i| !is_busy(candidates[i], now)));
+                idle.unwrap_or_else(|| {
+                    least_expected_delay(candidates, weights, |i| credits[slots[i]].1, now)
+                })
+            }
+        };
         credits[slots[chosen]].1 -= total;
         chosen
     }
@@ -289,10 +376,73 @@ mod tests {
                 now: now_us(),
                 rr: &rr,
                 weighted: &weighted,
+                weights: &HashMap::new(),
+                slow_start_us: 0,
             };
             c[pick(&refs, &ctx)] += 1;
         }
         c
+    }
+
+    fn weighted_counts(
+        ws: &[Arc<Worker>],
+        policy: Policy,
+        weights: &[u32],
+        picks: usize,
+    ) -> Vec<usize> {
+        let rr = AtomicUsize::new(0);
+        let weighted = CapacityWeighted::default();
+        let weights: HashMap<SocketAddr, u32> =
+            ws.iter().zip(weights).map(|(w, n)| (w.addr, *n)).collect();
+        let refs: Vec<&Arc<Worker>> = ws.iter().collect();
+        let mut c = vec![0; ws.len()];
+        for _ in 0..picks {
+            let ctx = PickContext {
+                policy,
+                source: TelemetrySource::Inband,
+                stale_after_us: 2_000_000,
+                now: now_us(),
+                rr: &rr,
+                weighted: &weighted,
+                weights: &weights,
+                slow_start_us: 0,
+            };
+            c[pick(&refs, &ctx)] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn weights_split_turns_in_every_turn_taking_policy() {
+        let ws = workers(3);
+        for policy in [
+            Policy::RoundRobin,
+            Policy::LeastOutstanding,
+            Policy::CapacityWeighted,
+        ] {
+            assert_eq!(
+                weighted_counts(&ws, policy, &[1, 3, 6], 1000),
+                vec![100, 300, 600],
+                "{policy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn slow_start_ramps_a_new_worker_from_a_trickle() {
+        let ws = workers(2);
+        let (t, slow) = (now_us() + 100_000_000, 10_000_000);
+        ws[0].force_up_since(t - 60_000_000);
+        ws[1].force_up_since(t);
+        assert_eq!(ws[0].ramp(t, slow), 1.0);
+        assert_eq!(ws[1].ramp(t, slow), crate::fleet::SLOW_START_FLOOR);
+        assert!((ws[1].ramp(t + 5_000_000, slow) - 0.5).abs() < 1e-9);
+        assert_eq!(ws[1].ramp(t + 11_000_000, slow), 1.0);
+        assert_eq!(ws[1].ramp(t, 0), 1.0, "no slow start");
+        // Turning healthy again starts a new ramp.
+        ws[0].set_health(crate::fleet::Health::Unhealthy);
+        ws[0].set_health(crate::fleet::Health::Healthy);
+        assert!(ws[0].ramp(now_us(), slow) < 0.1);
     }
 
     fn report(w: &Worker, cpu: f64, cores: f64) {
@@ -353,6 +503,8 @@ mod tests {
                         now: now_us(),
                         rr: &rr,
                         weighted: &weighted,
+                        weights: &HashMap::new(),
+                        slow_start_us: 0,
                     },
                 )
             })
@@ -409,6 +561,8 @@ mod tests {
                 now: later,
                 rr: &rr,
                 weighted: &weighted,
+                weights: &HashMap::new(),
+                slow_start_us: 0,
             };
             c[pick(&refs, &ctx)] += 1;
         }
@@ -483,6 +637,8 @@ mod tests {
                 now: now_us() + 3_000_000,
                 rr: &rr,
                 weighted: &CapacityWeighted::default(),
+                weights: &HashMap::new(),
+                slow_start_us: 0,
             };
             c[pick(&refs, &ctx)] += 1;
         }

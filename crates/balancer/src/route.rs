@@ -390,6 +390,8 @@ impl Group {
             now,
             rr: &self.rr,
             weighted: &self.weighted,
+            weights: &self.settings.weights,
+            slow_start_us: self.settings.slow_start.as_micros() as u64,
         };
         let i = policy::pick(&candidates, &ctx);
         Attempt::Got(candidates[i].begin())

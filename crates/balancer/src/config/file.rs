@@ -158,6 +158,16 @@ pub struct TargetGroupSpec {
     pub pool_idle_timeout: Duration,
     #[serde(default = "default_when_all_unhealthy")]
     pub when_all_unhealthy: WhenAllUnhealthy,
+    /// Per-worker weights by address (1 when not listed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub weights: std::collections::BTreeMap<String, u32>,
+    /// A new or returning worker's weight ramps up linearly over this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub slow_start: Duration,
 }
 
 /// A value with no position: built in code, not read from a file.
@@ -246,6 +256,8 @@ impl TargetGroupSpec {
             worker_body_idle: default_response_timeout(),
             pool_idle_timeout: default_pool_idle(),
             when_all_unhealthy: default_when_all_unhealthy(),
+            weights: Default::default(),
+            slow_start: Duration::ZERO,
         }
     }
 

@@ -327,6 +327,10 @@ pub struct TargetGroup {
     /// Idle pooled connections to workers are closed after this.
     pub pool_idle_timeout: Duration,
     pub when_all_unhealthy: WhenAllUnhealthy,
+    /// Per-worker weights (1 when not listed), honoured by every policy.
+    pub weights: std::collections::HashMap<SocketAddr, u32>,
+    /// A new or returning worker's weight ramps up linearly over this long (0: at once).
+    pub slow_start: Duration,
 }
 
 /// A worker's address as configured (`127.0.0.1:9001` or `http://127.0.0.1:9001`).
@@ -718,6 +722,8 @@ fn target_group(
         worker_body_idle: fg.worker_body_idle,
         pool_idle_timeout: fg.pool_idle_timeout,
         when_all_unhealthy: fg.when_all_unhealthy,
+        weights: weights(fg, loc, g.span())?,
+        slow_start: fg.slow_start,
     })
 }
 
@@ -736,6 +742,32 @@ fn group_workers(fg: &TargetGroupSpec, loc: &Locator) -> Result<Vec<WorkerAddr>,
         workers.push(addr);
     }
     Ok(workers)
+}
+
+/// `weights = { "ADDR" = N }`: each address a worker's (listed or discovered later), N in
+/// 1..=1000.
+fn weights(
+    fg: &TargetGroupSpec,
+    loc: &Locator,
+    span: std::ops::Range<usize>,
+) -> Result<std::collections::HashMap<SocketAddr, u32>, ConfigError> {
+    let mut out = std::collections::HashMap::new();
+    for (addr, weight) in &fg.weights {
+        let a =
+            WorkerAddr::parse(addr).map_err(|m| loc.at(span.clone(), format!("weights: {m}")))?;
+        if !(1..=1000).contains(weight) {
+            return Err(loc.at(
+                span,
+                format!("weights: {addr} = {weight}; a weight is within 1..=1000"),
+            ));
+        }
+        out.insert(a.0, *weight);
+    }
+    let slow = fg.slow_start;
+    if !slow.is_zero() && !(Duration::from_secs(1)..=Duration::from_secs(900)).contains(&slow) {
+        return Err(loc.at(span, "slow_start is 0s (off) or within 1s..=900s"));
+    }
+    Ok(out)
 }
 
 fn check_group_settings(
