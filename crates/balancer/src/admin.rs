@@ -271,6 +271,19 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
         "target_groups": groups,
         "workers": workers,
         "access_log": access_log_status(shared, config),
+        "rate_limit": router.rate_limiter.as_ref().map(|l| {
+            let s = l.settings();
+            json!({
+                "requests_per_second": s.requests_per_second,
+                "burst": s.burst,
+                "key": match &s.key {
+                    crate::config::RateLimitKey::Source => "source".to_owned(),
+                    crate::config::RateLimitKey::Header(h) => format!("header:{h}"),
+                },
+                "max_clients": s.max_clients,
+                "clients": l.clients(),
+            })
+        }),
     })
 }
 

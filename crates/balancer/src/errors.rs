@@ -25,6 +25,7 @@ pub enum ErrorCode {
     BadRequestBody,
     ClientBodyIdle,
     NoRoute,
+    RateLimited,
     // Workers.
     Overloaded,
     NoHealthyWorkers,
@@ -36,7 +37,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::BadContentLength,
         ErrorCode::AmbiguousLength,
@@ -53,6 +54,7 @@ impl ErrorCode {
         ErrorCode::BadRequestBody,
         ErrorCode::ClientBodyIdle,
         ErrorCode::NoRoute,
+        ErrorCode::RateLimited,
         ErrorCode::Overloaded,
         ErrorCode::NoHealthyWorkers,
         ErrorCode::WorkerUnreachable,
@@ -80,6 +82,7 @@ impl ErrorCode {
             ErrorCode::BadRequestBody => "bad_request_body",
             ErrorCode::ClientBodyIdle => "client_body_idle",
             ErrorCode::NoRoute => "no_route",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::NoHealthyWorkers => "no_healthy_workers",
             ErrorCode::WorkerUnreachable => "worker_unreachable",
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::ClientBodyIdle => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NoRoute => StatusCode::NOT_FOUND,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Overloaded | ErrorCode::NoHealthyWorkers => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::WorkerUnreachable | ErrorCode::WorkerError => StatusCode::BAD_GATEWAY,
             ErrorCode::WorkerTimeout | ErrorCode::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,

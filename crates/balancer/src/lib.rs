@@ -37,6 +37,7 @@ mod metrics;
 mod policy;
 mod probe;
 mod proxy;
+mod rate_limit;
 mod rewrite;
 mod route;
 mod rules;

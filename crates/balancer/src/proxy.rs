@@ -662,9 +662,7 @@ fn check_and_decide<'r>(
         protocol,
         headers: &H1Headers { fields, buf },
     };
-    let decision = router
-        .decide(&view)
-        .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
+    let decision = router.decide(&view)?;
     if let (Decision::Forward { route, .. }, BodyLength::Length(len)) = (&decision, head.body) {
         if len > route.max_body_bytes {
             return Err(body_too_large(route.max_body_bytes));
@@ -1210,9 +1208,7 @@ fn decide_h2<'r>(
         protocol: info.hop.proto,
         headers: req.headers(),
     };
-    let decision = router
-        .decide(&view)
-        .ok_or_else(|| ProxyError::new(ErrorCode::NoRoute, format!("no route matches `{path}`")))?;
+    let decision = router.decide(&view)?;
     if let Decision::Forward { route, .. } = &decision {
         if declared.is_some_and(|len| len > route.max_body_bytes) {
             return Err(body_too_large(route.max_body_bytes));

@@ -10,9 +10,11 @@ use arc_swap::ArcSwap;
 
 use crate::config::rules::{Action, Rule};
 use crate::config::{Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
+use crate::errors::{ErrorCode, ProxyError};
 use crate::fleet::{now_us, CapacitySignal, Fleet, InFlight, Worker};
 use crate::line::Line;
 use crate::policy::{self, PickContext};
+use crate::rate_limit::RateLimiter;
 use crate::rules::{Decision, RequestView, RuleEntry};
 
 /// A routing table and its target groups: one immutable generation of the configuration.
@@ -23,6 +25,9 @@ pub struct Router {
     routes: Vec<RouteEntry>,
     /// Listener rules, by priority; checked before `routes`.
     pub rules: Vec<RuleEntry>,
+    /// Per-client token buckets, checked before the rules (`[rate_limit]`); a reload starts
+    /// them full again.
+    pub rate_limiter: Option<RateLimiter>,
     pub groups: Vec<Arc<Group>>,
 }
 
@@ -95,17 +100,42 @@ impl Router {
             .iter()
             .map(|rule| rule_entry(rule, &groups, config.limits.max_body_bytes))
             .collect();
+        let rate_limiter = config.rate_limit.clone().map(RateLimiter::new);
         Router {
             generation,
             config,
             routes,
             rules,
+            rate_limiter,
             groups,
         }
     }
 
-    /// The first rule `req` matches decides; without one, the longest matching prefix route.
-    pub fn decide(&self, req: &RequestView<'_>) -> Option<Decision<'_>> {
+    /// A client over its rate limit gets 429 with how long to wait; else the first rule `req`
+    /// matches decides, and without one the longest matching prefix route.
+    pub fn decide(&self, req: &RequestView<'_>) -> Result<Decision<'_>, ProxyError> {
+        if let Some(limiter) = &self.rate_limiter {
+            if let Err(limited) = limiter.check(req.source, req.headers, now_us()) {
+                let mut e = ProxyError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "over the rate limit of {} requests per second",
+                        limiter.settings().requests_per_second
+                    ),
+                );
+                e.retry_after = Some(limited.retry_after_s);
+                return Err(e);
+            }
+        }
+        self.decide_route(req).ok_or_else(|| {
+            ProxyError::new(
+                ErrorCode::NoRoute,
+                format!("no route matches `{}`", req.path),
+            )
+        })
+    }
+
+    fn decide_route(&self, req: &RequestView<'_>) -> Option<Decision<'_>> {
         if let Some(rule) = self.rules.iter().find(|r| r.matches(req)) {
             return Some(rule.decide());
         }

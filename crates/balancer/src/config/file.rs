@@ -45,6 +45,29 @@ pub struct BalancerFile {
     pub shutdown_timeout: Duration,
     #[serde(default)]
     pub access_log: AccessLogSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Spanned<RateLimitSpec>>,
+}
+
+/// `[rate_limit]`: a token bucket per client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    /// `source` (default) or `header:NAME`.
+    #[serde(default = "default_rate_key")]
+    pub key: String,
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+fn default_rate_key() -> String {
+    "source".into()
+}
+
+fn default_max_clients() -> usize {
+    100_000
 }
 
 /// `[access_log]`: one line per request, on unless `enabled = false`.
@@ -190,6 +213,7 @@ impl BalancerFile {
             rules: Vec::new(),
             shutdown_timeout: default_shutdown(),
             access_log: AccessLogSpec::default(),
+            rate_limit: None,
         }
     }
 

@@ -64,6 +64,27 @@ pub struct Config {
     /// Longest wait for in-flight requests after SIGTERM.
     pub shutdown_timeout: Duration,
     pub access_log: AccessLogSettings,
+    /// Per-client rate limit (`[rate_limit]`), if any.
+    pub rate_limit: Option<RateLimitSettings>,
+}
+
+/// A token bucket per client: `requests_per_second` refill, `burst` capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitSettings {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    /// Buckets kept at most; beyond, the least recently seen are evicted.
+    pub max_clients: usize,
+}
+
+/// What tells clients apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The source address.
+    Source,
+    /// A header's value (lowercase name), e.g. an API key; the source address without one.
+    Header(String),
 }
 
 /// The per-request access log (`[access_log]`): on by default, as nginx's is.
@@ -563,6 +584,11 @@ impl Config {
         let routes = routes(&raw, &names, loc, !rules.is_empty())?;
         check_limits(&raw, loc)?;
         let access_log = access_log(&raw.access_log, loc, &resolve)?;
+        let rate_limit = raw
+            .rate_limit
+            .as_ref()
+            .map(|r| rate_limit(r, loc))
+            .transpose()?;
         Ok(Config {
             listeners,
             admin,
@@ -575,6 +601,7 @@ impl Config {
             rules,
             shutdown_timeout: raw.shutdown_timeout,
             access_log,
+            rate_limit,
         })
     }
 
@@ -846,6 +873,38 @@ fn routes(
         return Err(loc.at(0..0, "no [[route]] or [[rule]]: nothing would be served"));
     }
     Ok(routes)
+}
+
+fn rate_limit(
+    spec: &Spanned<file::RateLimitSpec>,
+    loc: &Locator,
+) -> Result<RateLimitSettings, ConfigError> {
+    let r = spec.get_ref();
+    let bad = |m: &str| Err(loc.at(spec.span(), format!("rate_limit: {m}")));
+    if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
+        return bad("requests_per_second must be above 0");
+    }
+    if r.burst == 0 {
+        return bad("burst must be at least 1");
+    }
+    if !(16..=10_000_000).contains(&r.max_clients) {
+        return bad("max_clients must be within 16..=10000000");
+    }
+    let key = match r.key.as_str() {
+        "source" => RateLimitKey::Source,
+        k => match k.strip_prefix("header:") {
+            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) => {
+                RateLimitKey::Header(name.to_ascii_lowercase())
+            }
+            _ => return bad("key is `source` or `header:NAME`"),
+        },
+    };
+    Ok(RateLimitSettings {
+        requests_per_second: r.requests_per_second,
+        burst: r.burst,
+        key,
+        max_clients: r.max_clients,
+    })
 }
 
 fn access_log(
