@@ -8,7 +8,7 @@
 //! table. An evicted client starts again with a full bucket.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -107,9 +107,7 @@ impl RateLimiter {
             RateLimitKey::Header(name) => {
                 let mut hashed = None;
                 headers.any_value(name, &mut |v| {
-                    let mut h = self.hasher.build_hasher();
-                    v.hash(&mut h);
-                    hashed = Some(h.finish());
+                    hashed = Some(self.hasher.hash_one(v));
                     true
                 });
                 // Tagged above every IPv6 address's range of keys we produce for sources.
