@@ -33,6 +33,8 @@ pub struct Request<'a, 'c> {
     pub replayable: bool,
     /// How the attempts went, for the access log.
     pub trace: Trace,
+    /// What the request brings to the pick (its consistent-hash key).
+    pub affinity: crate::policy::Affinity,
 }
 
 /// How far a request body got.
@@ -257,7 +259,7 @@ pub async fn forward(
             break;
         }
         let flight = match group
-            .acquire(&state.tried, &shared.fleet.signal, deadline)
+            .acquire(&state.tried, req.affinity, &shared.fleet.signal, deadline)
             .await
         {
             Ok(f) => f,

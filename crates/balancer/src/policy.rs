@@ -77,6 +77,23 @@ pub struct PickContext<'a> {
     /// The group's per-worker weights (1 when not listed) and slow start.
     pub weights: &'a HashMap<SocketAddr, u32>,
     pub slow_start_us: u64,
+    /// What the request brings to the pick.
+    pub affinity: Affinity,
+}
+
+/// What a request brings to the pick beyond the group's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Affinity {
+    /// The hash of the request's key (`hash_key`), for `consistent-hash`.
+    pub key: Option<u64>,
+    /// The worker the request's sticky cookie names (its [`worker_token`]), if any.
+    pub sticky: Option<u64>,
+}
+
+/// What a sticky cookie holds for a worker: an opaque hash of its address, the same in every
+/// balancer process (replicas honour each other's cookies), never the address itself.
+pub fn worker_token(addr: SocketAddr) -> u64 {
+    address_hash(addr)
 }
 
 impl PickContext<'_> {
@@ -103,6 +120,20 @@ pub fn pick(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
     if n == 1 {
         return 0;
     }
+    if let Some(token) = ctx.affinity.sticky {
+        if let Some(i) = candidates
+            .iter()
+            .position(|w| worker_token(w.addr) == token)
+        {
+            return i;
+        }
+    }
+    if ctx.policy == Policy::ConsistentHash {
+        return match ctx.affinity.key {
+            Some(key) => rendezvous(candidates, key, ctx),
+            None => least_then_smooth(candidates, ctx),
+        };
+    }
     if ctx.shares_equal(candidates) {
         return pick_unweighted(candidates, ctx);
     }
@@ -126,7 +157,8 @@ pub fn pick(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
                 cpu_aware_cost(w, ctx, fallback_cores) / ctx.share(w)
             })
         }
-        Policy::CapacityWeighted => ctx.weighted.pick(candidates, ctx),
+        // consistent-hash returned above.
+        Policy::CapacityWeighted | Policy::ConsistentHash => ctx.weighted.pick(candidates, ctx),
     }
 }
 
@@ -147,6 +179,38 @@ fn least_then_smooth(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
     tied[ctx.weighted.smooth(&tied_workers, &shares, None)]
 }
 
+/// Weighted rendezvous hashing (highest random weight): each candidate scores
+/// `-share / ln(u)`, `u` a uniform draw seeded by the key and the worker's address, and the
+/// highest wins. A key stays on its worker while that worker is a candidate; when one leaves,
+/// only its own keys move (to their next-highest), spread over the rest in proportion to their
+/// shares. No table to build or keep: O(candidates) hashes per pick.
+fn rendezvous(candidates: &[&Arc<Worker>], key: u64, ctx: &PickContext) -> usize {
+    let score = |w: &Worker| {
+        let u = (mix(key ^ address_hash(w.addr)) >> 11) as f64 / (1u64 << 53) as f64;
+        -ctx.share(w) / u.max(f64::MIN_POSITIVE).ln()
+    };
+    (0..candidates.len())
+        .max_by(|&a, &b| score(candidates[a]).total_cmp(&score(candidates[b])))
+        .unwrap_or(0)
+}
+
+/// A stable 64-bit hash of a worker's address (the same in every process and generation).
+fn address_hash(addr: SocketAddr) -> u64 {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => u32::from(v4) as u128,
+        std::net::IpAddr::V6(v6) => u128::from(v6),
+    };
+    mix(mix(ip as u64 ^ (ip >> 64) as u64) ^ addr.port() as u64)
+}
+
+/// splitmix64's finalizer: every input bit moves every output bit.
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The policies as they are when every candidate has the same share.
 fn pick_unweighted(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
     match ctx.policy {
@@ -160,7 +224,7 @@ fn pick_unweighted(candidates: &[&Arc<Worker>], ctx: &PickContext) -> usize {
             let fallback_cores = mean_cores(candidates);
             p2c(candidates, |w| cpu_aware_cost(w, ctx, fallback_cores))
         }
-        Policy::CapacityWeighted => ctx.weighted.pick(candidates, ctx),
+        Policy::CapacityWeighted | Policy::ConsistentHash => ctx.weighted.pick(candidates, ctx),
     }
 }
 
@@ -378,6 +442,7 @@ mod tests {
                 weighted: &weighted,
                 weights: &HashMap::new(),
                 slow_start_us: 0,
+                affinity: Affinity::default(),
             };
             c[pick(&refs, &ctx)] += 1;
         }
@@ -406,6 +471,7 @@ mod tests {
                 weighted: &weighted,
                 weights: &weights,
                 slow_start_us: 0,
+                affinity: Affinity::default(),
             };
             c[pick(&refs, &ctx)] += 1;
         }
@@ -426,6 +492,59 @@ mod tests {
                 "{policy:?}"
             );
         }
+    }
+
+    /// The worker `consistent-hash` gives each of `keys` among `ws`.
+    fn owners(ws: &[Arc<Worker>], keys: u64) -> Vec<SocketAddr> {
+        let weights = HashMap::new();
+        let (rr, weighted) = (AtomicUsize::new(0), CapacityWeighted::default());
+        let refs: Vec<&Arc<Worker>> = ws.iter().collect();
+        (0..keys)
+            .map(|k| {
+                let ctx = PickContext {
+                    policy: Policy::ConsistentHash,
+                    source: TelemetrySource::Inband,
+                    stale_after_us: 2_000_000,
+                    now: now_us(),
+                    rr: &rr,
+                    weighted: &weighted,
+                    weights: &weights,
+                    slow_start_us: 0,
+                    affinity: Affinity {
+                        key: Some(mix(k)),
+                        sticky: None,
+                    },
+                };
+                refs[pick(&refs, &ctx)].addr
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consistent_hash_keeps_keys_in_place_when_one_of_ten_workers_leaves() {
+        let ws = workers(10);
+        let before = owners(&ws, 10_000);
+        // Balanced: every worker holds about a tenth of the keys.
+        for w in &ws {
+            let n = before.iter().filter(|a| **a == w.addr).count();
+            assert!((800..1200).contains(&n), "{}: {n}", w.addr);
+        }
+        let leaving = ws[3].addr;
+        let rest: Vec<Arc<Worker>> = ws.iter().filter(|w| w.addr != leaving).cloned().collect();
+        let after = owners(&rest, 10_000);
+        let moved: Vec<usize> = (0..10_000).filter(|&k| before[k] != after[k]).collect();
+        // Only the leaving worker's keys move: every other key stays where it was.
+        assert!(moved.iter().all(|&k| before[k] == leaving));
+        let stayed = 1.0 - moved.len() as f64 / 10_000.0;
+        assert!(stayed >= 0.88, "{stayed}");
+        assert_eq!(
+            moved.len(),
+            before.iter().filter(|a| **a == leaving).count()
+        );
+        eprintln!(
+            "one of ten workers left: {:.1}% of keys stayed",
+            100.0 * stayed
+        );
     }
 
     #[test]
@@ -505,6 +624,7 @@ mod tests {
                         weighted: &weighted,
                         weights: &HashMap::new(),
                         slow_start_us: 0,
+                        affinity: Affinity::default(),
                     },
                 )
             })
@@ -563,6 +683,7 @@ mod tests {
                 weighted: &weighted,
                 weights: &HashMap::new(),
                 slow_start_us: 0,
+                affinity: Affinity::default(),
             };
             c[pick(&refs, &ctx)] += 1;
         }
@@ -639,6 +760,7 @@ mod tests {
                 weighted: &CapacityWeighted::default(),
                 weights: &HashMap::new(),
                 slow_start_us: 0,
+                affinity: Affinity::default(),
             };
             c[pick(&refs, &ctx)] += 1;
         }

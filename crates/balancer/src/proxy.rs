@@ -40,6 +40,7 @@ use crate::forward::{
 };
 use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
+use crate::policy::Affinity;
 use crate::rewrite::{self, OutFraming, RequestParts, ResponseParts};
 use crate::route::{Group, RouteEntry, Router};
 use crate::rules::{Decision, HeaderSource, RedirectFrom, RequestView, RuleEntry};
@@ -520,7 +521,7 @@ async fn serve_request<'r>(
         head.connection.close || (head.version == Version::Http10 && !head.connection.keep_alive);
     let from = (client.info.peer, client.info.hop.proto);
     let decision = check_and_decide(router, &head, fields, client.pending(), from);
-    let decision = match decision {
+    let (decision, affinity) = match decision {
         Ok(d) => d,
         Err(e) => {
             shared.metrics.error(e.code.as_str());
@@ -564,6 +565,7 @@ async fn serve_request<'r>(
         body,
         replayable: is_idempotent(&head.method) && head.body == BodyLength::None,
         trace: Trace::default(),
+        affinity,
     };
     let result = forward(shared, router, route, &mut request, started).await;
     let trace = std::mem::take(&mut request.trace);
@@ -573,12 +575,17 @@ async fn serve_request<'r>(
     let body_done = sent_all(head.body, sent);
     match result {
         Ok(fwd) => {
+            let buf = fwd.conn.pending();
+            let sticky = route.group.sticky_cookie(fwd.flight.worker().addr, |name| {
+                sets_cookie(rewrite::pairs(&fwd.fields, buf), name)
+            });
+            let merged = sticky.map(|cookie| with_cookie(response_edits, cookie));
             let ctx = Relay {
                 shared,
                 route,
                 id: &id,
                 config,
-                edits: response_edits,
+                edits: merged.as_ref().or(response_edits),
                 method: &head.method,
                 client_http10: head.version == Version::Http10,
                 upgrade_asked,
@@ -616,7 +623,7 @@ fn check_and_decide<'r>(
     fields: &Fields,
     buf: &[u8],
     (peer, protocol): (SocketAddr, &str),
-) -> Result<Decision<'r>, ProxyError> {
+) -> Result<(Decision<'r>, Affinity), ProxyError> {
     let limits = &router.config.limits;
     let target = head.target.of(buf);
     if target.len() > limits.max_uri_bytes {
@@ -663,12 +670,32 @@ fn check_and_decide<'r>(
         headers: &H1Headers { fields, buf },
     };
     let decision = router.decide(&view)?;
-    if let (Decision::Forward { route, .. }, BodyLength::Length(len)) = (&decision, head.body) {
-        if len > route.max_body_bytes {
-            return Err(body_too_large(route.max_body_bytes));
+    let mut affinity = Affinity::default();
+    if let Decision::Forward { route, .. } = &decision {
+        if let BodyLength::Length(len) = head.body {
+            if len > route.max_body_bytes {
+                return Err(body_too_large(route.max_body_bytes));
+            }
         }
+        affinity = route.group.affinity(&view);
     }
-    Ok(decision)
+    Ok((decision, affinity))
+}
+
+/// Whether a response's fields set the cookie `name`.
+fn sets_cookie<'f>(mut fields: impl Iterator<Item = (&'f [u8], &'f [u8])>, name: &[u8]) -> bool {
+    fields.any(|(n, v)| {
+        n.eq_ignore_ascii_case(b"set-cookie")
+            && v.trim_ascii_start().starts_with(name)
+            && v.trim_ascii_start().get(name.len()) == Some(&b'=')
+    })
+}
+
+/// A rule's response edits (if any) plus the sticky cookie.
+fn with_cookie(edits: Option<&HeaderEdits>, cookie: String) -> HeaderEdits {
+    let mut e = edits.cloned().unwrap_or_default();
+    e.add.insert("set-cookie".into(), cookie);
+    e
 }
 
 /// An HTTP/1.1 request's fields, for rule conditions.
@@ -1138,7 +1165,7 @@ async fn serve_h2_request<'r>(
     };
     let decided = declared_length(req.headers())
         .and_then(|declared| Ok((decide_h2(router, &req, info, declared)?, declared)));
-    let (decision, declared) = match decided {
+    let ((decision, affinity), declared) = match decided {
         Ok(d) => d,
         Err(e) => return refuse(e, None, Trace::default()),
     };
@@ -1164,6 +1191,7 @@ async fn serve_h2_request<'r>(
             body: RequestBody::H2(body),
             replayable: is_idempotent(&parts.method),
             trace: Trace::default(),
+            affinity,
         };
         request.replayable &= !request.body_may_stream();
         let forwarded = forward(shared, router, route, &mut request, started).await;
@@ -1174,13 +1202,18 @@ async fn serve_h2_request<'r>(
     match result {
         Ok(fwd) => {
             let status = fwd.head.status;
+            let buf = fwd.conn.pending();
+            let sticky = route.group.sticky_cookie(fwd.flight.worker().addr, |name| {
+                sets_cookie(rewrite::pairs(&fwd.fields, buf), name)
+            });
+            let merged = sticky.map(|cookie| with_cookie(response_edits, cookie));
             let reply = H2Reply {
                 route,
                 id,
                 config: &router.config,
                 started,
                 method: &parts.method,
-                edits: response_edits,
+                edits: merged.as_ref().or(response_edits),
             };
             (
                 respond_h2(shared, fwd, &reply),
@@ -1197,7 +1230,7 @@ fn decide_h2<'r>(
     req: &HttpRequest<Incoming>,
     info: &ConnInfo,
     declared: Option<u64>,
-) -> Result<Decision<'r>, ProxyError> {
+) -> Result<(Decision<'r>, Affinity), ProxyError> {
     let path = req.uri().path();
     let view = RequestView {
         host: h2_host(req),
@@ -1209,12 +1242,14 @@ fn decide_h2<'r>(
         headers: req.headers(),
     };
     let decision = router.decide(&view)?;
+    let mut affinity = Affinity::default();
     if let Decision::Forward { route, .. } = &decision {
         if declared.is_some_and(|len| len > route.max_body_bytes) {
             return Err(body_too_large(route.max_body_bytes));
         }
+        affinity = route.group.affinity(&view);
     }
-    Ok(decision)
+    Ok((decision, affinity))
 }
 
 /// `:authority`, else the `host` field.

@@ -9,11 +9,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::rules::{Action, Rule};
-use crate::config::{Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
+use crate::config::{AffinityKey, Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
 use crate::errors::{ErrorCode, ProxyError};
 use crate::fleet::{now_us, CapacitySignal, Fleet, InFlight, Worker};
 use crate::line::Line;
-use crate::policy::{self, PickContext};
+use crate::policy::{self, Affinity, PickContext};
 use crate::rate_limit::RateLimiter;
 use crate::rules::{Decision, RequestView, RuleEntry};
 
@@ -37,6 +37,32 @@ pub struct RouteEntry {
     pub label: Arc<String>,
     pub group: Arc<Group>,
     pub max_body_bytes: u64,
+}
+
+/// FNV-1a: a stable hash of a key (the same in every balancer process, so replicas agree).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `read` of the value of the request's cookie `name` (from any of its `Cookie` fields).
+fn cookie<T>(req: &RequestView<'_>, name: &[u8], read: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
+    let mut found = None;
+    req.headers.any_value("cookie", &mut |v| {
+        found = cookie_value(v, name).and_then(&read);
+        found.is_some()
+    });
+    found
+}
+
+/// The value of cookie `name` in a `Cookie` field (`a=1; b=2`).
+fn cookie_value<'v>(field: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    field.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
 }
 
 /// A rule with its forward targets as routes: `rule:NAME` in metrics and the access log.
@@ -228,6 +254,64 @@ impl Group {
         }
     }
 
+    /// What this request brings to this group's pick: the worker its sticky cookie names, and
+    /// the hash of its `hash_key` for `consistent-hash` (its source address when the header or
+    /// cookie is missing).
+    pub fn affinity(&self, req: &RequestView<'_>) -> Affinity {
+        let sticky = self.settings.stickiness.as_ref().and_then(|s| {
+            cookie(req, s.cookie.as_bytes(), |v| {
+                u64::from_str_radix(std::str::from_utf8(v).ok()?, 16).ok()
+            })
+        });
+        if self.policy() != Policy::ConsistentHash {
+            return Affinity { key: None, sticky };
+        }
+        let hash = |bytes: &[u8]| policy::mix(fnv1a(bytes));
+        let found = match &self.settings.hash_key {
+            AffinityKey::Source => None,
+            AffinityKey::Header(name) => {
+                let mut h = None;
+                req.headers.any_value(name, &mut |v| {
+                    h = Some(hash(v));
+                    true
+                });
+                h
+            }
+            AffinityKey::Cookie(name) => cookie(req, name.as_bytes(), |v| Some(hash(v))),
+        };
+        let source = || match req.source {
+            std::net::IpAddr::V4(v4) => hash(&v4.octets()),
+            std::net::IpAddr::V6(v6) => hash(&v6.octets()),
+        };
+        Affinity {
+            key: Some(found.unwrap_or_else(source)),
+            sticky,
+        }
+    }
+
+    /// The `Set-Cookie` value that keeps the client on `worker`, which just answered: when the
+    /// group has stickiness and, for application-based stickiness, the worker's response set
+    /// the application's cookie (`sets_cookie` says whether it set the one named).
+    pub fn sticky_cookie(
+        &self,
+        worker: SocketAddr,
+        sets_cookie: impl Fn(&[u8]) -> bool,
+    ) -> Option<String> {
+        let s = self.settings.stickiness.as_ref()?;
+        if s.app_cookie
+            .as_ref()
+            .is_some_and(|app| !sets_cookie(app.as_bytes()))
+        {
+            return None;
+        }
+        Some(format!(
+            "{}={:016x}; Max-Age={}; Path=/; HttpOnly",
+            s.cookie,
+            policy::worker_token(worker),
+            s.duration.as_secs()
+        ))
+    }
+
     pub fn policy(&self) -> Policy {
         Policy::ALL[self.policy.load(Ordering::Relaxed) as usize]
     }
@@ -311,6 +395,7 @@ impl Group {
     pub async fn acquire(
         &self,
         tried: &[SocketAddr],
+        affinity: Affinity,
         signal: &CapacitySignal,
         request_deadline: tokio::time::Instant,
     ) -> Result<InFlight, PickError> {
@@ -318,7 +403,7 @@ impl Group {
         // With others waiting, a new request goes behind them rather than taking the slot the
         // front of the line was woken for.
         if !(first_try && self.queued.load(Ordering::Relaxed) > 0) {
-            match self.try_pick(tried) {
+            match self.try_pick(tried, affinity) {
                 Attempt::Got(f) => return Ok(f),
                 Attempt::Failed(e) => return Err(e),
                 Attempt::Full => {}
@@ -358,7 +443,7 @@ impl Group {
             tokio::pin!(freed);
             // Register before re-checking, so a slot freed in between is not missed.
             freed.as_mut().enable();
-            match self.try_pick(tried) {
+            match self.try_pick(tried, affinity) {
                 Attempt::Got(f) => break Ok(f),
                 Attempt::Failed(e) => break Err(e),
                 Attempt::Full => {}
@@ -370,7 +455,7 @@ impl Group {
         result
     }
 
-    fn try_pick(&self, tried: &[SocketAddr]) -> Attempt {
+    fn try_pick(&self, tried: &[SocketAddr], affinity: Affinity) -> Attempt {
         let workers = self.workers();
         let now = now_us();
         let mut candidates: Vec<&Arc<Worker>> = Vec::with_capacity(workers.len());
@@ -422,6 +507,7 @@ impl Group {
             weighted: &self.weighted,
             weights: &self.settings.weights,
             slow_start_us: self.settings.slow_start.as_micros() as u64,
+            affinity,
         };
         let i = policy::pick(&candidates, &ctx);
         Attempt::Got(candidates[i].begin())

@@ -191,6 +191,37 @@ pub struct TargetGroupSpec {
         skip_serializing_if = "Duration::is_zero"
     )]
     pub slow_start: Duration,
+    /// What `consistent-hash` hashes: `source` (default), `header:NAME` or `cookie:NAME`.
+    #[serde(default = "default_hash_key", skip_serializing_if = "is_source")]
+    pub hash_key: String,
+    /// Sticky sessions by cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<Spanned<StickinessSpec>>,
+}
+
+fn default_hash_key() -> String {
+    "source".into()
+}
+
+fn is_source(key: &String) -> bool {
+    key == "source"
+}
+
+/// `stickiness = { cookie = "NAME", duration = "1h" }` (a cookie of the balancer's) or
+/// `{ app_cookie = "NAME", duration = "1h" }` (stick once the application sets its own).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickinessSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_cookie: Option<String>,
+    #[serde(default = "default_sticky_duration", with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+fn default_sticky_duration() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// A value with no position: built in code, not read from a file.
@@ -282,6 +313,8 @@ impl TargetGroupSpec {
             when_all_unhealthy: default_when_all_unhealthy(),
             weights: Default::default(),
             slow_start: Duration::ZERO,
+            hash_key: default_hash_key(),
+            stickiness: None,
         }
     }
 

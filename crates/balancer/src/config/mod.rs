@@ -254,16 +254,18 @@ pub enum Policy {
     LowestCpu,
     CpuAware,
     CapacityWeighted,
+    ConsistentHash,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::RoundRobin,
         Policy::LeastOutstanding,
         Policy::P2cEwma,
         Policy::LowestCpu,
         Policy::CpuAware,
         Policy::CapacityWeighted,
+        Policy::ConsistentHash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -274,6 +276,7 @@ impl Policy {
             Policy::LowestCpu => "lowest-cpu",
             Policy::CpuAware => "cpu-aware",
             Policy::CapacityWeighted => "capacity-weighted",
+            Policy::ConsistentHash => "consistent-hash",
         }
     }
 
@@ -352,6 +355,48 @@ pub struct TargetGroup {
     pub weights: std::collections::HashMap<SocketAddr, u32>,
     /// A new or returning worker's weight ramps up linearly over this long (0: at once).
     pub slow_start: Duration,
+    /// What the `consistent-hash` policy hashes.
+    pub hash_key: AffinityKey,
+    /// Sticky sessions by cookie, if on.
+    pub stickiness: Option<Stickiness>,
+}
+
+/// Sticky sessions: a cookie of the balancer's names the worker a client stays with (while
+/// it is available), whatever the policy would pick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stickiness {
+    /// The balancer's cookie.
+    pub cookie: String,
+    /// Only stick once the worker's response sets this cookie of the application's (ALB's
+    /// application-based stickiness); `None`: stick from the first response.
+    pub app_cookie: Option<String>,
+    /// The cookie's `Max-Age`.
+    pub duration: Duration,
+}
+
+/// Where a request's affinity key comes from; the source address when the request has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityKey {
+    Source,
+    /// A header's value (lowercase name).
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl AffinityKey {
+    /// `source`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(s: &str) -> Result<AffinityKey, String> {
+        let named = |name: &str| !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic());
+        match s.split_once(':') {
+            None if s == "source" => Ok(AffinityKey::Source),
+            Some(("header", n)) if named(n) => Ok(AffinityKey::Header(n.to_ascii_lowercase())),
+            Some(("cookie", n)) if named(n) => Ok(AffinityKey::Cookie(n.to_owned())),
+            _ => Err(format!(
+                "hash_key `{s}`: use `source`, `header:NAME` or `cookie:NAME`"
+            )),
+        }
+    }
 }
 
 /// A worker's address as configured (`127.0.0.1:9001` or `http://127.0.0.1:9001`).
@@ -751,6 +796,12 @@ fn target_group(
         when_all_unhealthy: fg.when_all_unhealthy,
         weights: weights(fg, loc, g.span())?,
         slow_start: fg.slow_start,
+        hash_key: AffinityKey::parse(&fg.hash_key).map_err(|m| loc.at(g.span(), m))?,
+        stickiness: fg
+            .stickiness
+            .as_ref()
+            .map(|s| stickiness(s, loc))
+            .transpose()?,
     })
 }
 
@@ -769,6 +820,40 @@ fn group_workers(fg: &TargetGroupSpec, loc: &Locator) -> Result<Vec<WorkerAddr>,
         workers.push(addr);
     }
     Ok(workers)
+}
+
+fn stickiness(
+    spec: &Spanned<file::StickinessSpec>,
+    loc: &Locator,
+) -> Result<Stickiness, ConfigError> {
+    let s = spec.get_ref();
+    let token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let cookie = match (&s.cookie, &s.app_cookie) {
+        (Some(c), None) => c.clone(),
+        (None, Some(_)) => "fulcrum-sticky-app".to_owned(),
+        _ => return Err(loc.at(
+            spec.span(),
+            "stickiness needs one of `cookie` (the balancer's) or `app_cookie` (the application's)",
+        )),
+    };
+    if !token(&cookie) || s.app_cookie.as_deref().is_some_and(|a| !token(a)) {
+        return Err(loc.at(
+            spec.span(),
+            "stickiness: a cookie name is a token like `lb-sticky`",
+        ));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600)).contains(&s.duration) {
+        return Err(loc.at(spec.span(), "stickiness duration is within 1s..=7days"));
+    }
+    Ok(Stickiness {
+        cookie,
+        app_cookie: s.app_cookie.clone(),
+        duration: s.duration,
+    })
 }
 
 /// `weights = { "ADDR" = N }`: each address a worker's (listed or discovered later), N in
