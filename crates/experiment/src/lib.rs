@@ -462,6 +462,7 @@ impl Steps<'_> {
             telemetry: None,
             clock_origin: Some(self.origin),
             mix: None,
+            shape: Default::default(),
         })?)
     }
 

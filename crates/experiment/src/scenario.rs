@@ -191,10 +191,7 @@ impl HeavyTail {
         let entries = self
             .costs_us()
             .into_iter()
-            .map(|c| MixEntry {
-                path: format!("{path}{sep}work_us={c}"),
-                weight: 1.0,
-            })
+            .map(|c| MixEntry::new(format!("{path}{sep}work_us={c}"), 1.0))
             .collect();
         RequestMix::new(entries).expect("generated entries are valid")
     }

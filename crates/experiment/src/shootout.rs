@@ -617,6 +617,7 @@ impl Shootout<'_> {
             telemetry,
             clock_origin: Some(self.origin),
             mix,
+            shape: Default::default(),
         })?;
         Ok(run)
     }

@@ -234,6 +234,15 @@ pub struct BenchArgs {
     /// sent to every target; the URLs' own paths are then ignored.
     #[arg(long, value_name = "FILE")]
     pub mix: Option<PathBuf>,
+    /// Method of every request (a mix entry may name its own).
+    #[arg(short = 'm', long, default_value = "GET")]
+    pub method: String,
+    /// Extra header on every request, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// Body of every request: text, or `@FILE` for a file's bytes (sent with Content-Length).
+    #[arg(long, value_name = "TEXT|@FILE")]
+    pub body: Option<String>,
     /// Closed model: total requests.
     #[arg(short = 'n', long, conflicts_with_all = ["rate", "duration"])]
     pub requests: Option<u64>,
@@ -581,6 +590,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         kind: RunKind::Bench,
         targets: a.urls.clone(),
         mix: a.mix.as_deref().map(RequestMix::load).transpose()?,
+        shape: request_shape(&a)?,
         model,
         connections: a.connections,
         threads: a.threads,
@@ -594,6 +604,31 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         clock_origin: None,
     };
     crate::commands::bench(config, &thresholds, a.out.as_deref(), a.json)
+}
+
+/// `-m`, `-H` and `--body` as what every request carries.
+fn request_shape(a: &BenchArgs) -> anyhow::Result<fulcrum_loadgen::RequestShape> {
+    use anyhow::Context as _;
+    fulcrum_loadgen::mix::check_method(&a.method).map_err(|e| anyhow::anyhow!("-m: {e}"))?;
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| fulcrum_loadgen::RequestShape::parse_header(h).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    let body = match a.body.as_deref() {
+        None => Vec::new(),
+        Some(b) => match b.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read(file).with_context(|| format!("--body: cannot read {file}"))?
+            }
+            None => b.as_bytes().to_vec(),
+        },
+    };
+    Ok(fulcrum_loadgen::RequestShape {
+        method: a.method.clone(),
+        headers,
+        body: body.into(),
+    })
 }
 
 fn experiment(a: ExperimentArgs) -> anyhow::Result<()> {

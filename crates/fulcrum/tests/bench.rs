@@ -342,3 +342,122 @@ fn a_bad_mix_or_too_few_connections_is_refused_in_one_line() {
         "error: 2 targets need at least as many connections (-c), not 1\n"
     );
 }
+
+/// What an echoing stub saw: method, path, one header, body.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Option<String>, Vec<u8>)>>>;
+
+/// Every kind of error a run counted, summed.
+fn errors(r: &serde_json::Value) -> u64 {
+    r["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
+
+fn recording_stub() -> (fixture::Stub, Seen) {
+    let seen: Seen = Default::default();
+    let log = seen.clone();
+    let stub = fixture::Stub::start(move |req: &fixture::StubRequest| {
+        log.lock().unwrap().push((
+            req.method.to_string(),
+            req.target.clone(),
+            req.headers
+                .get("x-tenant")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            req.body.to_vec(),
+        ));
+        http::Response::builder()
+            .header("content-length", "5")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"hello",
+            )))
+            .unwrap()
+    });
+    (stub, seen)
+}
+
+#[test]
+fn methods_headers_and_bodies_go_out_as_asked() {
+    let scratch = Scratch::new("bench-shape");
+    let (stub, seen) = recording_stub();
+    let url = format!("http://{}/orders", stub.addr);
+    let body = scratch.path("order.json");
+    std::fs::write(&body, b"{\"item\": 42}").unwrap();
+    let r = bench_json(&[
+        &url,
+        "-m",
+        "POST",
+        "-H",
+        "x-tenant: acme",
+        "--body",
+        &format!("@{}", body.display()),
+        "-n",
+        "50",
+        "-c",
+        "2",
+    ]);
+    assert_eq!(r["responses"], 50);
+    assert_eq!(errors(&r), 0, "{r}");
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 50);
+    for (method, target, tenant, body) in &got {
+        assert_eq!(
+            (method.as_str(), target.as_str(), tenant.as_deref()),
+            ("POST", "/orders", Some("acme"))
+        );
+        assert_eq!(body, b"{\"item\": 42}");
+    }
+
+    // HEAD: the answer's Content-Length announces a body that never comes, and no request
+    // waits for it.
+    seen.lock().unwrap().clear();
+    let r = bench_json(&[&url, "-m", "HEAD", "-n", "30", "-c", "1", "--timeout", "2s"]);
+    assert_eq!(r["responses"], 30, "{r}");
+    assert_eq!(errors(&r), 0, "{r}");
+
+    // A mix entry's own method and body.
+    seen.lock().unwrap().clear();
+    let mix = scratch.path("mix.toml");
+    std::fs::write(
+        &mix,
+        "[[request]]\npath = \"/a\"\n\n[[request]]\npath = \"/b\"\nmethod = \"PUT\"\nbody = \"x=1\"\n",
+    )
+    .unwrap();
+    let r = bench_json(&[&url, "--mix", mix.to_str().unwrap(), "-n", "200", "-c", "2"]);
+    assert_eq!(r["responses"], 200);
+    let got = seen.lock().unwrap().clone();
+    assert!(got.iter().all(|(m, t, _, b)| match t.as_str() {
+        "/a" => m == "GET" && b.is_empty(),
+        "/b" => m == "PUT" && b == b"x=1",
+        _ => false,
+    }));
+    assert!(got.iter().any(|(_, t, _, _)| t == "/b"));
+}
+
+#[test]
+fn bad_methods_headers_and_bodies_are_one_line_errors() {
+    for (args, message) in [
+        (&["-m", "get"][..], "-m: expected a method like GET or POST"),
+        (&["-H", "no colon"][..], "is not `Name: value`"),
+        (
+            &["-H", "Content-Length: 5"][..],
+            "is the generator's own to send",
+        ),
+        (
+            &["--body", "@/no/such/file"][..],
+            "--body: cannot read /no/such/file",
+        ),
+    ] {
+        let mut all = vec!["bench", "http://127.0.0.1:9/", "-n", "1"];
+        all.extend_from_slice(args);
+        let (code, _, err) = run(&all);
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(message),
+            "{args:?}: expected `{message}` in {err}"
+        );
+    }
+}

@@ -34,20 +34,43 @@ pub struct Target {
     pub requests: Box<[Bytes]>,
 }
 
+/// One request of a target, before it is serialized.
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
+
 impl Target {
     pub fn new<'a>(
         addr: SocketAddr,
         authority: &str,
-        paths: impl IntoIterator<Item = &'a str>,
+        headers: &[(String, String)],
+        requests: impl IntoIterator<Item = RequestParts<'a>>,
     ) -> Target {
-        let request = |path| {
-            Bytes::from(format!(
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: fulcrum-bench\r\n\r\n"
-            ))
+        let own_agent = headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"));
+        let request = |r: RequestParts<'_>| {
+            let mut out = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\n", r.method, r.path);
+            if !own_agent {
+                out.push_str("User-Agent: fulcrum-bench\r\n");
+            }
+            for (name, value) in headers {
+                out.push_str(&format!("{name}: {value}\r\n"));
+            }
+            // A body, or a method that defines one (an empty POST still says so).
+            if !r.body.is_empty() || matches!(r.method, "POST" | "PUT" | "PATCH") {
+                out.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
+            }
+            out.push_str("\r\n");
+            let mut bytes = out.into_bytes();
+            bytes.extend_from_slice(r.body);
+            Bytes::from(bytes)
         };
         Target {
             addr,
-            requests: paths.into_iter().map(request).collect(),
+            requests: requests.into_iter().map(request).collect(),
         }
     }
 }
@@ -310,7 +333,13 @@ async fn exchange(c: &mut Conn, request: &[u8]) -> Result<Answer, Outcome> {
     };
     let at = head.len;
     let mut keep_alive = head.keep_alive;
-    match head.framing {
+    // The answer to HEAD announces a body it does not carry (RFC 9110 §9.3.2).
+    let framing = if request.starts_with(b"HEAD ") {
+        Framing::Empty
+    } else {
+        head.framing
+    };
+    match framing {
         Framing::Empty => {}
         Framing::Length(n) => c.skip(at, n).await?,
         Framing::Chunked => c.skip_chunked(at).await?,

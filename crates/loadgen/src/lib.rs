@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::Uri;
 
 pub use mix::{MixEntry, MixError, RequestMix};
@@ -48,6 +49,9 @@ pub struct BenchConfig {
     pub targets: Vec<String>,
     /// Weighted requests sent to every target instead of each URL's own path (then ignored).
     pub mix: Option<RequestMix>,
+    /// The method, extra headers and body of every request (a mix entry may name its own
+    /// method and body).
+    pub shape: RequestShape,
     pub model: Model,
     pub connections: usize,
     pub threads: usize,
@@ -63,6 +67,47 @@ pub struct BenchConfig {
     pub clock_origin: Option<Instant>,
 }
 
+/// What every request carries besides its path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestShape {
+    pub method: String,
+    /// Sent as given, after `Host` and `User-Agent` (a `User-Agent` here replaces ours).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Default for RequestShape {
+    fn default() -> RequestShape {
+        RequestShape {
+            method: "GET".into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+}
+
+impl RequestShape {
+    /// `Name: value` as `-H` takes it.
+    pub fn parse_header(h: &str) -> Result<(String, String), String> {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}` is not `Name: value`"))?;
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(format!("header `{h}`: `{name}` is not a field name"));
+        }
+        let value = value.trim();
+        if value.bytes().any(|b| b < 0x20 && b != b'\t') {
+            return Err(format!("header `{h}`: the value has control characters"));
+        }
+        let framing = ["host", "content-length", "transfer-encoding", "connection"];
+        if framing.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            return Err(format!("header `{name}` is the generator's own to send"));
+        }
+        Ok((name.to_owned(), value.to_owned()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("`{0}` is not an http:// URL with a host")]
@@ -75,7 +120,11 @@ pub enum BenchError {
 
 /// A URL as a target: its address, and its requests serialized once — the URL's own path, or
 /// with a mix every entry's path instead.
-fn target(url: &str, mix: Option<&RequestMix>) -> Result<client::Target, BenchError> {
+fn target(
+    url: &str,
+    mix: Option<&RequestMix>,
+    shape: &RequestShape,
+) -> Result<client::Target, BenchError> {
     let uri: Uri = url.parse().map_err(|_| BenchError::BadUrl(url.into()))?;
     if uri.scheme_str() != Some("http") {
         return Err(BenchError::BadUrl(url.into()));
@@ -89,11 +138,28 @@ fn target(url: &str, mix: Option<&RequestMix>) -> Result<client::Target, BenchEr
         .map_err(|_| BenchError::Resolve(authority.to_string()))?
         .next()
         .ok_or_else(|| BenchError::Resolve(authority.to_string()))?;
-    let paths: Vec<&str> = match mix {
-        Some(mix) => mix.entries.iter().map(|e| e.path.as_str()).collect(),
-        None => vec![uri.path_and_query().map_or("/", |p| p.as_str())],
+    let requests: Vec<client::RequestParts> = match mix {
+        Some(mix) => mix
+            .entries
+            .iter()
+            .map(|e| client::RequestParts {
+                method: e.method.as_deref().unwrap_or(&shape.method),
+                path: &e.path,
+                body: e.body.as_ref().map_or(&shape.body[..], |b| b.as_bytes()),
+            })
+            .collect(),
+        None => vec![client::RequestParts {
+            method: &shape.method,
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
+            body: &shape.body,
+        }],
     };
-    Ok(client::Target::new(addr, authority.as_str(), paths))
+    Ok(client::Target::new(
+        addr,
+        authority.as_str(),
+        &shape.headers,
+        requests,
+    ))
 }
 
 /// Settings that cannot make a run, caught before anything starts.
@@ -313,7 +379,7 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     let targets = cfg
         .targets
         .iter()
-        .map(|url| target(url, cfg.mix.as_ref()))
+        .map(|url| target(url, cfg.mix.as_ref(), &cfg.shape))
         .collect::<Result<Vec<_>, _>>()?;
     let clock = Clock::of(&cfg);
     let cpu_before = process_cpu();
@@ -546,7 +612,12 @@ mod tests {
 
     #[test]
     fn urls_become_targets() {
-        let t = target("http://127.0.0.1:8080/cluster1?work_us=0", None).unwrap();
+        let t = target(
+            "http://127.0.0.1:8080/cluster1?work_us=0",
+            None,
+            &RequestShape::default(),
+        )
+        .unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
             &t.requests[..],
@@ -554,9 +625,11 @@ mod tests {
             "GET /cluster1?work_us=0 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n"
             ]
         );
-        assert!(target("https://x/", None).is_err());
-        assert!(target("nonsense", None).is_err());
-        assert!(target("http://127.0.0.1:9", None).unwrap().requests[0]
+        assert!(target("https://x/", None, &RequestShape::default()).is_err());
+        assert!(target("nonsense", None, &RequestShape::default()).is_err());
+        assert!(target("http://127.0.0.1:9", None, &RequestShape::default())
+            .unwrap()
+            .requests[0]
             .starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
@@ -567,7 +640,12 @@ mod tests {
             MixEntry::new("/cluster1", 1.0),
         ])
         .unwrap();
-        let t = target("http://127.0.0.1:8080/ignored", Some(&mix)).unwrap();
+        let t = target(
+            "http://127.0.0.1:8080/ignored",
+            Some(&mix),
+            &RequestShape::default(),
+        )
+        .unwrap();
         assert_eq!(
             &t.requests[..],
             [
@@ -584,6 +662,7 @@ mod tests {
             kind: RunKind::Bench,
             targets: targets.iter().map(|t| t.to_string()).collect(),
             mix: None,
+            shape: Default::default(),
             model: Model::Closed {
                 requests: 10,
                 concurrency: connections,

@@ -7,6 +7,8 @@
 //! weight = 3               # default 1
 //! [[request]]
 //! path = "/cluster1"
+//! method = "POST"          # default: the run's (`-m`, GET)
+//! body = "{\"n\": 1}"       # default: the run's (`--body`, none)
 //! ```
 //!
 //! A mix is validated once, when it is read or built; every mistake in a file is reported as
@@ -37,15 +39,18 @@ pub struct RequestMix {
     pub file: Option<String>,
 }
 
-/// One weighted request of a mix: a GET of `path` for now. Request fields such as a method,
-/// headers or a body can join it later with defaults meaning "as today"; callers that build
-/// entries with [`MixEntry::new`] or `..MixEntry::default()` keep compiling.
+/// One weighted request of a mix: `path`, with the run's method and body unless the entry
+/// names its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixEntry {
     /// Path and query, starting with `/`; sent to every target.
     pub path: String,
     /// Relative: the entry is picked with probability weight / sum of weights.
     pub weight: f64,
+    /// This entry's method instead of the run's.
+    pub method: Option<String>,
+    /// This entry's body instead of the run's.
+    pub body: Option<String>,
 }
 
 impl MixEntry {
@@ -53,6 +58,8 @@ impl MixEntry {
         MixEntry {
             path: path.into(),
             weight,
+            method: None,
+            body: None,
         }
     }
 }
@@ -98,6 +105,8 @@ struct MixFile {
 struct FileEntry {
     path: Spanned<String>,
     weight: Option<Spanned<f64>>,
+    method: Option<Spanned<String>>,
+    body: Option<String>,
 }
 
 impl RequestMix {
@@ -136,7 +145,14 @@ impl RequestMix {
                 }
                 None => 1.0,
             };
-            entries.push(MixEntry::new(r.path.into_inner(), weight));
+            if let Some(m) = &r.method {
+                check_method(m.get_ref()).map_err(|e| locate(m.span(), e))?;
+            }
+            entries.push(MixEntry {
+                method: r.method.map(Spanned::into_inner),
+                body: r.body,
+                ..MixEntry::new(r.path.into_inner(), weight)
+            });
         }
         check_total(&entries).map_err(|m| locate(0..0, m))?;
         Ok(RequestMix {
@@ -169,6 +185,7 @@ impl RequestMix {
         for (i, e) in self.entries.iter().enumerate() {
             check_path(&e.path)
                 .and_then(|()| check_weight(e.weight))
+                .and_then(|()| e.method.as_deref().map_or(Ok(()), check_method))
                 .map_err(|m| error(format!("entry {}: {m}", i + 1)))?;
         }
         check_total(&self.entries).map_err(error)
@@ -191,6 +208,13 @@ impl RequestMix {
                 "[[request]]\npath = \"{path}\"\nweight = {:?}\n",
                 e.weight
             ));
+            if let Some(m) = &e.method {
+                out.push_str(&format!("method = \"{m}\"\n"));
+            }
+            if let Some(b) = &e.body {
+                // A TOML basic string: serde's escaping of every character that needs it.
+                out.push_str(&format!("body = {}\n", toml::Value::String(b.clone())));
+            }
         }
         out
     }
@@ -214,6 +238,17 @@ fn check_path(path: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A method as it goes on the request line: a token of capitals (GET, POST, PURGE...).
+pub fn check_method(method: &str) -> Result<(), String> {
+    if !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a method like GET or POST, found {method:?}"
+        ))
+    }
 }
 
 fn check_weight(weight: f64) -> Result<(), String> {
@@ -361,8 +396,12 @@ mod tests {
                 "mix.toml:3:10: expected a weight that is a finite number above 0, found NaN",
             ),
             (
-                "[[request]]\npath = \"/\"\nmethod = \"POST\"\n",
-                "mix.toml:3:1: unknown field `method`, expected `path` or `weight`",
+                "[[request]]\npath = \"/\"\nmethod = \"post\"\n",
+                "mix.toml:3:10: expected a method like GET or POST, found \"post\"",
+            ),
+            (
+                "[[request]]\npath = \"/\"\nheaders = 1\n",
+                "mix.toml:3:1: unknown field `headers`, expected one of `path`, `weight`, `method`, `body`",
             ),
             (
                 "requests = []\n",
