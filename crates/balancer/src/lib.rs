@@ -9,10 +9,12 @@
 //! metrics, a status document and a live status page.
 //!
 //! The request path is `proxy.rs` (accept, route, relay, record) → `forward.rs` (send, retry)
-//! → `route.rs` (the pick, or a place in the group's line, `line.rs`), whose pick is a
-//! `policy.rs` policy. Each proxy thread runs its own runtime; `spread.rs` decides which one
-//! serves a new connection. Per-worker state lives in `fleet.rs`; configuration and its
-//! validation in `config/`.
+//! → `route.rs` (the decision — rate limit, listener rules of `rules.rs`, prefix routes — and
+//! the pick, or a place in the group's line, `line.rs`), whose pick is a `policy.rs` policy.
+//! Each proxy thread runs its own runtime; `spread.rs` decides which one serves a new
+//! connection. Per-worker state lives in `fleet.rs`; configuration and its validation in
+//! `config/`; the per-request access log in `access_log.rs`, client rate limits in
+//! `rate_limit.rs`.
 //!
 //! It does not own the workers themselves (`fulcrum-worker`), the load-report format
 //! (`fulcrum-telemetry`), or where anything runs (`fulcrum-deploy`, `fulcrum-aws`).
