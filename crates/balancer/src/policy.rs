@@ -428,25 +428,7 @@ mod tests {
     }
 
     fn counts(ws: &[Arc<Worker>], policy: Policy, picks: usize) -> Vec<usize> {
-        let rr = AtomicUsize::new(0);
-        let weighted = CapacityWeighted::default();
-        let refs: Vec<&Arc<Worker>> = ws.iter().collect();
-        let mut c = vec![0; ws.len()];
-        for _ in 0..picks {
-            let ctx = PickContext {
-                policy,
-                source: TelemetrySource::Inband,
-                stale_after_us: 2_000_000,
-                now: now_us(),
-                rr: &rr,
-                weighted: &weighted,
-                weights: &HashMap::new(),
-                slow_start_us: 0,
-                affinity: Affinity::default(),
-            };
-            c[pick(&refs, &ctx)] += 1;
-        }
-        c
+        weighted_counts(ws, policy, &vec![1; ws.len()], picks)
     }
 
     fn weighted_counts(

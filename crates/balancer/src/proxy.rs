@@ -42,8 +42,8 @@ use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
 use crate::policy::Affinity;
 use crate::rewrite::{self, OutFraming, RequestParts, ResponseParts};
-use crate::route::{Group, RouteEntry, Router};
-use crate::rules::{Decision, HeaderSource, RedirectFrom, RequestView, RuleEntry};
+use crate::route::{Decision, Group, RouteEntry, Router, RuleEntry};
+use crate::rules::{HeaderSource, RedirectFrom, RequestView};
 use crate::spread::{Inbox, Seat};
 use crate::state::{RequestId, Shared};
 use crate::upstream::{BodyFault, BodyPiece, BodyReader, WorkerConn};
@@ -477,7 +477,10 @@ fn rule_answer(
         path: path_of(head, buf),
         query: query_of(head, buf),
     };
-    crate::rules::answer(decision, &from, id.as_bytes(), close, edits)
+    match decision.answer() {
+        Some(a) => crate::rules::answer(a, &from, id.as_bytes(), close, edits),
+        None => Vec::new(),
+    }
 }
 
 /// The access-log record of an HTTP/1.1 request as far as its head tells, with the
@@ -575,11 +578,7 @@ async fn serve_request<'r>(
     let body_done = sent_all(head.body, sent);
     match result {
         Ok(fwd) => {
-            let buf = fwd.conn.pending();
-            let sticky = route.group.sticky_cookie(fwd.flight.worker().addr, |name| {
-                sets_cookie(rewrite::pairs(&fwd.fields, buf), name)
-            });
-            let merged = sticky.map(|cookie| with_cookie(response_edits, cookie));
+            let merged = sticky_edits(route, &fwd, response_edits);
             let ctx = Relay {
                 shared,
                 route,
@@ -691,11 +690,22 @@ fn sets_cookie<'f>(mut fields: impl Iterator<Item = (&'f [u8], &'f [u8])>, name:
     })
 }
 
-/// A rule's response edits (if any) plus the sticky cookie.
-fn with_cookie(edits: Option<&HeaderEdits>, cookie: String) -> HeaderEdits {
+/// A rule's response edits (if any) plus the sticky cookie for the worker that answered, when
+/// its group sets one.
+fn sticky_edits(
+    route: &RouteEntry,
+    fwd: &Forwarded,
+    edits: Option<&HeaderEdits>,
+) -> Option<HeaderEdits> {
+    let buf = fwd.conn.pending();
+    let cookie = route
+        .group
+        .sticky_cookie(fwd.flight.worker().addr, |name| {
+            sets_cookie(rewrite::pairs(&fwd.fields, buf), name)
+        })?;
     let mut e = edits.cloned().unwrap_or_default();
     e.add.insert("set-cookie".into(), cookie);
-    e
+    Some(e)
 }
 
 /// An HTTP/1.1 request's fields, for rule conditions.
@@ -1202,11 +1212,7 @@ async fn serve_h2_request<'r>(
     match result {
         Ok(fwd) => {
             let status = fwd.head.status;
-            let buf = fwd.conn.pending();
-            let sticky = route.group.sticky_cookie(fwd.flight.worker().addr, |name| {
-                sets_cookie(rewrite::pairs(&fwd.fields, buf), name)
-            });
-            let merged = sticky.map(|cookie| with_cookie(response_edits, cookie));
+            let merged = sticky_edits(route, &fwd, response_edits);
             let reply = H2Reply {
                 route,
                 id,
@@ -1275,7 +1281,10 @@ fn h2_rule_answer(
         path: req.uri().path(),
         query: req.uri().query().unwrap_or_default().as_bytes(),
     };
-    let message = crate::rules::answer(decision, &from, id.as_bytes(), false, edits);
+    let message = match decision.answer() {
+        Some(a) => crate::rules::answer(a, &from, id.as_bytes(), false, edits),
+        None => Vec::new(),
+    };
     let split = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::rules::{Action, Rule};
+use crate::config::rules::{Action, FixedResponse, HeaderEdits, Redirect, Rule};
 use crate::config::{AffinityKey, Config, Policy, TargetGroup, TelemetrySource, WhenAllUnhealthy};
 use crate::errors::{ErrorCode, ProxyError};
 use crate::fleet::{now_us, CapacitySignal, Fleet, InFlight, Worker};
 use crate::line::Line;
 use crate::policy::{self, Affinity, PickContext};
 use crate::rate_limit::RateLimiter;
-use crate::rules::{Decision, RequestView, RuleEntry};
+use crate::rules::{RequestView, RuleAnswer};
 
 /// A routing table and its target groups: one immutable generation of the configuration.
 /// Requests hold the generation they started with; a reload swaps in a new one.
@@ -63,6 +63,156 @@ fn cookie_value<'v>(field: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
         let eq = pair.iter().position(|b| *b == b'=')?;
         (&pair[..eq] == name).then(|| &pair[eq + 1..])
     })
+}
+
+// ───────────────────────────── listener rules ─────────────────────────────
+
+/// A rule of one router generation, its forward targets resolved to target groups.
+pub struct RuleEntry {
+    pub rule: Rule,
+    /// Forward targets and their weights (empty for a redirect or fixed response).
+    pub targets: Vec<(RouteEntry, u32)>,
+    /// Shared by the metric label sets of the requests this rule matches.
+    pub label: Arc<String>,
+    /// Requests this rule matched in this generation, for the status page.
+    pub matched: AtomicU64,
+}
+
+/// What the balancer does with a request.
+pub enum Decision<'r> {
+    /// Forward along `route`; `rule` is the rule that chose it, if any (its header edits).
+    Forward {
+        route: &'r RouteEntry,
+        rule: Option<&'r RuleEntry>,
+    },
+    Redirect(&'r RuleEntry, &'r Redirect),
+    Fixed(&'r RuleEntry, &'r FixedResponse),
+}
+
+impl<'r> Decision<'r> {
+    pub fn rule(&self) -> Option<&'r RuleEntry> {
+        match *self {
+            Decision::Forward { rule, .. } => rule,
+            Decision::Redirect(r, _) | Decision::Fixed(r, _) => Some(r),
+        }
+    }
+
+    /// Header edits for the request the worker gets, and for the response the client gets.
+    pub fn edits(&self) -> (Option<&'r HeaderEdits>, Option<&'r HeaderEdits>) {
+        let rule = self.rule().map(|r| &r.rule);
+        (
+            rule.map(|r| &r.request_headers).filter(|e| !e.is_empty()),
+            rule.map(|r| &r.response_headers).filter(|e| !e.is_empty()),
+        )
+    }
+}
+
+impl RuleEntry {
+    /// The rule as the status document shows it.
+    pub fn status(&self) -> serde_json::Value {
+        let r = &self.rule;
+        let c = &r.conditions;
+        let mut when = Vec::new();
+        let list = |name: &str, items: Vec<String>| format!("{name} {}", items.join(" | "));
+        let patterns =
+            |p: &[crate::config::rules::Pattern]| p.iter().map(|p| p.to_string()).collect();
+        if !c.host.is_empty() {
+            when.push(list("host", patterns(&c.host)));
+        }
+        if !c.path.is_empty() {
+            when.push(list("path", patterns(&c.path)));
+        }
+        if !c.method.is_empty() {
+            when.push(list("method", c.method.clone()));
+        }
+        if !c.source.is_empty() {
+            when.push(list(
+                "source",
+                c.source.iter().map(|n| n.to_string()).collect(),
+            ));
+        }
+        if !c.protocol.is_empty() {
+            when.push(list("protocol", c.protocol.clone()));
+        }
+        for (name, p) in &c.header {
+            when.push(list(&format!("header {name}"), patterns(p)));
+        }
+        for (key, p) in &c.query {
+            when.push(list(&format!("query {key}"), patterns(p)));
+        }
+        let total: u32 = self.targets.iter().map(|(_, w)| w).sum();
+        let then = match &r.action {
+            Action::Forward(_) => format!(
+                "forward {}",
+                self.targets
+                    .iter()
+                    .map(|(route, w)| format!(
+                        "{} {:.0}%",
+                        route.group.name,
+                        100.0 * *w as f64 / total.max(1) as f64
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Action::Redirect(to) => format!("redirect {}", to.status),
+            Action::Fixed(f) => format!("fixed response {}", f.status),
+        };
+        serde_json::json!({
+            "priority": r.priority,
+            "name": r.name,
+            "when": if when.is_empty() { "always".to_owned() } else { when.join("; ") },
+            "then": then,
+            "matched": self.matched.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl RuleEntry {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        crate::rules::conditions_hold(&self.rule.conditions, req)
+    }
+
+    /// This rule's decision for a request it matched.
+    pub fn decide(&self) -> Decision<'_> {
+        self.matched.fetch_add(1, Ordering::Relaxed);
+        match &self.rule.action {
+            Action::Forward(_) => Decision::Forward {
+                route: self.pick_target(),
+                rule: Some(self),
+            },
+            Action::Redirect(r) => Decision::Redirect(self, r),
+            Action::Fixed(f) => Decision::Fixed(self, f),
+        }
+    }
+
+    /// One forward target, chosen by weight.
+    fn pick_target(&self) -> &RouteEntry {
+        let total: u32 = self.targets.iter().map(|(_, w)| w).sum();
+        let mut ticket = fastrand::u32(0..total.max(1));
+        for (route, weight) in &self.targets {
+            if ticket < *weight {
+                return route;
+            }
+            ticket -= weight;
+        }
+        &self.targets[0].0
+    }
+}
+
+impl<'r> Decision<'r> {
+    /// The status of a rule's own answer (0 for a forward: the worker's decides).
+    pub fn answer_status(&self) -> u16 {
+        self.answer().map_or(0, |a| a.status())
+    }
+
+    /// What the rule answers itself, unless this is a forward.
+    pub fn answer(&self) -> Option<RuleAnswer<'r>> {
+        match *self {
+            Decision::Forward { .. } => None,
+            Decision::Redirect(_, r) => Some(RuleAnswer::Redirect(r)),
+            Decision::Fixed(_, f) => Some(RuleAnswer::Fixed(f)),
+        }
+    }
 }
 
 /// A rule with its forward targets as routes: `rule:NAME` in metrics and the access log.

@@ -1,115 +1,13 @@
-//! Listener rules at request time: which rule a request matches (host, path, method, headers,
-//! query, source address), and what it decides — a target group (picked by weight when
-//! several), a redirect, or a fixed response. The schema and its validation are in
-//! `config/rules.rs`; the prefix routes every unmatched request falls through to are in
-//! `route.rs`.
+//! Listener rules at request time: what a rule looks at in a request (`RequestView`, any
+//! protocol's fields through `HeaderSource`), whether its conditions hold, and the answers a
+//! rule gives itself (a redirect's `Location`, a fixed response). The schema and its
+//! validation are in `config/rules.rs`; the rules of a router generation, their forward
+//! targets and the decision for a request are in `route.rs`, beside the prefix routes every
+//! unmatched request falls through to.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use crate::config::rules::{Action, Conditions, FixedResponse, HeaderEdits, Redirect, Rule};
-use crate::route::RouteEntry;
-
-/// A rule of one router generation, its forward targets resolved to target groups.
-pub struct RuleEntry {
-    pub rule: Rule,
-    /// Forward targets and their weights (empty for a redirect or fixed response).
-    pub targets: Vec<(RouteEntry, u32)>,
-    /// Shared by the metric label sets of the requests this rule matches.
-    pub label: Arc<String>,
-    /// Requests this rule matched in this generation, for the status page.
-    pub matched: AtomicU64,
-}
-
-/// What the balancer does with a request.
-pub enum Decision<'r> {
-    /// Forward along `route`; `rule` is the rule that chose it, if any (its header edits).
-    Forward {
-        route: &'r RouteEntry,
-        rule: Option<&'r RuleEntry>,
-    },
-    Redirect(&'r RuleEntry, &'r Redirect),
-    Fixed(&'r RuleEntry, &'r FixedResponse),
-}
-
-impl<'r> Decision<'r> {
-    pub fn rule(&self) -> Option<&'r RuleEntry> {
-        match *self {
-            Decision::Forward { rule, .. } => rule,
-            Decision::Redirect(r, _) | Decision::Fixed(r, _) => Some(r),
-        }
-    }
-
-    /// Header edits for the request the worker gets, and for the response the client gets.
-    pub fn edits(&self) -> (Option<&'r HeaderEdits>, Option<&'r HeaderEdits>) {
-        let rule = self.rule().map(|r| &r.rule);
-        (
-            rule.map(|r| &r.request_headers).filter(|e| !e.is_empty()),
-            rule.map(|r| &r.response_headers).filter(|e| !e.is_empty()),
-        )
-    }
-}
-
-impl RuleEntry {
-    /// The rule as the status document shows it.
-    pub fn status(&self) -> serde_json::Value {
-        let r = &self.rule;
-        let c = &r.conditions;
-        let mut when = Vec::new();
-        let list = |name: &str, items: Vec<String>| format!("{name} {}", items.join(" | "));
-        let patterns =
-            |p: &[crate::config::rules::Pattern]| p.iter().map(|p| p.to_string()).collect();
-        if !c.host.is_empty() {
-            when.push(list("host", patterns(&c.host)));
-        }
-        if !c.path.is_empty() {
-            when.push(list("path", patterns(&c.path)));
-        }
-        if !c.method.is_empty() {
-            when.push(list("method", c.method.clone()));
-        }
-        if !c.source.is_empty() {
-            when.push(list(
-                "source",
-                c.source.iter().map(|n| n.to_string()).collect(),
-            ));
-        }
-        if !c.protocol.is_empty() {
-            when.push(list("protocol", c.protocol.clone()));
-        }
-        for (name, p) in &c.header {
-            when.push(list(&format!("header {name}"), patterns(p)));
-        }
-        for (key, p) in &c.query {
-            when.push(list(&format!("query {key}"), patterns(p)));
-        }
-        let total: u32 = self.targets.iter().map(|(_, w)| w).sum();
-        let then = match &r.action {
-            Action::Forward(_) => format!(
-                "forward {}",
-                self.targets
-                    .iter()
-                    .map(|(route, w)| format!(
-                        "{} {:.0}%",
-                        route.group.name,
-                        100.0 * *w as f64 / total.max(1) as f64
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Action::Redirect(to) => format!("redirect {}", to.status),
-            Action::Fixed(f) => format!("fixed response {}", f.status),
-        };
-        serde_json::json!({
-            "priority": r.priority,
-            "name": r.name,
-            "when": if when.is_empty() { "always".to_owned() } else { when.join("; ") },
-            "then": then,
-            "matched": self.matched.load(Ordering::Relaxed),
-        })
-    }
-}
+use crate::config::rules::{Conditions, FixedResponse, HeaderEdits, Redirect};
 
 /// Field values by name, however the protocol holds them.
 pub trait HeaderSource {
@@ -137,39 +35,8 @@ pub struct RequestView<'a> {
     pub headers: &'a dyn HeaderSource,
 }
 
-impl RuleEntry {
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        conditions_hold(&self.rule.conditions, req)
-    }
-
-    /// This rule's decision for a request it matched.
-    pub fn decide(&self) -> Decision<'_> {
-        self.matched.fetch_add(1, Ordering::Relaxed);
-        match &self.rule.action {
-            Action::Forward(_) => Decision::Forward {
-                route: self.pick_target(),
-                rule: Some(self),
-            },
-            Action::Redirect(r) => Decision::Redirect(self, r),
-            Action::Fixed(f) => Decision::Fixed(self, f),
-        }
-    }
-
-    /// One forward target, chosen by weight.
-    fn pick_target(&self) -> &RouteEntry {
-        let total: u32 = self.targets.iter().map(|(_, w)| w).sum();
-        let mut ticket = fastrand::u32(0..total.max(1));
-        for (route, weight) in &self.targets {
-            if ticket < *weight {
-                return route;
-            }
-            ticket -= weight;
-        }
-        &self.targets[0].0
-    }
-}
-
-fn conditions_hold(c: &Conditions, req: &RequestView<'_>) -> bool {
+/// Whether every condition of a rule holds for `req`.
+pub fn conditions_hold(c: &Conditions, req: &RequestView<'_>) -> bool {
     let host = req.host.map(host_without_port).unwrap_or_default();
     (c.host.is_empty() || c.host.iter().any(|p| p.matches(host)))
         && (c.path.is_empty() || c.path.iter().any(|p| p.matches(req.path.as_bytes())))
@@ -205,40 +72,43 @@ fn query_pairs(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
-impl Decision<'_> {
-    /// The status of a rule's own answer (0 for a forward: the worker's decides).
-    pub fn answer_status(&self) -> u16 {
+/// What a rule answers itself, instead of forwarding.
+#[derive(Clone, Copy)]
+pub enum RuleAnswer<'r> {
+    Redirect(&'r Redirect),
+    Fixed(&'r FixedResponse),
+}
+
+impl RuleAnswer<'_> {
+    pub fn status(&self) -> u16 {
         match self {
-            Decision::Forward { .. } => 0,
-            Decision::Redirect(_, r) => r.status,
-            Decision::Fixed(_, f) => f.status,
+            RuleAnswer::Redirect(r) => r.status,
+            RuleAnswer::Fixed(f) => f.status,
         }
     }
 }
 
-/// A rule's own answer (a redirect or a fixed response) as an HTTP/1.1 message, head and
-/// body, through the same response rewriting as a worker's (`via`, `x-request-id`, the rule's
-/// header edits). Empty for a forward.
+/// A rule's own answer as an HTTP/1.1 message, head and body, through the same response
+/// rewriting as a worker's (`via`, `x-request-id`, the rule's header edits).
 pub fn answer(
-    decision: &Decision<'_>,
+    answer: RuleAnswer<'_>,
     from: &RedirectFrom<'_>,
     request_id: &[u8],
     close: bool,
     edits: Option<&HeaderEdits>,
 ) -> Vec<u8> {
     let location;
-    let (status, field, body): (u16, (&[u8], &[u8]), &[u8]) = match decision {
-        Decision::Forward { .. } => return Vec::new(),
-        Decision::Redirect(_, r) => {
-            location = crate::rules::location(r, from);
-            (r.status, (b"location", location.as_bytes()), b"")
+    let (field, body): ((&[u8], &[u8]), &[u8]) = match answer {
+        RuleAnswer::Redirect(r) => {
+            location = self::location(r, from);
+            ((b"location", location.as_bytes()), b"")
         }
-        Decision::Fixed(_, f) => (
-            f.status,
+        RuleAnswer::Fixed(f) => (
             (b"content-type", f.content_type.as_bytes()),
             f.body.as_bytes(),
         ),
     };
+    let status = answer.status();
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
