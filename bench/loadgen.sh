@@ -5,7 +5,10 @@
 #
 #   bench/loadgen.sh [rounds=5] [seconds=5] [connections=50] [threads=1]
 #
-# Target on cpu $SERVER_CPU, generators on cpu $CLIENT_CPU.
+# Target on cpu $SERVER_CPU, generators on cpu $CLIENT_CPU. TLS=1 loads https:// instead: the
+# target is then `fulcrum balance --self-signed` (one thread, no access log) in front of the
+# worker, both on $SERVER_CPU; wrk does not check certificates, fulcrum bench runs with -k.
+# HTTP/2 is not spoken by fulcrum bench yet, so there is no h2load comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -25,6 +28,19 @@ start_pinned "$SERVER_CPU" "$WORK/worker.log" \
   target/release/fulcrum worker --cluster 1 --port "$PORT" --threads 1 --work-us 0
 wait_http "http://127.0.0.1:$PORT/health"
 URL="http://127.0.0.1:$PORT/cluster1"
+INSECURE=()
+if [ -n "${TLS:-}" ]; then
+  TLS_PORT=$(free_port)
+  start_pinned "$SERVER_CPU" "$WORK/balancer.log" target/release/fulcrum balance \
+    --listen "127.0.0.1:$TLS_PORT" --self-signed --threads 1 --access-log off \
+    --route "/cluster1=127.0.0.1:$PORT"
+  for _ in $(seq 1 200); do
+    curl -skf -o /dev/null "https://127.0.0.1:$TLS_PORT/cluster1" && break
+    sleep 0.05
+  done
+  URL="https://127.0.0.1:$TLS_PORT/cluster1"
+  INSECURE=(-k)
+fi
 
 # cpu_run CMD...: runs CMD pinned to the client CPU; its stdout, then "cpu SECONDS" (user +
 # system time of everything it ran) on the last line.
@@ -46,7 +62,7 @@ wrk_round() {
 }
 fulcrum_round() {
   # The closed model with enough requests to run about as long as wrk does.
-  cpu_run target/release/fulcrum bench "$URL" -n "$1" -c "$CONNS" -t "$THREADS" --json -q |
+  cpu_run target/release/fulcrum bench "$URL" "${INSECURE[@]}" -n "$1" -c "$CONNS" -t "$THREADS" --json -q |
     python3 -c '
 import json, sys
 lines = sys.stdin.read().splitlines()
@@ -54,7 +70,7 @@ run, cpu = json.loads("\n".join(lines[:-1])), lines[-1].split()[1]
 print(int(run["achieved_rate"]), run["responses"], cpu)'
 }
 
-echo "fulcrum bench vs wrk: $ROUNDS rounds x ~${SECS}s, $CONNS connections, $THREADS thread(s)"
+echo "fulcrum bench vs wrk: $URL, $ROUNDS rounds x ~${SECS}s, $CONNS connections, $THREADS thread(s)"
 echo "(req/s, and the generator's own CPU per response: the machine is shared, and CPU per response"
 echo " compares the generators even in rounds where the target, not the generator, set the pace)"
 : >"$WORK/f"; : >"$WORK/w"; : >"$WORK/fc"; : >"$WORK/wc"

@@ -463,6 +463,7 @@ impl Steps<'_> {
             clock_origin: Some(self.origin),
             mix: None,
             shape: Default::default(),
+            tls: Default::default(),
         })?)
     }
 

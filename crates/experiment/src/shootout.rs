@@ -618,6 +618,7 @@ impl Shootout<'_> {
             clock_origin: Some(self.origin),
             mix,
             shape: Default::default(),
+            tls: Default::default(),
         })?;
         Ok(run)
     }

@@ -243,6 +243,12 @@ pub struct BenchArgs {
     /// Body of every request: text, or `@FILE` for a file's bytes (sent with Content-Length).
     #[arg(long, value_name = "TEXT|@FILE")]
     pub body: Option<String>,
+    /// https:// targets: trust this PEM file's certificates instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// https:// targets: accept any certificate (self-signed test listeners).
+    #[arg(long, short = 'k', conflicts_with = "cacert")]
+    pub insecure: bool,
     /// Closed model: total requests.
     #[arg(short = 'n', long, conflicts_with_all = ["rate", "duration"])]
     pub requests: Option<u64>,
@@ -591,6 +597,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         targets: a.urls.clone(),
         mix: a.mix.as_deref().map(RequestMix::load).transpose()?,
         shape: request_shape(&a)?,
+        tls: fulcrum_loadgen::TlsOptions {
+            insecure: a.insecure,
+            ca_file: a.cacert.clone(),
+        },
         model,
         connections: a.connections,
         threads: a.threads,

@@ -467,23 +467,6 @@ fn stale_reports_of_a_busy_worker_fall_back_as_documented() {
 
 // ───────────────────────────── TLS and HTTP/2 ─────────────────────────────
 
-fn test_ca_and_leaf() -> (String, String, rustls::pki_types::CertificateDer<'static>) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "fulcrum test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-        .unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
-    (leaf.pem(), leaf_key.serialize_pem(), ca.der().clone())
-}
-
 /// A verifier that accepts any certificate: only for `--self-signed`, whose certificate is
 /// made at start-up and cannot be known in advance.
 #[derive(Debug)]
@@ -669,7 +652,12 @@ fn echo(req: &StubRequest) -> http::Response<Full<Bytes>> {
 fn tls_and_h2_work_with_a_real_client() {
     let w = worker(1, "i-tls", &["--work-us", "0"]);
     let echo_stub = Stub::start(echo);
-    let (cert, key, ca) = test_ca_and_leaf();
+    let fixture::TestCa {
+        cert,
+        key,
+        ca_der: ca,
+        ..
+    } = fixture::TestCa::new();
     let mut file = echo_and_c1(echo_stub.addr, w.addr);
     let tls = TlsSpec {
         cert: Some("cert.pem".into()),

@@ -461,3 +461,76 @@ fn bad_methods_headers_and_bodies_are_one_line_errors() {
         );
     }
 }
+
+#[test]
+fn https_targets_are_loaded_with_the_trust_asked_for() {
+    use fulcrum_balancer::config::file::TlsSpec;
+    let scratch = Scratch::new("bench-https");
+    let w = worker("1", "i-bench-tls");
+    let ca = fixture::TestCa::new();
+    let mut file = fixture::routed([("/cluster1", fixture::target_group("c1", &[w.addr]))]);
+    file.listen(
+        "127.0.0.1:0",
+        Some(TlsSpec {
+            cert: Some("cert.pem".into()),
+            key: Some("key.pem".into()),
+            ..TlsSpec::default()
+        }),
+    );
+    file.listen(
+        "127.0.0.1:0",
+        Some(TlsSpec {
+            self_signed: true,
+            ..TlsSpec::default()
+        }),
+    );
+    file.access_log.enabled = false;
+    let b = fixture::Balancer::start_file_with(
+        &file,
+        &[
+            ("cert.pem", ca.cert.as_bytes()),
+            ("key.pem", ca.key.as_bytes()),
+        ],
+    );
+    let (signed, self_signed) = (b.listeners[1].0.port(), b.listeners[2].0.port());
+    let ca_file = scratch.path("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let signed_url = format!("https://localhost:{signed}/cluster1");
+
+    // Trusting the test CA: every request answered over TLS.
+    let r = bench_json(&[
+        &signed_url,
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "-n",
+        "300",
+        "-c",
+        "4",
+    ]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(300), 0), "{r}");
+    assert_eq!(r["by_instance"]["i-bench-tls"]["responses"], 300, "{r}");
+
+    // A self-signed listener with --insecure (-k).
+    let r = bench_json(&[
+        &format!("https://127.0.0.1:{self_signed}/cluster1"),
+        "-k",
+        "-n",
+        "100",
+        "-c",
+        "2",
+    ]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(100), 0), "{r}");
+
+    // Without trusting the CA, nothing gets through: every handshake fails, counted as a
+    // connect error.
+    let (code, out, _) = run(&["bench", &signed_url, "-n", "5", "-c", "1", "--json", "-q"]);
+    assert_eq!(code, 0);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["responses"], 0, "{r}");
+    assert!(r["errors"]["connect"].as_u64().unwrap() > 0, "{r}");
+
+    let (code, _, err) = run(&["bench", &signed_url, "--cacert", "/no/such.pem", "-n", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--cacert /no/such.pem"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

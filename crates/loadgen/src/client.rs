@@ -26,12 +26,15 @@ use tokio::time::Sleep;
 
 use crate::mix::Weights;
 use crate::stats::{Completion, Outcome, ThreadStats};
+use crate::tls::TlsTarget;
 
 /// Where requests go, and every request it gets (one per mix entry), serialized once.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub requests: Box<[Bytes]>,
+    /// For an `https://` target.
+    pub tls: Option<TlsTarget>,
 }
 
 /// One request of a target, before it is serialized.
@@ -71,6 +74,7 @@ impl Target {
         Target {
             addr,
             requests: requests.into_iter().map(request).collect(),
+            tls: None,
         }
     }
 }
@@ -82,19 +86,51 @@ const MAX_HEADERS: usize = 100;
 /// How much room each read gets.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A connection's byte stream: plain, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => s.write_all(bytes).await,
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Starts with the last response's head (the answer's header ranges point into it); body
     /// bytes are read after it and discarded as they are framed.
     buf: Vec<u8>,
 }
 
-/// Connects; bounded by the request's own deadline (`within`), like the exchange that follows.
-async fn connect(addr: SocketAddr) -> Result<Conn, Outcome> {
-    let stream = TcpStream::connect(addr)
+/// Connects (and for an `https://` target shakes hands); bounded by the request's own deadline
+/// (`within`), like the exchange that follows. A failed handshake counts as a connect error.
+async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<Conn, Outcome> {
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|_| Outcome::Connect)?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(t) => Stream::Tls(Box::new(
+            t.connector
+                .connect(t.name.clone(), tcp)
+                .await
+                .map_err(|_| Outcome::Connect)?,
+        )),
+    };
     Ok(Conn {
         stream,
         buf: Vec::with_capacity(READ_CHUNK),
@@ -117,12 +153,19 @@ impl Conn {
     /// requests: a keep-alive connection closed by the server's idle timeout is not an error of
     /// the next request, which goes on a new connection instead. Costs a syscall only when the
     /// runtime has already seen the socket become readable.
+    ///
+    /// Over TLS this cannot be told from the socket (a TLS 1.3 server sends session tickets
+    /// after the handshake, and a peek would take record bytes from rustls): a TLS connection
+    /// the server closed fails its next request instead.
     fn closed_while_idle(&self) -> bool {
+        let Stream::Plain(stream) = &self.stream else {
+            return false;
+        };
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
+        if stream.poll_read_ready(&mut cx).is_pending() {
             return false;
         }
-        !matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        !matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     fn text(&self, range: &Option<Range<usize>>) -> Option<&str> {
@@ -527,7 +570,7 @@ pub async fn connection(
         let sent = Instant::now();
         let result = within(timer.as_mut(), sent + run.timeout, async {
             if conn.as_ref().is_none_or(Conn::closed_while_idle) {
-                conn = Some(connect(to.addr).await?);
+                conn = Some(connect(to.addr, to.tls.as_ref()).await?);
             }
             exchange(conn.as_mut().expect("connected"), &to.requests[entry]).await
         })
@@ -673,7 +716,7 @@ mod tests {
                     step,
                 )
                 .await;
-                let mut c = connect(addr).await.unwrap();
+                let mut c = connect(addr, None).await.unwrap();
                 assert_eq!(
                     ask(&mut c).await.unwrap(),
                     (200, Some("2".into()), Some("c2-i1".into()), true)
@@ -696,7 +739,7 @@ mod tests {
                 usize::MAX,
             )
             .await;
-            let mut c = connect(addr).await.unwrap();
+            let mut c = connect(addr, None).await.unwrap();
             assert!(ask(&mut c).await.unwrap().3);
             assert!(!ask(&mut c).await.unwrap().3);
         });
@@ -714,7 +757,7 @@ mod tests {
         rt().block_on(async {
             for r in bad {
                 let addr = server(vec![r], usize::MAX).await;
-                let mut c = connect(addr).await.unwrap();
+                let mut c = connect(addr, None).await.unwrap();
                 assert!(
                     matches!(ask(&mut c).await, Err(Outcome::Io)),
                     "{}",
@@ -733,7 +776,7 @@ mod tests {
                 usize::MAX,
             )
             .await;
-            let mut c = connect(addr).await.unwrap();
+            let mut c = connect(addr, None).await.unwrap();
             assert!(!c.closed_while_idle());
             assert!(ask(&mut c).await.unwrap().3);
             let t0 = Instant::now();
@@ -755,7 +798,7 @@ mod tests {
                 usize::MAX,
             )
             .await;
-            let mut c = connect(addr).await.unwrap();
+            let mut c = connect(addr, None).await.unwrap();
             assert_eq!(ask(&mut c).await.unwrap(), (200, None, None, false));
         });
     }

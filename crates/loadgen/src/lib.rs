@@ -25,6 +25,7 @@ mod sampler;
 mod spread;
 mod stats;
 pub mod threshold;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
@@ -39,6 +40,7 @@ use http::Uri;
 pub use mix::{MixEntry, MixError, RequestMix};
 pub use results::{Model, Run, RunKind};
 pub use sampler::{CpuProbe, Sampling, WorkerProbe};
+pub use tls::TlsOptions;
 
 /// One benchmark's settings.
 pub struct BenchConfig {
@@ -52,6 +54,8 @@ pub struct BenchConfig {
     /// The method, extra headers and body of every request (a mix entry may name its own
     /// method and body).
     pub shape: RequestShape,
+    /// How `https://` targets are checked.
+    pub tls: TlsOptions,
     pub model: Model,
     pub connections: usize,
     pub threads: usize,
@@ -110,7 +114,7 @@ impl RequestShape {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("`{0}` is not an http:// URL with a host")]
+    #[error("`{0}` is not an http:// or https:// URL with a host")]
     BadUrl(String),
     #[error("cannot resolve `{0}`")]
     Resolve(String),
@@ -124,15 +128,20 @@ fn target(
     url: &str,
     mix: Option<&RequestMix>,
     shape: &RequestShape,
+    tls: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<client::Target, BenchError> {
     let uri: Uri = url.parse().map_err(|_| BenchError::BadUrl(url.into()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(BenchError::BadUrl(url.into()));
-    }
+    let secure = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(BenchError::BadUrl(url.into())),
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| BenchError::BadUrl(url.into()))?;
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
     let addr: SocketAddr = (authority.host().trim_matches(['[', ']']), port)
         .to_socket_addrs()
         .map_err(|_| BenchError::Resolve(authority.to_string()))?
@@ -154,12 +163,18 @@ fn target(
             body: &shape.body,
         }],
     };
-    Ok(client::Target::new(
-        addr,
-        authority.as_str(),
-        &shape.headers,
-        requests,
-    ))
+    let mut target = client::Target::new(addr, authority.as_str(), &shape.headers, requests);
+    if secure {
+        let host = authority.host().trim_matches(['[', ']']).to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|_| BenchError::BadUrl(url.into()))?;
+        let connector = tls.ok_or_else(|| BenchError::Invalid("no TLS connector".into()))?;
+        target.tls = Some(tls::TlsTarget {
+            connector: connector.clone(),
+            name,
+        });
+    }
+    Ok(target)
 }
 
 /// Settings that cannot make a run, caught before anything starts.
@@ -376,10 +391,16 @@ struct Measured {
 /// Runs one benchmark to completion (blocking) and returns what it measured.
 pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     check(&cfg)?;
+    // One TLS configuration for every https:// target (and connection) of the run.
+    let connector = if cfg.targets.iter().any(|t| t.starts_with("https://")) {
+        Some(tls::connector(&cfg.tls).map_err(BenchError::Invalid)?)
+    } else {
+        None
+    };
     let targets = cfg
         .targets
         .iter()
-        .map(|url| target(url, cfg.mix.as_ref(), &cfg.shape))
+        .map(|url| target(url, cfg.mix.as_ref(), &cfg.shape, connector.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     let clock = Clock::of(&cfg);
     let cpu_before = process_cpu();
@@ -616,6 +637,7 @@ mod tests {
             "http://127.0.0.1:8080/cluster1?work_us=0",
             None,
             &RequestShape::default(),
+            None,
         )
         .unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
@@ -625,12 +647,14 @@ mod tests {
             "GET /cluster1?work_us=0 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n"
             ]
         );
-        assert!(target("https://x/", None, &RequestShape::default()).is_err());
-        assert!(target("nonsense", None, &RequestShape::default()).is_err());
-        assert!(target("http://127.0.0.1:9", None, &RequestShape::default())
-            .unwrap()
-            .requests[0]
-            .starts_with(b"GET / HTTP/1.1\r\n"));
+        assert!(target("ftp://x/", None, &RequestShape::default(), None).is_err());
+        assert!(target("nonsense", None, &RequestShape::default(), None).is_err());
+        assert!(
+            target("http://127.0.0.1:9", None, &RequestShape::default(), None)
+                .unwrap()
+                .requests[0]
+                .starts_with(b"GET / HTTP/1.1\r\n")
+        );
     }
 
     #[test]
@@ -644,6 +668,7 @@ mod tests {
             "http://127.0.0.1:8080/ignored",
             Some(&mix),
             &RequestShape::default(),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -663,6 +688,7 @@ mod tests {
             targets: targets.iter().map(|t| t.to_string()).collect(),
             mix: None,
             shape: Default::default(),
+            tls: Default::default(),
             model: Model::Closed {
                 requests: 10,
                 concurrency: connections,
