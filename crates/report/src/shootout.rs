@@ -60,7 +60,10 @@ fn peers_text(a: &Shootout<'_>) -> String {
     let mut s = if ran.is_empty() {
         "No peer balancer ran.".to_owned()
     } else {
-        format!("Peers that ran: {}.", ran.join(", "))
+        format!(
+            "Peers that ran: {}. Every contender, fulcrum included, runs without an access log.",
+            ran.join(", ")
+        )
     };
     for p in &a.missing_peers {
         s.push_str(&format!(
