@@ -1,5 +1,7 @@
-//! Routing: from a request path to a target group, and from a target group to one worker's
-//! in-flight slot, waiting in a bounded queue when every worker is at its cap.
+//! Routing: from a request to a decision — the client's rate limit, the first listener rule
+//! that matches (forward, weighted forward, redirect, fixed response), else the longest prefix
+//! route — and from a target group to one worker's in-flight slot (a sticky cookie's worker
+//! first, then the group's policy), waiting in a bounded queue when every worker is at its cap.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
