@@ -79,12 +79,9 @@ enum Expect {
 #[derive(Debug, Default)]
 struct WorkerChecks {
     requests: Option<usize>,
-    head_has: Vec<String>,
-    head_lacks: Vec<String>,
-    head_once: Vec<String>,
+    /// On the first request the worker got.
+    message: MessageChecks,
     request_lines: Option<Vec<String>>,
-    body: Option<Vec<u8>>,
-    trailers_has: Vec<String>,
     tunnel: Option<Vec<u8>>,
     /// Whether the requests after the case may reuse the worker connection its last request
     /// came on (false: the balancer must have dropped that connection).
@@ -95,16 +92,44 @@ struct WorkerChecks {
 struct ClientChecks {
     status: Option<u16>,
     statuses: Option<Vec<u16>>,
-    head_has: Vec<String>,
-    head_lacks: Vec<String>,
-    head_once: Vec<String>,
-    body: Option<Vec<u8>>,
+    /// On the (first) response the client got.
+    message: MessageChecks,
     bodies: Option<Vec<Vec<u8>>>,
-    trailers_has: Vec<String>,
     interim: Option<Vec<u16>>,
     tunnel: Option<Vec<u8>>,
     keeps_alive: Option<bool>,
     truncated: bool,
+}
+
+/// What one message that arrived (at the worker or the client) is checked against: the
+/// `PREFIX_head_has` / `_lacks` / `_once`, `PREFIX_body` and `PREFIX_trailers_has` keys.
+#[derive(Debug, Default)]
+struct MessageChecks {
+    head_has: Vec<String>,
+    head_lacks: Vec<String>,
+    head_once: Vec<String>,
+    body: Option<Vec<u8>>,
+    trailers_has: Vec<String>,
+}
+
+impl MessageChecks {
+    fn parse(t: &Table<'_>, prefix: &str) -> Result<MessageChecks, String> {
+        Ok(MessageChecks {
+            head_has: t.strings(&format!("{prefix}_head_has"))?,
+            head_lacks: t.strings(&format!("{prefix}_head_lacks"))?,
+            head_once: t.strings(&format!("{prefix}_head_once"))?,
+            body: t.bytes(&format!("{prefix}_body"))?,
+            trailers_has: t.strings(&format!("{prefix}_trailers_has"))?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head_has.is_empty()
+            && self.head_lacks.is_empty()
+            && self.head_once.is_empty()
+            && self.body.is_none()
+            && self.trailers_has.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -338,12 +363,8 @@ fn parse_worker_checks(t: &Table<'_>) -> Result<WorkerChecks, String> {
             .int("worker_requests")?
             .map(|n| usize::try_from(n).map_err(|_| "`worker_requests` < 0".to_string()))
             .transpose()?,
-        head_has: t.strings("worker_head_has")?,
-        head_lacks: t.strings("worker_head_lacks")?,
-        head_once: t.strings("worker_head_once")?,
+        message: MessageChecks::parse(t, "worker")?,
         request_lines: t.list("worker_request_lines", |v| v.as_str().map(str::to_owned))?,
-        body: t.bytes("worker_body")?,
-        trailers_has: t.strings("worker_trailers_has")?,
         tunnel: t.bytes("worker_tunnel")?,
         connection_reused: t.flag_opt("worker_connection_reused")?,
     })
@@ -355,12 +376,8 @@ fn parse_client_checks(t: &Table<'_>) -> Result<ClientChecks, String> {
     Ok(ClientChecks {
         status: t.status("client_status")?,
         statuses: status_list("client_statuses")?,
-        head_has: t.strings("client_head_has")?,
-        head_lacks: t.strings("client_head_lacks")?,
-        head_once: t.strings("client_head_once")?,
-        body: t.bytes("client_body")?,
+        message: MessageChecks::parse(t, "client")?,
         bodies: t.list("client_bodies", |v| v.as_str().map(|s| s.bytes().collect()))?,
-        trailers_has: t.strings("client_trailers_has")?,
         interim: status_list("client_interim")?,
         tunnel: t.bytes("client_tunnel")?,
         keeps_alive: t.flag_opt("client_keeps_alive")?,
@@ -1032,40 +1049,6 @@ fn field_count(head: &str, name: &str) -> usize {
         .count()
 }
 
-/// Mismatches of `head` against has / lacks / once lists, each prefixed by `who`.
-/// What one message that arrived (at the worker or the client) is checked against.
-struct Wants<'a> {
-    head_has: &'a [String],
-    head_lacks: &'a [String],
-    head_once: &'a [String],
-    body: Option<&'a Vec<u8>>,
-    trailers_has: &'a [String],
-}
-
-impl WorkerChecks {
-    fn wants(&self) -> Wants<'_> {
-        Wants {
-            head_has: &self.head_has,
-            head_lacks: &self.head_lacks,
-            head_once: &self.head_once,
-            body: self.body.as_ref(),
-            trailers_has: &self.trailers_has,
-        }
-    }
-}
-
-impl ClientChecks {
-    fn wants(&self) -> Wants<'_> {
-        Wants {
-            head_has: &self.head_has,
-            head_lacks: &self.head_lacks,
-            head_once: &self.head_once,
-            body: self.body.as_ref(),
-            trailers_has: &self.trailers_has,
-        }
-    }
-}
-
 /// `who`'s message against `want`: head lines, body, and trailers when the protocol has them
 /// (`None` for HTTP/2 answers, whose trailers are not read).
 fn message_checks(
@@ -1073,7 +1056,7 @@ fn message_checks(
     head: &str,
     body: &[u8],
     trailers: Option<&str>,
-    want: Wants<'_>,
+    want: &MessageChecks,
 ) -> Vec<String> {
     let mut bad = Vec::new();
     for p in want.head_has.iter().filter(|p| !has_line(head, p)) {
@@ -1082,13 +1065,13 @@ fn message_checks(
     for p in want.head_lacks.iter().filter(|p| has_line(head, p)) {
         bad.push(format!("{who} head has {p:?}"));
     }
-    for n in want.head_once {
+    for n in &want.head_once {
         let count = field_count(head, n);
         if count != 1 {
             bad.push(format!("{who} head has {count} {n:?} lines, not one"));
         }
     }
-    if let Some(wanted) = want.body.filter(|b| **b != body) {
+    if let Some(wanted) = want.body.as_ref().filter(|b| **b != body) {
         bad.push(format!(
             "{who} body was {}, not {}",
             show(body),
@@ -1172,11 +1155,7 @@ fn first_line(head: &str) -> String {
 }
 
 fn first_message_checks(w: &WorkerChecks, rec: &RawRecord) -> Vec<String> {
-    let wants_message = !w.head_has.is_empty()
-        || !w.head_lacks.is_empty()
-        || !w.head_once.is_empty()
-        || w.body.is_some()
-        || !w.trailers_has.is_empty();
+    let wants_message = !w.message.is_empty();
     let Some(m) = rec.messages.first() else {
         return match wants_message {
             true => vec!["the worker got no request to check".into()],
@@ -1188,7 +1167,7 @@ fn first_message_checks(w: &WorkerChecks, rec: &RawRecord) -> Vec<String> {
         &m.head,
         &m.body,
         Some(&m.trailers),
-        w.wants(),
+        &w.message,
     )
 }
 
@@ -1266,7 +1245,7 @@ fn first_response_checks(c: &ClientChecks, r: &H1Response) -> Vec<String> {
         &r.head,
         &r.body,
         Some(&r.trailers),
-        c.wants(),
+        &c.message,
     );
     if c.truncated && r.complete && balancer_error(&r.head, &r.body).is_none() {
         bad.push(format!(
@@ -1327,7 +1306,7 @@ fn h2_checks(case: &Case, answer: &Result<H2Answer, String>) -> Vec<String> {
         &head,
         &a.body,
         None,
-        c.wants(),
+        &c.message,
     ));
     bad
 }
