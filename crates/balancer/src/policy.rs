@@ -431,31 +431,45 @@ mod tests {
         weighted_counts(ws, policy, &vec![1; ws.len()], picks)
     }
 
+    /// A group's pick state, and one pick with it.
+    #[derive(Default)]
+    struct Picker {
+        rr: AtomicUsize,
+        weighted: CapacityWeighted,
+        weights: HashMap<SocketAddr, u32>,
+    }
+
+    impl Picker {
+        fn pick(&self, refs: &[&Arc<Worker>], policy: Policy, affinity: Affinity) -> usize {
+            let ctx = PickContext {
+                policy,
+                source: TelemetrySource::Inband,
+                stale_after_us: 2_000_000,
+                now: now_us(),
+                rr: &self.rr,
+                weighted: &self.weighted,
+                weights: &self.weights,
+                slow_start_us: 0,
+                affinity,
+            };
+            pick(refs, &ctx)
+        }
+    }
+
     fn weighted_counts(
         ws: &[Arc<Worker>],
         policy: Policy,
         weights: &[u32],
         picks: usize,
     ) -> Vec<usize> {
-        let rr = AtomicUsize::new(0);
-        let weighted = CapacityWeighted::default();
-        let weights: HashMap<SocketAddr, u32> =
-            ws.iter().zip(weights).map(|(w, n)| (w.addr, *n)).collect();
+        let picker = Picker {
+            weights: ws.iter().zip(weights).map(|(w, n)| (w.addr, *n)).collect(),
+            ..Picker::default()
+        };
         let refs: Vec<&Arc<Worker>> = ws.iter().collect();
         let mut c = vec![0; ws.len()];
         for _ in 0..picks {
-            let ctx = PickContext {
-                policy,
-                source: TelemetrySource::Inband,
-                stale_after_us: 2_000_000,
-                now: now_us(),
-                rr: &rr,
-                weighted: &weighted,
-                weights: &weights,
-                slow_start_us: 0,
-                affinity: Affinity::default(),
-            };
-            c[pick(&refs, &ctx)] += 1;
+            c[picker.pick(&refs, policy, Affinity::default())] += 1;
         }
         c
     }
@@ -478,26 +492,15 @@ mod tests {
 
     /// The worker `consistent-hash` gives each of `keys` among `ws`.
     fn owners(ws: &[Arc<Worker>], keys: u64) -> Vec<SocketAddr> {
-        let weights = HashMap::new();
-        let (rr, weighted) = (AtomicUsize::new(0), CapacityWeighted::default());
+        let picker = Picker::default();
         let refs: Vec<&Arc<Worker>> = ws.iter().collect();
         (0..keys)
             .map(|k| {
-                let ctx = PickContext {
-                    policy: Policy::ConsistentHash,
-                    source: TelemetrySource::Inband,
-                    stale_after_us: 2_000_000,
-                    now: now_us(),
-                    rr: &rr,
-                    weighted: &weighted,
-                    weights: &weights,
-                    slow_start_us: 0,
-                    affinity: Affinity {
-                        key: Some(mix(k)),
-                        sticky: None,
-                    },
+                let affinity = Affinity {
+                    key: Some(mix(k)),
+                    sticky: None,
                 };
-                refs[pick(&refs, &ctx)].addr
+                refs[picker.pick(&refs, Policy::ConsistentHash, affinity)].addr
             })
             .collect()
     }
