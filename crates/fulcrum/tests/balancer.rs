@@ -467,56 +467,6 @@ fn stale_reports_of_a_busy_worker_fall_back_as_documented() {
 
 // ───────────────────────────── TLS and HTTP/2 ─────────────────────────────
 
-/// A verifier that accepts any certificate: only for `--self-signed`, whose certificate is
-/// made at start-up and cannot be known in advance.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn tls_connector(
     trust: Option<&rustls::pki_types::CertificateDer<'static>>,
     alpn: &[u8],
@@ -531,9 +481,12 @@ fn tls_connector(
             roots.add(ca.clone()).unwrap();
             builder.with_root_certificates(roots).with_no_client_auth()
         }
+        // `--self-signed` makes its certificate at start-up: nothing to trust in advance.
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(fulcrum_loadgen::tls::AnyCertificate::new(
+                provider,
+            )))
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![alpn.to_vec()];

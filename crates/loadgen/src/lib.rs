@@ -25,7 +25,7 @@ mod sampler;
 mod spread;
 mod stats;
 pub mod threshold;
-mod tls;
+pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;

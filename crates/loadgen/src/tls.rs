@@ -42,7 +42,7 @@ pub fn connector(opts: &TlsOptions) -> Result<TlsConnector, String> {
     let mut config = if opts.insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate::new(provider)))
             .with_no_client_auth()
     } else {
         builder
@@ -83,9 +83,15 @@ fn roots(ca_file: Option<&PathBuf>) -> Result<rustls::RootCertStore, String> {
 }
 
 /// `--insecure`: every certificate passes; signatures are still checked, so the handshake is
-/// the same work as a verified one.
+/// the same work as a verified one. Public for clients of self-signed test listeners.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyCertificate {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> AnyCertificate {
+        AnyCertificate(provider)
+    }
+}
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
