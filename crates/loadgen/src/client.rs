@@ -3,7 +3,7 @@
 //! records each outcome.
 //!
 //! The generator speaks the little HTTP/1.1 a benchmark needs itself, on `httparse` (hyper's own
-//! parser): it sends GETs serialized once per target and mix entry, and reads back only the
+//! parser): it sends requests serialized once per target and mix entry, and reads back only the
 //! status, two headers and the body's framing. hyper's client built a header map and ran its
 //! dispatcher for every response, which held fulcrum bench to about three quarters of wrk's
 //! requests/s against the same target (bench/loadgen.sh); wrk works this way too. Bodies are read and discarded: Content-Length,

@@ -10,8 +10,9 @@
 //! requests counted. Exactly the configured connections are used, spread over generator threads
 //! that each run their own single-threaded runtime and record into their own HDR histograms,
 //! merged at the end (percentiles are never averaged). Several targets share the load evenly
-//! (`spread`), and a request mix (`mix`) replaces the one GET with weighted ones, each still
-//! serialized once. Worker CPU and the balancer's view are
+//! (`spread`), and a request mix (`mix`) replaces the one request (the run's method, headers
+//! and body: `RequestShape`) with weighted ones, each still serialized once; `https://` targets
+//! go over rustls (`tls`). Worker CPU and the balancer's view are
 //! sampled at 4 Hz into the same timeline, and the generator measures its own CPU so a saturated
 //! generator is flagged rather than trusted.
 //!
