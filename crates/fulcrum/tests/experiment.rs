@@ -227,6 +227,8 @@ fn check_contenders(sc: &serde_json::Value, report: &str) {
             format!("{median:.1}"),
             format!("{median:.2}"),
             format!("{median:.0}"),
+            // Above a second the report groups thousands (`1,010`).
+            grouped(median),
         ];
         // Markdown escapes the underscore of `least_conn`.
         let row = label.replace('_', "\\_");
@@ -296,4 +298,17 @@ fn check_heavy_tail(sc: &serde_json::Value) {
         .as_str()
         .unwrap()
         .ends_with(".toml"));
+}
+
+/// A value as the report writes one of a thousand or more: no decimals, thousands grouped.
+fn grouped(v: f64) -> String {
+    let digits = format!("{v:.0}");
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
