@@ -198,6 +198,13 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
                 "workers": g.workers().iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
                 "queued": g.queued(),
                 "when_all_unhealthy": g.settings.when_all_unhealthy,
+                "worker_protocol": g.settings.transport.protocol.name(),
+                "worker_tls": g.settings.transport.tls.as_ref().map(|t| json!({
+                    "ca_file": t.settings.ca_file.as_ref().map(|p| p.display().to_string()),
+                    "server_name": t.settings.server_name,
+                    "client_certificate": t.settings.client_cert.is_some(),
+                    "insecure": t.settings.insecure,
+                })),
                 "slow_start_s": g.settings.slow_start.as_secs_f64(),
                 // Each worker's share now: its weight times its slow-start ramp.
                 "shares": g.workers().iter().map(|w| {
@@ -257,6 +264,7 @@ pub fn status(shared: &Shared, started: Instant) -> Value {
                 "latency_ewma_ms": w.ewma_us(now) / 1000.0,
                 "cpu_cores": w.cores(),
                 "pool_connections": w.pool.open(),
+                "h2_connection_open": w.h2.is_open(),
                 "telemetry": telemetry,
             })
         })

@@ -155,6 +155,8 @@ pub struct Worker {
     draining: AtomicBool,
     /// A check whether the worker's address still accepts connections is running.
     listen_check: AtomicBool,
+    /// How its connections were opened, so a reload that changes it closes the idle ones.
+    reached_by: Mutex<Option<crate::transport::Transport>>,
     ejection: Mutex<Ejection>,
     ejected_until_us: AtomicU64,
     /// When it was added, last turned healthy, or its last ejection ends: slow start's origin.
@@ -175,6 +177,8 @@ pub struct Worker {
     others_at_us: AtomicU64,
     identity: Mutex<Option<Identity>>,
     pub pool: Pool,
+    /// Its HTTP/2 connection, for target groups that speak HTTP/2 to it.
+    pub h2: crate::upstream_h2::H2Channel,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     signal: Arc<CapacitySignal>,
 }
@@ -216,6 +220,7 @@ impl Worker {
             health: AtomicU8::new(Health::Unknown as u8),
             draining: AtomicBool::new(false),
             listen_check: AtomicBool::new(false),
+            reached_by: Mutex::new(None),
             ejection: Mutex::new(Ejection::default()),
             ejected_until_us: AtomicU64::new(0),
             up_since_us: AtomicU64::new(now_us()),
@@ -230,6 +235,7 @@ impl Worker {
             others_at_us: AtomicU64::new(0),
             identity: Mutex::new(None),
             pool: Pool::default(),
+            h2: Default::default(),
             tasks: Mutex::new(Vec::new()),
         }
     }
@@ -600,6 +606,17 @@ impl Worker {
 
     pub fn set_task_generation(&self, g: u64) {
         self.task_generation.store(g, Ordering::Relaxed);
+    }
+
+    /// Notes how the worker is reached now; if that changed, its idle connections (opened the
+    /// old way) are closed, so no request goes out the old way after a reload.
+    pub fn set_transport(&self, transport: &crate::transport::Transport) {
+        let mut held = self.reached_by.lock().expect("never poisoned");
+        if held.as_ref().is_some_and(|t| t != transport) {
+            self.pool.close_idle();
+            self.h2.close();
+        }
+        *held = Some(transport.clone());
     }
 
     pub fn stop_tasks(&self) {

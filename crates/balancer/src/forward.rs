@@ -22,7 +22,7 @@ use crate::metrics::{RequestLabels, RetryLabels, RouteLabels};
 use crate::rewrite;
 use crate::route::{Group, PickError, RouteEntry, Router};
 use crate::state::Shared;
-use crate::upstream::{BodyFailure, ConnectError, HeadError, WorkerConn};
+use crate::upstream::{BodyFailure, HeadError, WorkerConn};
 
 /// A request on its way to a worker: the head workers get, and where its body comes from.
 pub struct Request<'a, 'c> {
@@ -121,15 +121,28 @@ impl RequestBody<'_> {
     }
 }
 
-/// Copies an HTTP/1.1 request body from the client to the worker, bytes as received (a
-/// chunked body is validated on the way, so both ends agree where it ends).
-async fn pump_h1_body(
+/// Where an HTTP/1.1 request body goes: an HTTP/1.1 worker takes the bytes as received (a
+/// chunked body's framing too), an HTTP/2 worker only the data.
+pub(crate) trait BodySink {
+    /// `raw` is what the client sent; `data` the payload within it.
+    async fn put(&mut self, raw: &[u8], data: &[u8]) -> io::Result<()>;
+}
+
+impl BodySink for WorkerConn {
+    async fn put(&mut self, raw: &[u8], _data: &[u8]) -> io::Result<()> {
+        self.write_all(raw).await
+    }
+}
+
+/// Copies an HTTP/1.1 request body from the client to `sink` (a chunked body is validated on
+/// the way, so both ends agree where it ends).
+pub(crate) async fn pump_h1_body(
     client: &mut H1Client,
     length: BodyLength,
     limit: u64,
     idle: Duration,
     decoder: &mut Option<ChunkedDecoder>,
-    conn: &mut WorkerConn,
+    sink: &mut impl BodySink,
 ) -> Result<(), BodyFailure> {
     let mut left = match length {
         BodyLength::None => return Ok(()),
@@ -153,16 +166,21 @@ async fn pump_h1_body(
                 Ok(Ok(_)) => {}
             }
         }
-        let (take, done) = match decoder.as_mut() {
-            None => ((left.min(client.pending().len() as u64)) as usize, false),
+        let pending = client.pending();
+        let (take, data, done) = match decoder.as_mut() {
+            None => {
+                let take = (left.min(pending.len() as u64)) as usize;
+                (take, &pending[..take], false)
+            }
             Some(d) => {
                 let step = d
-                    .feed(client.pending())
+                    .feed(pending)
                     .map_err(|e| BodyFailure::Client(chunk_error(e)))?;
-                (step.consumed, step.done)
+                let data = step.data.map_or(&b""[..], |span| span.of(pending));
+                (step.consumed, data, step.done)
             }
         };
-        conn.write_all(&client.pending()[..take])
+        sink.put(&pending[..take], data)
             .await
             .map_err(BodyFailure::Worker)?;
         client.consume(take);
@@ -219,8 +237,63 @@ pub struct Forwarded {
     pub group: Arc<Group>,
 }
 
+/// One way of putting a request to a worker and reading the head of its answer: HTTP/1.1 on
+/// fulcrum's own codec ([`Request`]) or HTTP/2 through hyper (`upstream_h2::H2Exchange`).
+/// [`forward_with`] picks, retries and records the same way for both.
+pub(crate) trait Exchange {
+    /// A worker's answer whose head has been read.
+    type Answer;
+    fn status(answer: &Self::Answer) -> u16;
+    fn trace(&mut self) -> &mut Trace;
+    fn affinity(&self) -> crate::policy::Affinity;
+    /// Safe to send again after a failure that may have reached the worker.
+    fn replayable(&self) -> bool;
+    /// Some of the body has gone to a worker, so it cannot be sent again.
+    fn body_started(&self) -> bool;
+    /// One try on `worker`, bounded by `deadline`.
+    async fn attempt(
+        &mut self,
+        worker: &Worker,
+        group: &Group,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self::Answer, AttemptFailure>;
+}
+
+impl Exchange for Request<'_, '_> {
+    type Answer = (WorkerConn, ResponseHead, Fields);
+
+    fn status(answer: &Self::Answer) -> u16 {
+        answer.1.status
+    }
+
+    fn trace(&mut self) -> &mut Trace {
+        &mut self.trace
+    }
+
+    fn affinity(&self) -> crate::policy::Affinity {
+        self.affinity
+    }
+
+    fn replayable(&self) -> bool {
+        self.replayable
+    }
+
+    fn body_started(&self) -> bool {
+        self.body.started()
+    }
+
+    async fn attempt(
+        &mut self,
+        worker: &Worker,
+        group: &Group,
+        deadline: tokio::time::Instant,
+    ) -> Result<Self::Answer, AttemptFailure> {
+        attempt_once(worker, group, self, deadline).await
+    }
+}
+
 /// Why one attempt failed, and whether another worker may be tried.
-enum AttemptFailure {
+pub(crate) enum AttemptFailure {
     /// The whole request ran out of time.
     Deadline,
     /// The request never reached the worker: safe to retry for any method.
@@ -234,7 +307,8 @@ enum AttemptFailure {
     Client(ProxyError),
 }
 
-/// Picks a worker and forwards, retrying on another worker within the budget when safe.
+/// Picks a worker and forwards over HTTP/1.1, retrying on another worker within the budget
+/// when safe.
 pub async fn forward(
     shared: &Arc<Shared>,
     router: &Router,
@@ -242,6 +316,25 @@ pub async fn forward(
     req: &mut Request<'_, '_>,
     started: Instant,
 ) -> Result<Forwarded, ProxyError> {
+    let ((conn, head, fields), flight) = forward_with(shared, router, route, req, started).await?;
+    Ok(Forwarded {
+        conn,
+        head,
+        fields,
+        flight,
+        group: route.group.clone(),
+    })
+}
+
+/// Picks a worker and puts `req` to it, retrying on another worker within the budget when
+/// safe; the answer comes with the in-flight slot it holds until its body is done.
+pub(crate) async fn forward_with<E: Exchange>(
+    shared: &Arc<Shared>,
+    router: &Router,
+    route: &RouteEntry,
+    req: &mut E,
+    started: Instant,
+) -> Result<(E::Answer, InFlight), ProxyError> {
     let group = &route.group;
     // One deadline bounds the whole request (queueing, connecting, every attempt).
     let limit = router.config.timeouts.request;
@@ -259,7 +352,7 @@ pub async fn forward(
             break;
         }
         let flight = match group
-            .acquire(&state.tried, req.affinity, &shared.fleet.signal, deadline)
+            .acquire(&state.tried, req.affinity(), &shared.fleet.signal, deadline)
             .await
         {
             Ok(f) => f,
@@ -278,18 +371,19 @@ pub async fn forward(
         let worker = flight.worker().clone();
         state.tried.push(worker.addr);
         let t0 = Instant::now();
-        req.trace.begin(attempt, worker.addr, t0 - started);
-        let result = attempt_once(&worker, group, req, deadline).await;
+        req.trace().begin(attempt, worker.addr, t0 - started);
+        let result = req.attempt(&worker, group, deadline).await;
         let latency = t0.elapsed();
-        req.trace.worker_time = Some(latency);
+        req.trace().worker_time = Some(latency);
         match result {
-            Ok((conn, head, fields)) => {
-                req.trace.worker_status = Some(head.status);
-                if wants_status_retry(req, group, &head, attempt, &state.tried) {
+            Ok(answer) => {
+                let status = E::status(&answer);
+                req.trace().worker_status = Some(status);
+                if wants_status_retry(req, group, status, attempt, &state.tried) {
                     if group.budget.try_retry() {
                         record_outcome(shared, group, &worker, Outcome::Failure, latency);
                         state.failed(
-                            worker_error(group, &format!("it answered {}", head.status)),
+                            worker_error(group, &format!("it answered {status}")),
                             "status",
                         );
                         state.paid = true;
@@ -298,19 +392,13 @@ pub async fn forward(
                     // Counted like any other refused retry: a spent budget must show.
                     count_retry_denied(shared, group);
                 }
-                let outcome = if head.status >= 500 {
+                let outcome = if status >= 500 {
                     Outcome::Failure
                 } else {
                     Outcome::Success
                 };
                 record_outcome(shared, group, &worker, outcome, latency);
-                return Ok(Forwarded {
-                    conn,
-                    head,
-                    fields,
-                    flight,
-                    group: group.clone(),
-                });
+                return Ok((answer, flight));
             }
             Err(AttemptFailure::Deadline) => {
                 record_outcome(shared, group, &worker, Outcome::Failure, latency);
@@ -358,7 +446,7 @@ fn after_failure(
     worker: &Arc<Worker>,
     failure: AttemptFailure,
     latency: Duration,
-    req: &Request<'_, '_>,
+    req: &impl Exchange,
     state: &mut Attempts,
 ) -> bool {
     match failure {
@@ -380,7 +468,7 @@ fn after_failure(
             }
             tracing::debug!(worker = %worker.addr, error = %e.message, "attempt failed after sending");
             state.failed(e, "reset_or_timeout");
-            req.replayable && !req.body.started()
+            req.replayable() && !req.body_started()
         }
         AttemptFailure::Deadline | AttemptFailure::Client(_) => false,
     }
@@ -389,16 +477,16 @@ fn after_failure(
 /// A 502/503/504 to a request that is safe to repeat is worth another worker while attempts
 /// and untried workers remain; with none, the client gets this worker's own answer.
 fn wants_status_retry(
-    req: &Request<'_, '_>,
+    req: &impl Exchange,
     group: &Group,
-    head: &ResponseHead,
+    status: u16,
     attempt: u32,
     tried: &[SocketAddr],
 ) -> bool {
     let retry = &group.settings.retry;
-    matches!(head.status, 502..=504)
-        && req.replayable
-        && !req.body.started()
+    matches!(status, 502..=504)
+        && req.replayable()
+        && !req.body_started()
         && retry.retry_idempotent_on_status
         && attempt + 1 < retry.max_attempts
         && group.has_untried(tried)
@@ -513,13 +601,14 @@ async fn connect(
     deadline: tokio::time::Instant,
 ) -> Result<WorkerConn, AttemptFailure> {
     let timeout = group.settings.connect_timeout;
-    let connect = worker.pool.connect(worker.addr, timeout);
+    let connect = worker
+        .pool
+        .connect(worker.addr, timeout, &group.settings.transport);
     match tokio::time::timeout_at(deadline, connect).await {
         Err(_) => Err(AttemptFailure::Deadline),
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => {
-            let refused =
-                matches!(&e, ConnectError::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused);
+            let refused = e.refused();
             tracing::debug!(worker = %worker.addr, error = %e, "connect failed");
             let pe = ProxyError::new(
                 ErrorCode::WorkerUnreachable,
@@ -688,15 +777,29 @@ pub fn record_response(
     buf: &[u8],
     started: Instant,
 ) {
+    let find = |name: &[u8]| rewrite::find(fields, buf, name);
+    record_answer(shared, route, worker, head.status, find, started);
+}
+
+/// The same for any answer: `status`, and `find` to look up a response field by its
+/// lower-case name.
+pub fn record_answer<'f>(
+    shared: &Shared,
+    route: &RouteEntry,
+    worker: &Worker,
+    status: u16,
+    find: impl Fn(&[u8]) -> Option<&'f [u8]>,
+    started: Instant,
+) {
     let now = now_us();
-    if let Some(report) = rewrite::find(fields, buf, b"endpoint-load-metrics")
+    if let Some(report) = find(b"endpoint-load-metrics")
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| LoadReport::parse(v).ok())
     {
         worker.store_report(crate::config::TelemetrySource::Inband, &report, now);
     }
-    if let Some(instance) = rewrite::find(fields, buf, b"x-fulcrum-instance") {
-        let cluster = rewrite::find(fields, buf, b"x-fulcrum-cluster")
+    if let Some(instance) = find(b"x-fulcrum-instance") {
+        let cluster = find(b"x-fulcrum-cluster")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse().ok());
         worker.note_identity(instance, cluster);
@@ -708,7 +811,7 @@ pub fn record_response(
             route: route.label.clone(),
             target_group: route.group.label.clone(),
             worker: worker.label.clone(),
-            code: head.status,
+            code: status,
         })
         .inc();
     shared

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request as HttpRequest, Response};
@@ -36,6 +36,7 @@ use crate::http1::encode_chunk_header;
 use crate::metrics::Metrics;
 use crate::rewrite::OutFraming;
 use crate::upstream::{BodyFailure, BodyPiece, BodyReader, WorkerConn};
+use crate::upstream_h2::{BodySource, RelayedBody, UpstreamBody};
 
 /// Request bodies declared up to this size are read whole before a worker is chosen.
 const WHOLE_BODY: u64 = 64 * 1024;
@@ -62,7 +63,7 @@ pub async fn serve<I, H, F>(
     H: Fn(HttpRequest<Incoming>) -> F + Clone + Send + 'static,
     F: std::future::Future<Output = Response<H2Response>> + Send + 'static,
 {
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(Streams::default());
     let any = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc = {
         let (open, any) = (open.clone(), any.clone());
@@ -91,7 +92,7 @@ pub async fn serve<I, H, F>(
         .max_concurrent_streams(256)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut idle_since = Instant::now();
+    let mut idle_since = crate::clock::now_us();
     let mut closing = false;
     loop {
         let check = tokio::time::sleep(Duration::from_millis(250));
@@ -112,9 +113,12 @@ pub async fn serve<I, H, F>(
                     metrics.client_protocol_error("header_timeout");
                     return;
                 }
-                if open.load(Ordering::Relaxed) > 0 || settings.idle.is_zero() {
-                    idle_since = Instant::now();
-                } else if idle_since.elapsed() >= settings.idle {
+                let now = crate::clock::now_us();
+                if open.open.load(Ordering::Relaxed) > 0 || settings.idle.is_zero() {
+                    idle_since = now;
+                } else if now.saturating_sub(idle_since.max(open.last_end_us.load(Ordering::Relaxed)))
+                    >= settings.idle.as_micros() as u64
+                {
                     // GOAWAY first, so the client knows no stream was lost.
                     closing = true;
                     conn.as_mut().graceful_shutdown();
@@ -124,19 +128,31 @@ pub async fn serve<I, H, F>(
     }
 }
 
+/// A connection's open streams, and when the last one ended: its idle time runs from then,
+/// not from the check that first saw it idle.
+#[derive(Default)]
+struct Streams {
+    open: AtomicUsize,
+    last_end_us: std::sync::atomic::AtomicU64,
+}
+
 /// Counts a stream as open until its response body is done.
-struct OpenStream(Arc<AtomicUsize>);
+struct OpenStream(Arc<Streams>);
 
 impl OpenStream {
-    fn new(open: &Arc<AtomicUsize>) -> OpenStream {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenStream(open.clone())
+    fn new(streams: &Arc<Streams>) -> OpenStream {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(streams.clone())
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let streams = &self.0;
+        streams
+            .last_end_us
+            .store(crate::clock::now_us(), Ordering::Relaxed);
+        streams.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -228,6 +244,19 @@ impl H2Body {
         self.started
     }
 
+    /// The body for an HTTP/2 worker: whole when it was read whole (and so may be sent again),
+    /// else the client's stream, once.
+    pub fn into_source(self) -> BodySource {
+        match (self.whole, self.stream) {
+            (_, Some(incoming)) => BodySource::Once(Some(UpstreamBody::Streamed {
+                incoming,
+                seen: 0,
+                limit: self.limit,
+            })),
+            (whole, None) => BodySource::Whole(whole.unwrap_or_default()),
+        }
+    }
+
     pub fn streaming(&self) -> bool {
         self.stream.is_some()
     }
@@ -304,7 +333,10 @@ fn bad_body(why: &str) -> ProxyError {
 /// A response body for an HTTP/2 client.
 pub enum H2Response {
     Full(Option<Bytes>),
+    /// From an HTTP/1.1 worker.
     Proxied(Box<WorkerBody>),
+    /// From an HTTP/2 worker, trailers and all.
+    Relayed(Box<RelayedBody>),
 }
 
 /// A worker's response body, read as hyper asks for it; the connection goes back to the pool
@@ -421,6 +453,7 @@ impl http_body::Body for H2Response {
         match self.get_mut() {
             H2Response::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             H2Response::Proxied(w) => w.poll_next(cx),
+            H2Response::Relayed(r) => r.poll_next(cx),
         }
     }
 
@@ -428,6 +461,7 @@ impl http_body::Body for H2Response {
         match self {
             H2Response::Full(b) => b.is_none(),
             H2Response::Proxied(w) => w.conn.is_none(),
+            H2Response::Relayed(r) => r.is_done(),
         }
     }
 
@@ -439,6 +473,7 @@ impl http_body::Body for H2Response {
                 BodyReader::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
+            H2Response::Relayed(r) => r.size_hint(),
         }
     }
 }

@@ -11,14 +11,16 @@ use std::time::Duration;
 use crate::config::HealthCheck;
 use crate::fleet::{Health, Worker};
 use crate::probe::Probe;
+use crate::transport::Transport;
 
 pub fn spawn(
     worker: Arc<Worker>,
     check: HealthCheck,
+    transport: Transport,
     on_refused: impl Fn() + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut probe = Probe::new(worker.addr);
+        let mut probe = Probe::new(worker.addr, transport);
         let mut successes = 0u32;
         let mut failures = 0u32;
         loop {

@@ -4,8 +4,9 @@
 //! plain or TLS) accept requests; routes map path prefixes to target groups; each group's
 //! policy picks a worker using local knowledge (in-flight requests, latency, failures) and the
 //! workers' load reports (in-band headers, `/load` polls, or CloudWatch-style averages); the
-//! request is forwarded on a pooled connection with timeouts, bounded retries and passive
-//! ejection, while active health checks run in the background. An admin listener serves
+//! request is forwarded on a pooled connection — HTTP/1.1 or HTTP/2, plain or TLS, as the
+//! group says (`transport.rs`, `upstream.rs`, `upstream_h2.rs`) — with timeouts, bounded
+//! retries and passive ejection, while active health checks run in the background. An admin listener serves
 //! metrics, a status document and a live status page.
 //!
 //! The request path is `proxy.rs` (accept, route, relay, record) → `forward.rs` (send, retry)
@@ -47,7 +48,9 @@ mod spread;
 mod state;
 mod telemetry;
 mod tls;
+pub mod transport;
 mod upstream;
+mod upstream_h2;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -255,6 +258,11 @@ impl Balancer {
                 .as_ref()
                 .map(|g| g.settings.health.clone())
                 .unwrap_or_default();
+            let transport = group
+                .as_ref()
+                .map(|g| g.settings.transport.clone())
+                .unwrap_or_default();
+            w.set_transport(&transport);
             let on_refused = {
                 let (shared, worker) = (self.shared.clone(), w.clone());
                 move || {
@@ -263,13 +271,19 @@ impl Balancer {
                     }
                 }
             };
-            w.add_task(health::spawn(w.clone(), health, on_refused));
+            w.add_task(health::spawn(
+                w.clone(),
+                health,
+                transport.clone(),
+                on_refused,
+            ));
             for source in config.sources_in_use() {
                 match source {
                     Source::Inband => {}
                     Source::Poll => w.add_task(telemetry::spawn_poll(
                         w.clone(),
                         config.telemetry.poll_interval,
+                        transport.clone(),
                     )),
                     // Real CloudWatch is read by one task for all workers (see above).
                     Source::Cloudwatch
@@ -277,6 +291,7 @@ impl Balancer {
                     Source::Cloudwatch => w.add_task(telemetry::spawn_cloudwatch_emulation(
                         w.clone(),
                         config.telemetry.cloudwatch_period,
+                        transport.clone(),
                     )),
                 }
             }

@@ -308,7 +308,7 @@ fn encode_worker_gauges(
     workers: &Workers,
     now: u64,
 ) -> Result<(), std::fmt::Error> {
-    let gauges: [WorkerGauge; 5] = [
+    let gauges: [WorkerGauge; 6] = [
         (
             "worker_in_flight",
             "Requests in flight to each worker",
@@ -333,6 +333,11 @@ fn encode_worker_gauges(
             "worker_pool_connections",
             "Open connections to each worker",
             &|w| w.pool.open() as i64,
+        ),
+        (
+            "worker_h2_connection_open",
+            "1 while an HTTP/2 connection to the worker is open (target groups with protocol h2)",
+            &|w| w.h2.is_open() as i64,
         ),
     ];
     for (name, help, value) in gauges {

@@ -1,11 +1,47 @@
-//! A tiny HTTP/1.1 client for the balancer's own probes (`/health` checks, `/load` polls),
-//! on hyper: off the request path, a connection per worker kept for reuse.
+//! A tiny HTTP client for the balancer's own probes (`/health` checks, `/load` polls), on
+//! hyper: off the request path, a connection per worker kept for reuse, over the worker's
+//! group's transport (TLS or not, HTTP/1.1 or HTTP/2).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::transport::{Transport, WorkerProtocol};
+
+type ProbeBody = http_body_util::Empty<bytes::Bytes>;
+
+/// A probe connection's sending half.
+enum Sender {
+    H1(http1::SendRequest<ProbeBody>),
+    H2(http2::SendRequest<ProbeBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(t) => t.is_closed(),
+            Sender::H2(t) => t.is_closed(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: http::Request<ProbeBody>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::H1(t) => {
+                t.ready().await?;
+                t.send_request(req).await
+            }
+            Sender::H2(t) => {
+                t.ready().await?;
+                t.send_request(req).await
+            }
+        }
+    }
+}
 
 /// Why a probe got no answer.
 #[derive(Debug)]
@@ -34,12 +70,17 @@ impl From<String> for ProbeError {
 /// one keep-alive connection, reopened after any failure, every call bounded by a timeout.
 pub struct Probe {
     addr: SocketAddr,
-    tx: Option<SendRequest<http_body_util::Empty<bytes::Bytes>>>,
+    transport: Transport,
+    tx: Option<Sender>,
 }
 
 impl Probe {
-    pub fn new(addr: SocketAddr) -> Probe {
-        Probe { addr, tx: None }
+    pub fn new(addr: SocketAddr, transport: Transport) -> Probe {
+        Probe {
+            addr,
+            transport,
+            tx: None,
+        }
     }
 
     /// `GET path`: the status and up to 64 KiB of body.
@@ -68,29 +109,20 @@ impl Probe {
     ) -> Result<(http::StatusCode, bytes::Bytes), ProbeError> {
         use http_body_util::BodyExt as _;
         if self.tx.as_ref().is_none_or(|t| t.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| ProbeError {
-                    message: format!("connect: {e}"),
-                    refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
-                })?;
-            let _ = stream.set_nodelay(true);
-            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.tx = Some(tx);
+            self.tx = Some(self.connect().await?);
         }
         let tx = self.tx.as_mut().expect("connected above");
-        tx.ready().await.map_err(|e| e.to_string())?;
-        let req = http::Request::get(path)
-            .header(http::header::HOST, self.addr.to_string())
+        let mut req = http::Request::get(path);
+        req = match tx {
+            // HTTP/2 carries the authority in the URI; hyper sends it as `:authority`.
+            Sender::H2(_) => req.uri(format!("{}://{}{path}", self.transport.scheme(), self.addr)),
+            Sender::H1(_) => req.header(http::header::HOST, self.addr.to_string()),
+        };
+        let req = req
             .header(http::header::USER_AGENT, "fulcrum-balancer")
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = tx.send(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
             .collect()
@@ -98,5 +130,32 @@ impl Probe {
             .map_err(|e| e.to_string())?
             .to_bytes();
         Ok((status, body))
+    }
+
+    async fn connect(&self) -> Result<Sender, ProbeError> {
+        let stream = self
+            .transport
+            .connect(self.addr, Duration::from_secs(10))
+            .await
+            .map_err(|e| ProbeError {
+                message: format!("connect: {e}"),
+                refused: e.refused(),
+            })?;
+        let io = TokioIo::new(stream);
+        let handshake = |e: hyper::Error| ProbeError::from(format!("handshake: {e}"));
+        Ok(match self.transport.protocol {
+            WorkerProtocol::Http1 => {
+                let (tx, conn) = http1::handshake(io).await.map_err(handshake)?;
+                tokio::spawn(conn);
+                Sender::H1(tx)
+            }
+            WorkerProtocol::H2 => {
+                let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(handshake)?;
+                tokio::spawn(conn);
+                Sender::H2(tx)
+            }
+        })
     }
 }

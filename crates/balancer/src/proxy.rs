@@ -34,9 +34,10 @@ use crate::client::{ClientFault, ClientStream, ConnInfo, ConnectionGuard, H1Clie
 use crate::config::rules::HeaderEdits;
 use crate::config::Config;
 use crate::errors::{ErrorCode, ProxyError};
+use crate::fleet::InFlight;
 use crate::forward::{
-    body_too_large, forward, is_idempotent, passive_ejection, record_response, BodySent, Forwarded,
-    Request, RequestBody,
+    body_too_large, forward, forward_with, is_idempotent, passive_ejection, record_answer,
+    record_response, BodySent, Forwarded, Request, RequestBody,
 };
 use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
@@ -46,7 +47,10 @@ use crate::route::{Decision, Group, RouteEntry, Router, RuleEntry};
 use crate::rules::{HeaderSource, RedirectFrom, RequestView};
 use crate::spread::{Inbox, Seat};
 use crate::state::{RequestId, Shared};
+use crate::transport::WorkerProtocol;
+use crate::upstream::BodyFailure;
 use crate::upstream::{BodyFault, BodyPiece, BodyReader, WorkerConn};
+use crate::upstream_h2::{BodySource, H2Exchange, RelayedBody};
 
 // ───────────────────────────── accept ─────────────────────────────
 
@@ -550,6 +554,17 @@ async fn serve_request<'r>(
         }
     };
     let out = outgoing(&head, fields, client, &id, request_edits);
+    if route.group.settings.transport.protocol == WorkerProtocol::H2 {
+        let call = ViaH2 {
+            route,
+            id,
+            started,
+            affinity,
+            edits: response_edits,
+            close: wants_close,
+        };
+        return serve_via_h2(shared, router, client, &head, &out, call).await;
+    }
     let upgrade_asked = upgrade_of(&head, client.pending()).is_some();
     client.consume(head_len);
     let body = RequestBody::H1 {
@@ -578,7 +593,8 @@ async fn serve_request<'r>(
     let body_done = sent_all(head.body, sent);
     match result {
         Ok(fwd) => {
-            let merged = sticky_edits(route, &fwd, response_edits);
+            let fields = rewrite::pairs(&fwd.fields, fwd.conn.pending());
+            let merged = sticky_edits(route, fwd.flight.worker().addr, fields, response_edits);
             let ctx = Relay {
                 shared,
                 route,
@@ -605,6 +621,293 @@ async fn serve_request<'r>(
             Served::refused(keep, &e, Some(route), trace)
         }
     }
+}
+
+/// What serving an HTTP/1.1 request through an HTTP/2 worker needs besides the request.
+struct ViaH2<'a, 'r> {
+    route: &'r RouteEntry,
+    id: RequestId,
+    started: Instant,
+    affinity: Affinity,
+    /// A rule's changes to the response's fields.
+    edits: Option<&'a HeaderEdits>,
+    /// The client asked to close after this request.
+    close: bool,
+}
+
+/// An HTTP/1.1 request for a target group that speaks HTTP/2 to its workers: the head an
+/// HTTP/1.1 worker would get, as HTTP/2 (an `Upgrade` is dropped, as a server that does not
+/// switch would ignore it); the body fed to the worker's stream while its answer is awaited.
+async fn serve_via_h2<'r>(
+    shared: &Arc<Shared>,
+    router: &'r Router,
+    client: &mut H1Client,
+    head: &RequestHead,
+    out: &[u8],
+    call: ViaH2<'_, 'r>,
+) -> Served<'r> {
+    let config = &router.config;
+    let route = call.route;
+    let buf = client.pending();
+    let target = match head.target_form {
+        TargetForm::Absolute { path_and_query, .. } => path_and_query.of(buf),
+        _ => head.target.of(buf),
+    };
+    let parts = crate::upstream_h2::upstream_parts(
+        &head.method,
+        head.host.map(|h| h.of(buf)),
+        target,
+        out,
+        false,
+        &route.group.settings.transport,
+    );
+    client.consume(head.head_len);
+    let has_body = head.body != BodyLength::None;
+    let parts = match parts {
+        Ok(p) => p,
+        Err(e) => {
+            shared.metrics.error(e.code.as_str());
+            let close = call.close || has_body;
+            let keep = answer_error(client, &e, call.id, close, config).await && !close;
+            return Served::refused(keep, &e, Some(route), Trace::default());
+        }
+    };
+    let (feeder, fed) = crate::upstream_h2::fed_body();
+    let mut exchange = H2Exchange {
+        parts,
+        body: if has_body {
+            BodySource::Once(Some(fed))
+        } else {
+            BodySource::Whole(Bytes::new())
+        },
+        replayable: is_idempotent(&head.method) && !has_body,
+        trace: Trace::default(),
+        affinity: call.affinity,
+    };
+    let (answer, body_done) = {
+        let feeding = feed_h2(client, head, route.max_body_bytes, config, feeder);
+        let forwarding = forward_with(shared, router, route, &mut exchange, call.started);
+        forward_while_feeding(forwarding, feeding).await
+    };
+    let trace = std::mem::take(&mut exchange.trace);
+    let close = call.close || !body_done;
+    match answer {
+        Ok((response, flight)) => {
+            let fields = header_pairs(response.headers());
+            let fields = fields.iter().copied();
+            let merged = sticky_edits(route, flight.worker().addr, fields, call.edits);
+            let ctx = Relay {
+                shared,
+                route,
+                id: &call.id,
+                config,
+                edits: merged.as_ref().or(call.edits),
+                method: &head.method,
+                client_http10: head.version == Version::Http10,
+                upgrade_asked: false,
+                close,
+                started: call.started,
+            };
+            let (keep, status, error) = relay_h2_to_h1(client, response, flight, &ctx).await;
+            Served {
+                keep,
+                error,
+                ..Served::forwarded(status, route, trace)
+            }
+        }
+        Err(e) => {
+            shared.metrics.error(e.code.as_str());
+            let keep = answer_error(client, &e, call.id, close, config).await && !close;
+            Served::refused(keep, &e, Some(route), trace)
+        }
+    }
+}
+
+/// Feeds an HTTP/1.1 request body to an HTTP/2 worker's stream; `Err` with the client's
+/// error when the body could not be read whole (the stream is then reset, not ended).
+async fn feed_h2(
+    client: &mut H1Client,
+    head: &RequestHead,
+    limit: u64,
+    config: &Config,
+    mut feeder: crate::upstream_h2::FedBody,
+) -> Result<(), ProxyError> {
+    let idle = config.timeouts.client_body_idle;
+    if head.body == BodyLength::None {
+        return Ok(());
+    }
+    if head.expect_continue && client.pending().is_empty() {
+        let asked = client.write(b"HTTP/1.1 100 Continue\r\n\r\n", idle).await;
+        asked.map_err(crate::forward::client_fault_error)?;
+    }
+    let mut decoder = None;
+    let pumped =
+        crate::forward::pump_h1_body(client, head.body, limit, idle, &mut decoder, &mut feeder)
+            .await;
+    match pumped {
+        Ok(()) => Ok(()),
+        Err(BodyFailure::Client(e)) => {
+            feeder.abort(&e.message).await;
+            Err(e)
+        }
+        // The worker's side: its stream ended or was reset; the forward reports it.
+        Err(BodyFailure::Worker(_)) => Ok(()),
+    }
+}
+
+/// Runs the forward and the body feed together, until the forward has an answer: a worker
+/// may answer before the body ends. The client's own error wins over what it caused at the
+/// worker; the flag says whether the body was read whole.
+async fn forward_while_feeding<A>(
+    forwarding: impl std::future::Future<Output = Result<A, ProxyError>>,
+    feeding: impl std::future::Future<Output = Result<(), ProxyError>>,
+) -> (Result<A, ProxyError>, bool) {
+    tokio::pin!(forwarding, feeding);
+    let mut fed = None;
+    let answer = loop {
+        tokio::select! {
+            answer = &mut forwarding => break answer,
+            result = &mut feeding, if fed.is_none() => fed = Some(result),
+        }
+    };
+    match (answer, fed) {
+        (Err(_), Some(Err(client))) => (Err(client), false),
+        (answer, fed) => (answer, matches!(fed, Some(Ok(())))),
+    }
+}
+
+/// Relays an HTTP/2 worker's answer to an HTTP/1.1 client: the head as for any worker, the
+/// body chunked when its length is unknown (its trailers in the last chunk), or ended by the
+/// close for an HTTP/1.0 client. Returns what [`relay_h1`] does.
+async fn relay_h2_to_h1(
+    client: &mut H1Client,
+    response: Response<Incoming>,
+    flight: InFlight,
+    ctx: &Relay<'_>,
+) -> (bool, u16, Option<&'static str>) {
+    let (head, mut body) = response.into_parts();
+    let status = head.status.as_u16();
+    let find = |name: &[u8]| {
+        let name = std::str::from_utf8(name).ok()?;
+        head.headers.get(name).map(|v| v.as_bytes())
+    };
+    record_answer(
+        ctx.shared,
+        ctx.route,
+        flight.worker(),
+        status,
+        find,
+        ctx.started,
+    );
+    let length = find(b"content-length").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    let bodiless = *ctx.method == Method::HEAD || matches!(status, 100..=199 | 204 | 304);
+    let (framing, chunked, close) = match length {
+        _ if bodiless => (OutFraming::AsSent, false, ctx.close),
+        Some(n) => (OutFraming::Length(n), false, ctx.close),
+        None if ctx.client_http10 => (OutFraming::Close, false, true),
+        None => (OutFraming::Chunked(b"chunked"), true, ctx.close),
+    };
+    let mut out = Buffer::take();
+    let fields = header_pairs(&head.headers);
+    rewrite::response_head(
+        &mut out,
+        &ResponseParts {
+            status,
+            reason: reason(status),
+            request_id: ctx.id.as_bytes(),
+            framing,
+            forward_load_header: ctx.config.telemetry.forward_load_header,
+            close,
+            upgrade: false,
+            edits: ctx.edits,
+        },
+        fields.iter().copied(),
+    );
+    let write_idle = ctx.config.timeouts.client_write_idle;
+    let body_idle = ctx.route.group.settings.worker_body_idle;
+    let relayed = async {
+        client
+            .write(&out, write_idle)
+            .await
+            .map_err(ClientFault::code)?;
+        if bodiless {
+            return Ok(());
+        }
+        relay_frames(client, &mut body, chunked, body_idle, write_idle).await
+    }
+    .await;
+    match relayed {
+        Ok(()) => (!close, status, None),
+        Err(fault) => {
+            ctx.shared
+                .metrics
+                .abandoned
+                .get_or_create(&crate::metrics::ErrorLabels { error: fault })
+                .inc();
+            if fault.starts_with("worker_") {
+                let worker = flight.worker();
+                passive_ejection(ctx.shared, &ctx.route.group, worker, |now, outlier| {
+                    worker.record_late_failure(now, outlier)
+                });
+            }
+            (false, status, Some(fault))
+        }
+    }
+}
+
+/// Writes an HTTP/2 response body's frames to an HTTP/1.1 client, chunk-framed if `chunked`.
+async fn relay_frames(
+    client: &mut H1Client,
+    body: &mut Incoming,
+    chunked: bool,
+    body_idle: Duration,
+    write_idle: Duration,
+) -> Result<(), &'static str> {
+    use http_body_util::BodyExt as _;
+    let mut out = Buffer::take();
+    loop {
+        let frame = match tokio::time::timeout(body_idle, body.frame()).await {
+            Err(_) => return Err("worker_body_idle"),
+            Ok(Some(Err(_))) => return Err("worker_body_error"),
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => {
+                if chunked {
+                    out.extend_from_slice(http1::LAST_CHUNK);
+                }
+                break;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) if chunked => {
+                http1::encode_chunk_header(data.len(), &mut out);
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+            Ok(data) => out.extend_from_slice(&data),
+            Err(frame) => {
+                if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in &trailers {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                }
+                break;
+            }
+        }
+        client
+            .write(&out, write_idle)
+            .await
+            .map_err(ClientFault::code)?;
+        out.clear();
+    }
+    client
+        .write(&out, write_idle)
+        .await
+        .map_err(ClientFault::code)
 }
 
 /// Whether a request body was sent whole (so the connection is at the next request).
@@ -690,19 +993,17 @@ fn sets_cookie<'f>(mut fields: impl Iterator<Item = (&'f [u8], &'f [u8])>, name:
     })
 }
 
-/// A rule's response edits (if any) plus the sticky cookie for the worker that answered, when
-/// its group sets one.
-fn sticky_edits(
+/// A rule's response edits (if any) plus the sticky cookie for `worker`, which answered with
+/// `fields`, when its group sets one.
+fn sticky_edits<'f>(
     route: &RouteEntry,
-    fwd: &Forwarded,
+    worker: SocketAddr,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
     edits: Option<&HeaderEdits>,
 ) -> Option<HeaderEdits> {
-    let buf = fwd.conn.pending();
     let cookie = route
         .group
-        .sticky_cookie(fwd.flight.worker().addr, |name| {
-            sets_cookie(rewrite::pairs(&fwd.fields, buf), name)
-        })?;
+        .sticky_cookie(worker, |name| sets_cookie(fields.clone(), name))?;
     let mut e = edits.cloned().unwrap_or_default();
     e.add.insert("set-cookie".into(), cookie);
     Some(e)
@@ -1192,8 +1493,21 @@ async fn serve_h2_request<'r>(
     };
     let (parts, incoming) = req.into_parts();
     let mut trace = Trace::default();
+    let speaks_h2 = route.group.settings.transport.protocol == WorkerProtocol::H2;
     let result = async {
         let body = H2Body::read(incoming, declared, route.max_body_bytes).await?;
+        if speaks_h2 {
+            let mut exchange = H2Exchange {
+                replayable: is_idempotent(&parts.method) && !body.streaming(),
+                parts: h2_upstream_parts(&parts, info, id, declared, request_edits, route)?,
+                body: body.into_source(),
+                trace: Trace::default(),
+                affinity,
+            };
+            let answer = forward_with(shared, router, route, &mut exchange, started).await;
+            trace = std::mem::take(&mut exchange.trace);
+            return answer.map(|(response, flight)| H2Answer::Http2(response, flight));
+        }
         let head = h2_outgoing(&parts, info, id, body.framing(), request_edits);
         let mut request = Request {
             method: &parts.method,
@@ -1206,28 +1520,48 @@ async fn serve_h2_request<'r>(
         request.replayable &= !request.body_may_stream();
         let forwarded = forward(shared, router, route, &mut request, started).await;
         trace = std::mem::take(&mut request.trace);
-        forwarded
+        forwarded.map(H2Answer::Http1)
     }
     .await;
+    let reply = |edits| H2Reply {
+        route,
+        id,
+        config: &router.config,
+        started,
+        method: &parts.method,
+        edits,
+    };
     match result {
-        Ok(fwd) => {
+        Ok(H2Answer::Http1(fwd)) => {
             let status = fwd.head.status;
-            let merged = sticky_edits(route, &fwd, response_edits);
-            let reply = H2Reply {
-                route,
-                id,
-                config: &router.config,
-                started,
-                method: &parts.method,
-                edits: merged.as_ref().or(response_edits),
-            };
+            let pending = fwd.conn.pending();
+            let fields = rewrite::pairs(&fwd.fields, pending);
+            let merged = sticky_edits(route, fwd.flight.worker().addr, fields, response_edits);
+            let reply = reply(merged.as_ref().or(response_edits));
             (
                 respond_h2(shared, fwd, &reply),
                 Served::forwarded(status, route, trace),
             )
         }
+        Ok(H2Answer::Http2(response, flight)) => {
+            let status = response.status().as_u16();
+            let fields = header_pairs(response.headers());
+            let fields = fields.iter().copied();
+            let merged = sticky_edits(route, flight.worker().addr, fields, response_edits);
+            let reply = reply(merged.as_ref().or(response_edits));
+            (
+                relay_h2_response(shared, response, flight, &reply),
+                Served::forwarded(status, route, trace),
+            )
+        }
         Err(e) => refuse(e, Some(route), trace),
     }
+}
+
+/// A worker's answer to an HTTP/2 request, by the protocol the worker spoke.
+enum H2Answer {
+    Http1(Forwarded),
+    Http2(Response<Incoming>, InFlight),
 }
 
 /// What the rules and routes decide for an HTTP/2 request.
@@ -1346,6 +1680,10 @@ fn log_h2(
             let log = shared.access_log.clone();
             body.log = Some(Unfinished::new(record, started, format, log));
         }
+        H2Response::Relayed(body) => {
+            let log = shared.access_log.clone();
+            body.log = Some(Unfinished::new(record, started, format, log));
+        }
         H2Response::Full(bytes) => {
             record.bytes_out = bytes.as_ref().map_or(0, |b| b.len() as u64);
             shared.access_log.write(record, format);
@@ -1386,12 +1724,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 /// The fields of an HTTP/1.1 response head (status line first) on an HTTP/2 response, less
 /// those HTTP/2 forbids.
 fn h2_fields(mut response: http::response::Builder, head: &[u8]) -> http::response::Builder {
-    for line in head.split(|b| *b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    for (name, value) in rewrite::head_fields(head) {
         if name.eq_ignore_ascii_case(b"connection")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
         {
@@ -1400,6 +1733,38 @@ fn h2_fields(mut response: http::response::Builder, head: &[u8]) -> http::respon
         response = response.header(name, value);
     }
     response
+}
+
+/// The head an HTTP/2 worker gets for an HTTP/2 request: what an HTTP/1.1 worker would get,
+/// as HTTP/2.
+fn h2_upstream_parts(
+    parts: &http::request::Parts,
+    info: &ConnInfo,
+    id: &RequestId,
+    declared: Option<u64>,
+    edits: Option<&HeaderEdits>,
+    route: &RouteEntry,
+) -> Result<http::request::Parts, ProxyError> {
+    let framing = declared.map_or(OutFraming::None, OutFraming::Length);
+    let head = h2_outgoing(parts, info, id, framing, edits);
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    let authority = authority.or_else(|| {
+        let host = parts.headers.get(http::header::HOST);
+        host.map(|h| h.as_bytes())
+    });
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let trailers = parts
+        .headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    crate::upstream_h2::upstream_parts(
+        &parts.method,
+        authority,
+        target.as_bytes(),
+        &head,
+        trailers,
+        &route.group.settings.transport,
+    )
 }
 
 /// The HTTP/1.1 head a worker gets for an HTTP/2 request.
@@ -1467,7 +1832,6 @@ fn respond_h2(shared: &Arc<Shared>, fwd: Forwarded, reply: &H2Reply<'_>) -> Resp
         group,
         ..
     } = fwd;
-    let (id, config) = (reply.id, reply.config);
     let buf = conn.pending();
     record_response(
         shared,
@@ -1479,32 +1843,11 @@ fn respond_h2(shared: &Arc<Shared>, fwd: Forwarded, reply: &H2Reply<'_>) -> Resp
         reply.started,
     );
     let head_request = *reply.method == http::Method::HEAD;
-    let forward_load = config.telemetry.forward_load_header;
-    let mut out = Buffer::take();
-    // The same rules as for HTTP/1.1 clients, then parsed back into a map for hyper.
-    rewrite::response_head(
-        &mut out,
-        &rewrite::ResponseParts {
-            status: head.status,
-            reason: b"",
-            request_id: id.as_bytes(),
-            // A response to HEAD keeps the Content-Length a GET would have had (RFC 9110 §9.3.2).
-            framing: if head_request {
-                OutFraming::AsSent
-            } else {
-                OutFraming::None
-            },
-            forward_load_header: forward_load,
-            close: false,
-            upgrade: false,
-            edits: reply.edits,
-        },
-        rewrite::pairs(&fields, buf),
-    );
-    let mut response = h2_fields(Response::builder().status(head.status), &out);
-    if let (ResponseBody::Length(n), false) = (head.body, head_request) {
-        response = response.header(http::header::CONTENT_LENGTH, n);
-    }
+    let length = match head.body {
+        ResponseBody::Length(n) => Some(n),
+        _ => None,
+    };
+    let response = h2_response_head(head.status, rewrite::pairs(&fields, buf), length, reply);
     conn.consume(head.head_len);
     drop(fields);
     let reader = BodyReader::for_response(if head_request {
@@ -1519,6 +1862,88 @@ fn respond_h2(shared: &Arc<Shared>, fwd: Forwarded, reply: &H2Reply<'_>) -> Resp
         group.settings.max_in_flight_per_worker,
         group.settings.worker_body_idle,
     )));
+    h2_response_with(response, body, reply.id)
+}
+
+/// An HTTP/2 worker's answer to an HTTP/2 client: the head rewritten as any, the body's
+/// frames (trailers too) relayed as they come.
+fn relay_h2_response(
+    shared: &Arc<Shared>,
+    response: Response<Incoming>,
+    flight: InFlight,
+    reply: &H2Reply<'_>,
+) -> Response<H2Response> {
+    let (head, incoming) = response.into_parts();
+    let find = |name: &[u8]| {
+        let name = std::str::from_utf8(name).ok()?;
+        head.headers.get(name).map(|v| v.as_bytes())
+    };
+    let status = head.status.as_u16();
+    record_answer(
+        shared,
+        reply.route,
+        flight.worker(),
+        status,
+        find,
+        reply.started,
+    );
+    let length = find(b"content-length").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    let fields = header_pairs(&head.headers);
+    let response = h2_response_head(status, fields.iter().copied(), length, reply);
+    let idle = reply.route.group.settings.worker_body_idle;
+    let body = H2Response::Relayed(Box::new(RelayedBody::new(incoming, flight, idle)));
+    h2_response_with(response, body, reply.id)
+}
+
+/// A header map's fields as name and value bytes, for `rewrite.rs`.
+fn header_pairs(headers: &HeaderMap) -> Vec<(&[u8], &[u8])> {
+    let pairs = headers.iter();
+    pairs
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect()
+}
+
+/// The head an HTTP/2 client gets for a worker's answer: the same rules as for HTTP/1.1
+/// clients (`rewrite.rs`), then parsed back into a map for hyper.
+fn h2_response_head<'f>(
+    status: u16,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+    length: Option<u64>,
+    reply: &H2Reply<'_>,
+) -> http::response::Builder {
+    let head_request = *reply.method == http::Method::HEAD;
+    let mut out = Buffer::take();
+    rewrite::response_head(
+        &mut out,
+        &rewrite::ResponseParts {
+            status,
+            reason: b"",
+            request_id: reply.id.as_bytes(),
+            // A response to HEAD keeps the Content-Length a GET would have had (RFC 9110 §9.3.2).
+            framing: if head_request {
+                OutFraming::AsSent
+            } else {
+                OutFraming::None
+            },
+            forward_load_header: reply.config.telemetry.forward_load_header,
+            close: false,
+            upgrade: false,
+            edits: reply.edits,
+        },
+        fields,
+    );
+    let mut response = h2_fields(Response::builder().status(status), &out);
+    if let (Some(n), false) = (length, head_request) {
+        response = response.header(http::header::CONTENT_LENGTH, n);
+    }
+    response
+}
+
+fn h2_response_with(
+    response: http::response::Builder,
+    body: H2Response,
+    id: &RequestId,
+) -> Response<H2Response> {
     response.body(body).unwrap_or_else(|_| {
         h2_error_response(
             &ProxyError::new(

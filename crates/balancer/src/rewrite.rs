@@ -325,6 +325,15 @@ fn is_hop_by_hop(name: &[u8], named: &[&[u8]]) -> bool {
 }
 
 /// The (name, value) pairs of parsed fields, over the buffer they were parsed from.
+/// The fields of a head this module wrote (start line skipped), as name and value.
+pub fn head_fields(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    head.split(|b| *b == b'\n').skip(1).filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
+}
+
 pub fn pairs<'b>(
     fields: &'b [Field],
     buf: &'b [u8],

@@ -17,6 +17,7 @@ use fulcrum_telemetry::LoadReport;
 use crate::config::TelemetrySource;
 use crate::fleet::{now_us, Worker};
 use crate::probe::Probe;
+use crate::transport::Transport;
 
 /// The part of a worker's `/load` answer the balancer reads.
 #[derive(serde::Deserialize)]
@@ -38,9 +39,13 @@ async fn read_load(probe: &mut Probe, timeout: Duration) -> Option<Load> {
     }
 }
 
-pub fn spawn_poll(worker: Arc<Worker>, interval: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_poll(
+    worker: Arc<Worker>,
+    interval: Duration,
+    transport: Transport,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut probe = Probe::new(worker.addr);
+        let mut probe = Probe::new(worker.addr, transport);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -130,9 +135,10 @@ fn wall_now() -> f64 {
 pub fn spawn_cloudwatch_emulation(
     worker: Arc<Worker>,
     period: Duration,
+    transport: Transport,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut probe = Probe::new(worker.addr);
+        let mut probe = Probe::new(worker.addr, transport);
         let mut averager = WindowAverager::new(period);
         // Sample often enough to place window boundaries well, rarely enough to cost nothing.
         let every = (period / 12).clamp(Duration::from_millis(250), Duration::from_secs(5));

@@ -28,10 +28,12 @@ use crate::buffers::{Buffer, LARGE, SIZE};
 use crate::clock::now_us;
 use crate::errors::ProxyError;
 use crate::http1::{self, ChunkStep, ChunkedDecoder, Field, ResponseBody, ResponseHead, Span};
+pub use crate::transport::ConnectError;
+use crate::transport::{Transport, WorkerStream};
 
-/// One HTTP/1.1 connection to a worker.
+/// One HTTP/1.1 connection to a worker, plain or TLS.
 pub struct WorkerConn {
-    pub stream: TcpStream,
+    pub stream: WorkerStream,
     /// What has been read and not yet used: a response head, body bytes after it.
     buf: Option<Buffer>,
     /// It served an earlier request (so a close before any answer may be the keep-alive race).
@@ -97,11 +99,20 @@ impl WorkerConn {
     }
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let written = write_now(&self.stream, bytes)?;
-        if written < bytes.len() {
-            self.stream.write_all(&bytes[written..]).await?;
+        match &mut self.stream {
+            WorkerStream::Plain(s) => {
+                let written = write_now(s, bytes)?;
+                if written < bytes.len() {
+                    s.write_all(&bytes[written..]).await?;
+                }
+                Ok(())
+            }
+            // rustls holds records until flushed.
+            WorkerStream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
         }
-        Ok(())
     }
 
     /// Reads more bytes into the buffer, for callers that poll (a response body relayed to an
@@ -110,19 +121,21 @@ impl WorkerConn {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.stream.poll_read_ready(cx))?;
-            let room = self.room().spare();
-            let buf = self.buf.as_mut().expect("room() leaves a buffer");
-            match self.stream.try_read_buf(&mut **buf) {
-                Ok(n) => {
-                    self.filled = n == room;
-                    return std::task::Poll::Ready(Ok(n));
+        let room = self.room().spare();
+        let buf = self.buf.as_mut().expect("room() leaves a buffer");
+        let n = match &mut self.stream {
+            WorkerStream::Plain(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                match s.try_read_buf(&mut **buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return std::task::Poll::Ready(Err(e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return std::task::Poll::Ready(Err(e)),
-            }
-        }
+            },
+            WorkerStream::Tls(s) => std::task::ready!(poll_read_into(s, cx, buf))?,
+        };
+        self.filled = n == room;
+        std::task::Poll::Ready(Ok(n))
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream. Through
@@ -291,6 +304,24 @@ impl BodyReader {
     }
 }
 
+/// Reads what a TLS stream has into the spare room of `buf`.
+fn poll_read_into(
+    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut Vec<u8>,
+) -> std::task::Poll<io::Result<usize>> {
+    use tokio::io::AsyncRead as _;
+    let len = buf.len();
+    // Zeroing the room costs little beside decryption, and keeps this free of `unsafe`.
+    buf.resize(buf.capacity(), 0);
+    let mut read = tokio::io::ReadBuf::new(&mut buf[len..]);
+    let polled = std::pin::Pin::new(s).poll_read(cx, &mut read);
+    let n = read.filled().len();
+    buf.truncate(len + n);
+    std::task::ready!(polled)?;
+    std::task::Poll::Ready(Ok(n))
+}
+
 /// Writes what the socket takes without waiting; how much that was.
 pub fn write_now(s: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
@@ -320,15 +351,6 @@ pub struct Pool {
     open: Arc<AtomicUsize>,
 }
 
-/// Why a connection could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connect timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("connect failed: {0}")]
-    Io(#[from] io::Error),
-}
-
 impl Pool {
     fn shard(&self) -> &Mutex<Vec<Idle>> {
         &self.idle[crate::spread::this_thread() % SHARDS]
@@ -340,7 +362,7 @@ impl Pool {
         let max_age = idle_timeout.as_micros() as u64;
         loop {
             let idle = self.shard().lock().expect("never poisoned").pop()?;
-            if now_us().saturating_sub(idle.since_us) > max_age || !still_open(&idle.conn) {
+            if now_us().saturating_sub(idle.since_us) > max_age || !idle.conn.stream.still_open() {
                 continue; // dropping it closes the connection
             }
             return Some(idle.conn);
@@ -363,16 +385,14 @@ impl Pool {
         }
     }
 
-    /// Opens a new connection to `addr`, giving up at `timeout`.
+    /// Opens a new connection to `addr` over `transport`, giving up at `timeout`.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         timeout: Duration,
+        transport: &Transport,
     ) -> Result<WorkerConn, ConnectError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
-        let _ = stream.set_nodelay(true);
+        let stream = transport.connect(addr, timeout).await?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(WorkerConn {
             stream,
@@ -400,11 +420,4 @@ impl Pool {
             s.lock().expect("never poisoned").clear();
         }
     }
-}
-
-/// Whether an idle connection is still open: nothing to read (the worker has not closed it,
-/// nor sent anything unasked).
-fn still_open(conn: &WorkerConn) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }

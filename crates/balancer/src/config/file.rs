@@ -197,6 +197,34 @@ pub struct TargetGroupSpec {
     /// Sticky sessions by cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<Spanned<StickinessSpec>>,
+    /// The HTTP version spoken to the workers: `http1` (default) or `h2`.
+    #[serde(default, skip_serializing_if = "is_http1")]
+    pub protocol: crate::transport::WorkerProtocol,
+    /// TLS to the workers (also on when they are written `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Spanned<WorkerTlsSpec>>,
+}
+
+fn is_http1(p: &crate::transport::WorkerProtocol) -> bool {
+    *p == crate::transport::WorkerProtocol::Http1
+}
+
+/// `[target_group.tls]`: how to trust the workers and what to show them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTlsSpec {
+    /// PEM file of the CAs to trust; the system's roots when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// SNI and the name checked in the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 fn default_hash_key() -> String {
@@ -315,6 +343,8 @@ impl TargetGroupSpec {
             slow_start: Duration::ZERO,
             hash_key: default_hash_key(),
             stickiness: None,
+            protocol: Default::default(),
+            tls: None,
         }
     }
 

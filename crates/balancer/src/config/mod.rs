@@ -359,6 +359,8 @@ pub struct TargetGroup {
     pub hash_key: AffinityKey,
     /// Sticky sessions by cookie, if on.
     pub stickiness: Option<Stickiness>,
+    /// How the workers are reached: TLS or not, HTTP/1.1 or HTTP/2.
+    pub transport: Transport,
 }
 
 /// Sticky sessions: a cookie of the balancer's names the worker a client stays with (while
@@ -399,7 +401,8 @@ impl AffinityKey {
     }
 }
 
-/// A worker's address as configured (`127.0.0.1:9001` or `http://127.0.0.1:9001`).
+/// A worker's address as configured (`127.0.0.1:9001`, `http://127.0.0.1:9001`, or
+/// `https://…`: the scheme itself is the target group's, see [`Transport`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerAddr(pub SocketAddr);
 
@@ -410,15 +413,10 @@ impl std::fmt::Display for WorkerAddr {
 }
 
 impl WorkerAddr {
-    /// Parses `host:port` or `http://host:port`; names are resolved once, here.
+    /// Parses `host:port`, `http://host:port` or `https://host:port`; names are resolved
+    /// once, here.
     pub fn parse(s: &str) -> Result<WorkerAddr, String> {
-        let rest = s.strip_prefix("http://").unwrap_or(s);
-        if s.starts_with("https://") {
-            return Err(format!(
-                "`{s}`: workers are reached over plain HTTP; drop `https://`"
-            ));
-        }
-        let rest = rest.trim_end_matches('/');
+        let rest = Self::without_scheme(s).trim_end_matches('/');
         if rest.contains('/') {
             return Err(format!("`{s}`: a worker address has no path"));
         }
@@ -432,6 +430,23 @@ impl WorkerAddr {
             .next()
             .map(WorkerAddr)
             .ok_or_else(|| format!("`{s}` resolves to no address"))
+    }
+
+    fn without_scheme(s: &str) -> &str {
+        s.strip_prefix("http://")
+            .or_else(|| s.strip_prefix("https://"))
+            .unwrap_or(s)
+    }
+
+    /// The host name written in an address, if it is a name and not an IP address.
+    fn written_name(s: &str) -> Option<&str> {
+        let rest = Self::without_scheme(s).trim_end_matches('/');
+        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+        let is_ip = host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        (!is_ip && !host.is_empty()).then_some(host)
     }
 }
 
@@ -511,6 +526,7 @@ pub mod file;
 mod quick;
 pub mod rules;
 
+use crate::transport::{TlsSettings, Transport};
 pub use file::BalancerFile;
 use file::{AccessLogSpec, ListenerSpec, RouteSpec, TargetGroupSpec, TlsSpec};
 pub use quick::QuickConfig;
@@ -732,7 +748,7 @@ fn target_groups(
         .collect();
     explicit.sort();
     explicit.dedup();
-    let groups = groups
+    let groups: Vec<TargetGroup> = groups
         .into_iter()
         .map(|(has_all, mut g)| {
             if has_all {
@@ -745,7 +761,40 @@ fn target_groups(
             g
         })
         .collect();
+    one_transport_per_worker(&groups, raw, loc)?;
     Ok((names, groups))
+}
+
+/// A worker address in two groups must be reached the same way from both: its pooled
+/// connections and its health checks are shared.
+fn one_transport_per_worker(
+    groups: &[TargetGroup],
+    raw: &BalancerFile,
+    loc: &Locator,
+) -> Result<(), ConfigError> {
+    let mut seen: BTreeMap<&WorkerAddr, &TargetGroup> = BTreeMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        for w in &g.workers {
+            let first = *seen.entry(w).or_insert(g);
+            if first.transport != g.transport {
+                let way = |t: &Transport| format!("{} {}", t.scheme(), t.protocol.name());
+                let (a, b) = (way(&first.transport), way(&g.transport));
+                let differ = if a == b {
+                    "TLS settings".to_owned()
+                } else {
+                    format!("{a} / {b}")
+                };
+                return Err(loc.at(
+                    raw.target_groups[i].span(),
+                    format!(
+                        "worker {w} is in target groups `{}` and `{}`, which reach it differently ({differ}): one address speaks one way, so give both the same `protocol` and `tls`",
+                        first.name, g.name,
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn target_group(
@@ -802,7 +851,79 @@ fn target_group(
             .as_ref()
             .map(|s| stickiness(s, loc))
             .transpose()?,
+        transport: worker_transport(fg, loc, resolve, g.span())?,
     })
+}
+
+/// How a group reaches its workers: TLS when its workers are written `https://` or it has a
+/// `tls` table, with the files read and checked now.
+fn worker_transport(
+    fg: &TargetGroupSpec,
+    loc: &Locator,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    span: std::ops::Range<usize>,
+) -> Result<Transport, ConfigError> {
+    let written = |scheme: &str| fg.workers.iter().find(|w| w.get_ref().starts_with(scheme));
+    let (https, http) = (written("https://"), written("http://"));
+    if let (Some(a), Some(_)) = (https, http) {
+        return Err(loc.at(
+            a.span(),
+            "a target group's workers are all `https://` or all `http://`, not both",
+        ));
+    }
+    if let (Some(_), Some(w)) = (&fg.tls, http) {
+        return Err(loc.at(
+            w.span(),
+            format!(
+                "`{}` is plain HTTP but the group has a `tls` table; write `https://` or drop the scheme",
+                w.get_ref()
+            ),
+        ));
+    }
+    if fg.tls.is_none() && https.is_none() {
+        return Ok(Transport::plain(fg.protocol));
+    }
+    let spec = fg
+        .tls
+        .as_ref()
+        .map(|t| t.get_ref().clone())
+        .unwrap_or_default();
+    let tls_span = fg.tls.as_ref().map_or(span, |t| t.span());
+    let mut names: Vec<&str> = fg
+        .workers
+        .iter()
+        .filter_map(|w| WorkerAddr::written_name(w.get_ref()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let server_name = match (spec.server_name, names.as_slice()) {
+        (Some(n), _) => Some(n),
+        (None, []) => None,
+        (None, [one]) => Some(one.to_string()),
+        (None, many) => {
+            return Err(loc.at(
+                tls_span,
+                format!(
+                    "the workers are named differently ({}): set tls.server_name, the name their certificates carry",
+                    many.join(", ")
+                ),
+            ))
+        }
+    };
+    let settings = TlsSettings {
+        ca_file: spec.ca_file.map(resolve),
+        server_name,
+        client_cert: spec.client_cert.map(resolve),
+        client_key: spec.client_key.map(resolve),
+        insecure: spec.insecure,
+    };
+    if settings.insecure && settings.ca_file.is_some() {
+        return Err(loc.at(
+            tls_span,
+            "tls: `insecure = true` trusts anything; drop ca_file or insecure",
+        ));
+    }
+    Transport::with_tls(fg.protocol, settings).map_err(|e| loc.at(tls_span, format!("tls: {e:#}")))
 }
 
 /// A group's explicit workers (`@all` is expanded later), each once.
