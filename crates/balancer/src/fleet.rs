@@ -178,7 +178,7 @@ pub struct Worker {
     identity: Mutex<Option<Identity>>,
     pub pool: Pool,
     /// Its HTTP/2 connection, for target groups that speak HTTP/2 to it.
-    pub h2: crate::upstream_h2::H2Channel,
+    pub h2: crate::h2_channel::H2Channel,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     signal: Arc<CapacitySignal>,
 }

@@ -32,11 +32,11 @@ use crate::buffers::Buffer;
 use crate::drain::Drain;
 use crate::errors::{ErrorCode, ProxyError};
 use crate::fleet::InFlight;
+use crate::h2_channel::{BodySource, UpstreamBody};
 use crate::http1::encode_chunk_header;
 use crate::metrics::Metrics;
 use crate::rewrite::OutFraming;
 use crate::upstream::{BodyFailure, BodyPiece, BodyReader, WorkerConn};
-use crate::upstream_h2::{BodySource, RelayedBody, UpstreamBody};
 
 /// Request bodies declared up to this size are read whole before a worker is chosen.
 const WHOLE_BODY: u64 = 64 * 1024;
@@ -520,4 +520,72 @@ where
     let _ = client.shutdown().await;
     let _ = worker.shutdown().await;
     carried
+}
+
+/// An HTTP/2 worker's response body on its way to a client: frames (DATA and trailers) as
+/// they come, the in-flight slot held until the end, `idle` the longest wait for the next.
+pub struct RelayedBody {
+    body: Incoming,
+    flight: Option<InFlight>,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The request's access-log line, written when the body ends or is abandoned.
+    pub log: Option<Unfinished>,
+}
+
+impl RelayedBody {
+    pub fn new(body: Incoming, flight: InFlight, idle: Duration) -> RelayedBody {
+        RelayedBody {
+            body,
+            flight: Some(flight),
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            log: None,
+        }
+    }
+
+    /// Whether the body has ended (or never had anything: a gRPC trailers-only answer).
+    pub fn is_done(&self) -> bool {
+        self.flight.is_none() || self.body.is_end_stream()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+
+    /// The next frame; `Err` when the worker broke the stream or stalled past `idle`.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.flight.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {
+                    log.bytes_out += data.len() as u64;
+                }
+                let next = tokio::time::Instant::now() + self.idle;
+                self.sleep.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.flight = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.flight = None;
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            Poll::Pending if self.sleep.as_mut().poll(cx).is_ready() => {
+                self.flight = None;
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "worker_body_idle",
+                ))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }

@@ -33,6 +33,7 @@ pub mod extension;
 mod fleet;
 mod forward;
 mod h2;
+mod h2_channel;
 mod health;
 pub mod http1;
 mod line;

@@ -34,12 +34,14 @@ use crate::client::{ClientFault, ClientStream, ConnInfo, ConnectionGuard, H1Clie
 use crate::config::rules::HeaderEdits;
 use crate::config::Config;
 use crate::errors::{ErrorCode, ProxyError};
-use crate::fleet::InFlight;
+use crate::fleet::{InFlight, Worker};
 use crate::forward::{
     body_too_large, forward, forward_with, is_idempotent, passive_ejection, record_answer,
     record_response, BodySent, Forwarded, Request, RequestBody,
 };
+use crate::h2::RelayedBody;
 use crate::h2::{H2Body, H2Response, H2Settings, WorkerBody};
+use crate::h2_channel::BodySource;
 use crate::http1::{self, BodyLength, RequestHead, ResponseBody, TargetForm, Version};
 use crate::policy::Affinity;
 use crate::rewrite::{self, OutFraming, RequestParts, ResponseParts};
@@ -50,7 +52,7 @@ use crate::state::{RequestId, Shared};
 use crate::transport::WorkerProtocol;
 use crate::upstream::BodyFailure;
 use crate::upstream::{BodyFault, BodyPiece, BodyReader, WorkerConn};
-use crate::upstream_h2::{BodySource, H2Exchange, RelayedBody};
+use crate::upstream_h2::H2Exchange;
 
 // ───────────────────────────── accept ─────────────────────────────
 
@@ -615,10 +617,8 @@ async fn serve_request<'r>(
             }
         }
         Err(e) => {
-            shared.metrics.error(e.code.as_str());
             let close = wants_close || !body_done;
-            let keep = answer_error(client, &e, id, close, config).await && !close;
-            Served::refused(keep, &e, Some(route), trace)
+            refuse_forwarded(shared, client, e, (id, close), route, trace, config).await
         }
     }
 }
@@ -666,10 +666,9 @@ async fn serve_via_h2<'r>(
     let parts = match parts {
         Ok(p) => p,
         Err(e) => {
-            shared.metrics.error(e.code.as_str());
-            let close = call.close || has_body;
-            let keep = answer_error(client, &e, call.id, close, config).await && !close;
-            return Served::refused(keep, &e, Some(route), Trace::default());
+            let answer = (call.id, call.close || has_body);
+            return refuse_forwarded(shared, client, e, answer, route, Trace::default(), config)
+                .await;
         }
     };
     let (feeder, fed) = crate::upstream_h2::fed_body();
@@ -715,11 +714,7 @@ async fn serve_via_h2<'r>(
                 ..Served::forwarded(status, route, trace)
             }
         }
-        Err(e) => {
-            shared.metrics.error(e.code.as_str());
-            let keep = answer_error(client, &e, call.id, close, config).await && !close;
-            Served::refused(keep, &e, Some(route), trace)
-        }
+        Err(e) => refuse_forwarded(shared, client, e, (call.id, close), route, trace, config).await,
     }
 }
 
@@ -839,17 +834,7 @@ async fn relay_h2_to_h1(
     match relayed {
         Ok(()) => (!close, status, None),
         Err(fault) => {
-            ctx.shared
-                .metrics
-                .abandoned
-                .get_or_create(&crate::metrics::ErrorLabels { error: fault })
-                .inc();
-            if fault.starts_with("worker_") {
-                let worker = flight.worker();
-                passive_ejection(ctx.shared, &ctx.route.group, worker, |now, outlier| {
-                    worker.record_late_failure(now, outlier)
-                });
-            }
+            abandoned(ctx, &ctx.route.group, flight.worker(), fault);
             (false, status, Some(fault))
         }
     }
@@ -908,6 +893,22 @@ async fn relay_frames(
         .write(&out, write_idle)
         .await
         .map_err(ClientFault::code)
+}
+
+/// Answers a routed request that could not be forwarded with its error (`answer`: the request
+/// id, and whether the connection closes after it), counted.
+async fn refuse_forwarded<'r>(
+    shared: &Shared,
+    client: &mut H1Client,
+    e: ProxyError,
+    (id, close): (RequestId, bool),
+    route: &'r RouteEntry,
+    trace: Trace,
+    config: &Config,
+) -> Served<'r> {
+    shared.metrics.error(e.code.as_str());
+    let keep = answer_error(client, &e, id, close, config).await && !close;
+    Served::refused(keep, &e, Some(route), trace)
 }
 
 /// Whether a request body was sent whole (so the connection is at the next request).
@@ -1227,20 +1228,24 @@ async fn relay_h1(
             (!close, head.status, None)
         }
         Err(fault) => {
-            ctx.shared
-                .metrics
-                .abandoned
-                .get_or_create(&crate::metrics::ErrorLabels { error: fault })
-                .inc();
-            // Only what the worker did counts against it; a client that went away does not.
-            if fault.starts_with("worker_") {
-                let worker = fwd.flight.worker();
-                passive_ejection(ctx.shared, &fwd.group, worker, |now, outlier| {
-                    worker.record_late_failure(now, outlier)
-                });
-            }
+            abandoned(ctx, &fwd.group, fwd.flight.worker(), fault);
             (false, head.status, Some(fault))
         }
+    }
+}
+
+/// A response cut short by `fault`: counted, and held against the worker if it was the
+/// worker's doing (a client that went away is not).
+fn abandoned(ctx: &Relay<'_>, group: &Group, worker: &Worker, fault: &'static str) {
+    ctx.shared
+        .metrics
+        .abandoned
+        .get_or_create(&crate::metrics::ErrorLabels { error: fault })
+        .inc();
+    if fault.starts_with("worker_") {
+        passive_ejection(ctx.shared, group, worker, |now, outlier| {
+            worker.record_late_failure(now, outlier)
+        });
     }
 }
 

@@ -1,150 +1,30 @@
 //! HTTP/2 to workers, for target groups with `protocol = "h2"` (gRPC services, HTTP/2-only
-//! backends): one multiplexed connection per worker through hyper's client, over plain TCP
-//! (h2c with prior knowledge) or TLS with ALPN `h2`.
+//! backends): a request put to a worker's multiplexed connection (`h2_channel.rs`), over plain
+//! TCP (h2c with prior knowledge) or TLS with ALPN `h2`.
 //!
 //! A request goes out with the same header policy as an HTTP/1.1 one (`rewrite.rs`: X-Forwarded-*,
 //! Forwarded, Via, the request id, a rule's edits), its body streamed frame by frame; the
 //! worker's response comes back as hyper's body, DATA and trailers alike, so gRPC's
 //! `grpc-status` trailers reach the client. The request's in-flight slot is held by the
-//! response body until it ends ([`RelayedBody`]).
+//! response body until it ends (`h2::RelayedBody`).
 //!
 //! What may be retried follows [`crate::forward::Exchange`]: a request the connection never
 //! took (hyper reports it cancelled) is not sent and goes to another worker; one that may have
 //! reached the worker is retried only if it is idempotent and its body was read whole.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::Response;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Frame;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::future::Future as _;
 
-use crate::access_log::{Trace, Unfinished};
+use crate::access_log::Trace;
 use crate::errors::{ErrorCode, ProxyError};
-use crate::fleet::{InFlight, Worker};
+use crate::fleet::Worker;
 use crate::forward::{worker_error, AttemptFailure, BodySink, Exchange};
+use crate::h2_channel::{BodySource, BoxError, TooLarge, UpstreamBody};
 use crate::policy::Affinity;
 use crate::route::Group;
 use crate::transport::{ConnectError, Transport};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A worker's HTTP/2 connection, opened on first use and again after it closes.
-#[derive(Default)]
-pub struct H2Channel {
-    sender: tokio::sync::Mutex<Option<SendRequest<UpstreamBody>>>,
-}
-
-impl H2Channel {
-    /// A handle on the worker's connection; concurrent first requests wait for one connect.
-    async fn sender(
-        &self,
-        addr: std::net::SocketAddr,
-        transport: &Transport,
-        timeout: Duration,
-    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-        let mut held = self.sender.lock().await;
-        if let Some(s) = held.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
-        }
-        *held = None;
-        let stream = transport.connect(addr, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // A dead connection is noticed while idle, not by the next request.
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError::Tls(std::io::Error::other(format!("HTTP/2: {e}"))))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(worker = %addr, error = %e, "HTTP/2 connection to a worker ended");
-            }
-        });
-        *held = Some(sender.clone());
-        Ok(sender)
-    }
-
-    /// Lets the connection go: requests under way finish on it, new ones open another.
-    pub fn close(&self) {
-        if let Ok(mut held) = self.sender.try_lock() {
-            *held = None;
-        }
-    }
-
-    /// Whether a connection is open now.
-    pub fn is_open(&self) -> bool {
-        self.sender
-            .try_lock()
-            .is_ok_and(|s| s.as_ref().is_some_and(|s| !s.is_closed()))
-    }
-}
-
-/// A request body on its way to an HTTP/2 worker.
-pub enum UpstreamBody {
-    /// Read whole before the worker was picked; sent again as is on a retry.
-    Whole(Option<Bytes>),
-    /// Streamed from an HTTP/2 client, at most `limit` bytes.
-    Streamed {
-        incoming: Incoming,
-        seen: u64,
-        limit: u64,
-    },
-    /// Fed by an HTTP/1.1 client's connection, frame by frame.
-    Fed(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Fed(rx) => rx.poll_recv(cx),
-            UpstreamBody::Streamed {
-                incoming,
-                seen,
-                limit,
-            } => {
-                let frame = std::task::ready!(Pin::new(incoming).poll_frame(cx));
-                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-                    *seen += data.map_or(0, |d| d.len() as u64);
-                    if *seen > *limit {
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(*limit)))));
-                    }
-                }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Whole(b) => b.is_none(),
-            UpstreamBody::Streamed { incoming, .. } => incoming.is_end_stream(),
-            UpstreamBody::Fed(_) => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Whole(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            UpstreamBody::Whole(None) => SizeHint::with_exact(0),
-            UpstreamBody::Streamed { incoming, .. } => incoming.size_hint(),
-            UpstreamBody::Fed(_) => SizeHint::default(),
-        }
-    }
-}
 
 /// The sending end of an [`UpstreamBody::Fed`] body: an HTTP/1.1 client's body, data only.
 pub struct FedBody(tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>);
@@ -178,22 +58,6 @@ impl BodySink for FedBody {
     }
 }
 
-/// A streamed request body went over the route's limit.
-#[derive(Debug)]
-pub struct TooLarge(pub u64);
-
-impl std::fmt::Display for TooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the request body exceeds this route's limit of {} bytes",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for TooLarge {}
-
 /// A request failed because of its own body (the client's stream broke, or went over the
 /// limit): the client's error, not the worker's.
 fn body_error(e: &hyper::Error) -> ProxyError {
@@ -208,13 +72,6 @@ fn body_error(e: &hyper::Error) -> ProxyError {
         ErrorCode::BadRequestBody,
         format!("the request body could not be read: {e}"),
     )
-}
-
-/// Where an [`H2Exchange`]'s body comes from, as far as sending it again goes.
-pub enum BodySource {
-    Whole(Bytes),
-    /// Taken by the first attempt; none after it.
-    Once(Option<UpstreamBody>),
 }
 
 /// A request for an HTTP/2 worker: its head (fields already rewritten) and its body.
@@ -387,73 +244,5 @@ fn unreachable(group: &Group, e: &ConnectError) -> AttemptFailure {
         AttemptFailure::Refused(error)
     } else {
         AttemptFailure::NotSent(error)
-    }
-}
-
-/// An HTTP/2 worker's response body on its way to a client: frames (DATA and trailers) as
-/// they come, the in-flight slot held until the end, `idle` the longest wait for the next.
-pub struct RelayedBody {
-    body: Incoming,
-    flight: Option<InFlight>,
-    idle: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    /// The request's access-log line, written when the body ends or is abandoned.
-    pub log: Option<Unfinished>,
-}
-
-impl RelayedBody {
-    pub fn new(body: Incoming, flight: InFlight, idle: Duration) -> RelayedBody {
-        RelayedBody {
-            body,
-            flight: Some(flight),
-            idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
-            log: None,
-        }
-    }
-
-    /// Whether the body has ended (or never had anything: a gRPC trailers-only answer).
-    pub fn is_done(&self) -> bool {
-        self.flight.is_none() || self.body.is_end_stream()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-
-    /// The next frame; `Err` when the worker broke the stream or stalled past `idle`.
-    pub fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.flight.is_none() {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(log), Some(data)) = (self.log.as_mut(), frame.data_ref()) {
-                    log.bytes_out += data.len() as u64;
-                }
-                let next = tokio::time::Instant::now() + self.idle;
-                self.sleep.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                self.flight = None;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.flight = None;
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
-            }
-            Poll::Pending if self.sleep.as_mut().poll(cx).is_ready() => {
-                self.flight = None;
-                Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "worker_body_idle",
-                ))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
     }
 }

@@ -223,6 +223,19 @@ fn server_tls(
     Arc::new(config)
 }
 
+/// A TLS worker with `ca`'s leaf speaking `alpn` (HTTP/2 only if that is `h2`).
+fn tls_worker(ca: &TestCa, alpn: &'static [u8]) -> TlsWorker {
+    TlsWorker::start(Serving {
+        tls: Some(server_tls(ca, &[alpn], None)),
+        h2_only: alpn == b"h2",
+    })
+}
+
+/// A balancer on `config` with `ca`'s certificate written beside it as `ca.pem`.
+fn trusting(ca: &TestCa, config: &str) -> Balancer {
+    Balancer::start_with(config, &[("ca.pem", ca.ca_pem.as_bytes())])
+}
+
 /// One `[[target_group]]` behind `prefix`, with the text of its extra settings.
 fn config(groups: &[(&str, &str, &str)]) -> String {
     let mut text = String::from(
@@ -252,18 +265,12 @@ fn curl(args: &[&str]) -> (u16, String) {
 #[test]
 fn https_workers_are_verified_by_the_ca_file_named_by_sni_and_their_connections_reused() {
     let ca = TestCa::new();
-    let worker = TlsWorker::start(Serving {
-        tls: Some(server_tls(&ca, &[b"http/1.1"], None)),
-        h2_only: false,
-    });
+    let worker = tls_worker(&ca, b"http/1.1");
     let settings = format!(
         "workers = [\"https://{}\"]\ntls = {{ ca_file = \"ca.pem\", server_name = \"localhost\" }}",
         worker.addr
     );
-    let b = Balancer::start_with(
-        &config(&[("secure", "/", &settings)]),
-        &[("ca.pem", ca.ca_pem.as_bytes())],
-    );
+    let b = trusting(&ca, &config(&[("secure", "/", &settings)]));
     for _ in 0..5 {
         let (code, body) = curl(&[&b.url("/x")]);
         assert_eq!((code, body.as_str()), (200, "ok"));
@@ -291,12 +298,7 @@ fn https_workers_are_verified_by_the_ca_file_named_by_sni_and_their_connections_
 #[test]
 fn an_untrusted_worker_gets_no_request_unless_the_group_is_insecure() {
     let ca = TestCa::new();
-    let start = || {
-        TlsWorker::start(Serving {
-            tls: Some(server_tls(&ca, &[b"http/1.1"], None)),
-            h2_only: false,
-        })
-    };
+    let start = || tls_worker(&ca, b"http/1.1");
     let (untrusted, unverified) = (start(), start());
     // The system's roots do not know the test CA.
     let strict = format!("workers = [\"https://{}\"]", untrusted.addr);
@@ -380,18 +382,15 @@ fn http2_workers_take_http1_and_http2_clients_bodies_and_trailers() {
         tls: None,
         h2_only: true,
     });
-    let h2 = TlsWorker::start(Serving {
-        tls: Some(server_tls(&ca, &[b"h2"], None)),
-        h2_only: true,
-    });
+    let h2 = tls_worker(&ca, b"h2");
     let plain = format!("workers = [\"{}\"]\nprotocol = \"h2\"", h2c.addr);
     let secure = format!(
         "workers = [\"https://localhost:{}\"]\nprotocol = \"h2\"\ntls = {{ ca_file = \"ca.pem\" }}",
         h2.addr.port()
     );
-    let b = Balancer::start_with(
+    let b = trusting(
+        &ca,
         &config(&[("h2c", "/", &plain), ("h2", "/tls", &secure)]),
-        &[("ca.pem", ca.ca_pem.as_bytes())],
     );
     let big = vec![b'x'; 300_000];
     let scratch = Scratch::new("h2-body");
@@ -448,18 +447,12 @@ fn http2_workers_take_http1_and_http2_clients_bodies_and_trailers() {
 #[test]
 fn an_h2_group_does_not_send_to_a_worker_that_will_not_speak_http2() {
     let ca = TestCa::new();
-    let h1_only = TlsWorker::start(Serving {
-        tls: Some(server_tls(&ca, &[b"http/1.1"], None)),
-        h2_only: false,
-    });
+    let h1_only = tls_worker(&ca, b"http/1.1");
     let settings = format!(
         "workers = [\"https://{}\"]\nprotocol = \"h2\"\ntls = {{ ca_file = \"ca.pem\", server_name = \"localhost\" }}",
         h1_only.addr
     );
-    let b = Balancer::start_with(
-        &config(&[("h2", "/", &settings)]),
-        &[("ca.pem", ca.ca_pem.as_bytes())],
-    );
+    let b = trusting(&ca, &config(&[("h2", "/", &settings)]));
     let (code, body) = curl(&[&b.url("/")]);
     assert!(code == 502 || code == 503, "{code} {body}");
     assert!(h1_only.seen().is_empty());
@@ -705,18 +698,12 @@ fn grpc_goes_over_tls_both_ways() {
 #[test]
 fn health_checks_reach_https_and_h2_workers() {
     let ca = TestCa::new();
-    let h2 = TlsWorker::start(Serving {
-        tls: Some(server_tls(&ca, &[b"h2"], None)),
-        h2_only: true,
-    });
+    let h2 = tls_worker(&ca, b"h2");
     let settings = format!(
         "workers = [\"https://{}\"]\nprotocol = \"h2\"\ntls = {{ ca_file = \"ca.pem\", server_name = \"localhost\" }}\nhealth = {{ path = \"/health\", interval = \"200ms\" }}",
         h2.addr
     );
-    let b = Balancer::start_with(
-        &config(&[("g", "/", &settings)]),
-        &[("ca.pem", ca.ca_pem.as_bytes())],
-    );
+    let b = trusting(&ca, &config(&[("g", "/", &settings)]));
     assert!(eventually(Duration::from_secs(10), || {
         b.worker_status(h2.addr)
             .is_some_and(|w| w["health"] == "healthy")
