@@ -719,3 +719,33 @@ fn health_checks_reach_https_and_h2_workers() {
     assert!(!checks.is_empty());
     assert!(checks.iter().all(|s| s.version == http::Version::HTTP_2));
 }
+
+#[test]
+fn the_status_page_in_chromium_says_how_each_group_reaches_its_workers() {
+    let Some(chromium) = fixture::browser::chromium_or_skip(
+        "the_status_page_in_chromium_says_how_each_group_reaches_its_workers",
+    ) else {
+        return;
+    };
+    let ca = TestCa::new();
+    let h2 = tls_worker(&ca, b"h2");
+    let plain = TlsWorker::start(Serving {
+        tls: None,
+        h2_only: false,
+    });
+    let secure = format!(
+        "workers = [\"https://{}\"]\nprotocol = \"h2\"\ntls = {{ ca_file = \"ca.pem\", server_name = \"localhost\" }}",
+        h2.addr
+    );
+    let text = config(&[
+        ("grpc", "/grpc", &secure),
+        ("web", "/", &format!("workers = [\"{}\"]", plain.addr)),
+    ]);
+    let b = trusting(&ca, &text);
+    let page =
+        fixture::browser::run_page(chromium, &b.admin_url("/"), Duration::from_millis(2500));
+    let dom = &page.dom;
+    assert!(dom.contains("to workers"), "{dom}");
+    assert!(dom.contains("HTTP/2 over TLS"), "{dom}");
+    assert!(dom.contains("<td class=\"l\">HTTP/1.1</td>"), "{dom}");
+}
