@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::AccessLogFormat;
+use crate::errors::ProxyError;
+use crate::route::{Decision, RouteEntry, RuleEntry};
 
 /// A thread's batch goes to the writer once it holds this many bytes (~200 lines).
 const BATCH_BYTES: usize = 64 * 1024;
@@ -103,6 +105,72 @@ impl Trace {
             request: Some(since_head),
             ..Trace::default()
         };
+    }
+}
+
+/// What serving one request came to: for the connection, and for the access log.
+pub struct Served<'r> {
+    /// The connection may serve another request.
+    pub keep: bool,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub route: Option<&'r RouteEntry>,
+    /// The rule that answered the request itself (a redirect, a fixed response).
+    pub rule: Option<&'r RuleEntry>,
+    pub trace: Trace,
+}
+
+impl<'r> Served<'r> {
+    pub fn refused(
+        keep: bool,
+        e: &ProxyError,
+        route: Option<&'r RouteEntry>,
+        trace: Trace,
+    ) -> Self {
+        Served {
+            keep,
+            status: e.status().as_u16(),
+            error: Some(e.code.as_str()),
+            route,
+            rule: None,
+            trace,
+        }
+    }
+
+    pub fn forwarded(status: u16, route: &'r RouteEntry, trace: Trace) -> Self {
+        Served {
+            keep: true,
+            status,
+            error: None,
+            route: Some(route),
+            rule: None,
+            trace,
+        }
+    }
+
+    pub fn answered(keep: bool, decision: &Decision<'r>) -> Self {
+        Served {
+            keep,
+            status: decision.answer_status(),
+            error: None,
+            route: None,
+            rule: decision.rule(),
+            trace: Trace::default(),
+        }
+    }
+
+    pub fn fill(self, r: &mut Record, started: Instant) {
+        r.status = self.status;
+        r.error = self.error;
+        r.trace = self.trace;
+        r.total = started.elapsed();
+        if let Some(route) = self.route {
+            r.route = Some(route.prefix.clone());
+            r.target_group = Some(route.group.name.clone());
+            r.policy = Some(route.group.policy().name());
+        } else if let Some(rule) = self.rule {
+            r.route = Some(rule.label.to_string());
+        }
     }
 }
 

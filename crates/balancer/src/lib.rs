@@ -41,6 +41,7 @@ mod metrics;
 mod policy;
 mod probe;
 mod proxy;
+mod proxy_h2;
 mod rate_limit;
 mod rewrite;
 mod route;

@@ -325,6 +325,14 @@ fn is_hop_by_hop(name: &[u8], named: &[&[u8]]) -> bool {
 }
 
 /// The (name, value) pairs of parsed fields, over the buffer they were parsed from.
+/// A header map's fields as name and value bytes, for the functions here.
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(&[u8], &[u8])> {
+    let pairs = headers.iter();
+    pairs
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect()
+}
+
 /// The fields of a head this module wrote (start line skipped), as name and value.
 pub fn head_fields(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     head.split(|b| *b == b'\n').skip(1).filter_map(|line| {

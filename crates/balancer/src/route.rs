@@ -764,6 +764,31 @@ fn untried(w: &Worker, tried: &[SocketAddr]) -> bool {
     !tried.contains(&w.addr) && !w.is_draining()
 }
 
+/// Whether a response's fields set the cookie `name`.
+fn sets_cookie<'f>(mut fields: impl Iterator<Item = (&'f [u8], &'f [u8])>, name: &[u8]) -> bool {
+    fields.any(|(n, v)| {
+        n.eq_ignore_ascii_case(b"set-cookie")
+            && v.trim_ascii_start().starts_with(name)
+            && v.trim_ascii_start().get(name.len()) == Some(&b'=')
+    })
+}
+
+/// A rule's response edits (if any) plus the sticky cookie for `worker`, which answered with
+/// `fields`, when its group sets one.
+pub fn sticky_edits<'f>(
+    route: &RouteEntry,
+    worker: SocketAddr,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+    edits: Option<&HeaderEdits>,
+) -> Option<HeaderEdits> {
+    let cookie = route
+        .group
+        .sticky_cookie(worker, |name| sets_cookie(fields.clone(), name))?;
+    let mut e = edits.cloned().unwrap_or_default();
+    e.add.insert("set-cookie".into(), cookie);
+    Some(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,3 +102,10 @@ impl RequestId {
         std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
+
+/// A request id for an HTTP/2 request: the client's if plain, else a new one.
+pub fn next_id(shared: &Shared, client: Option<&[u8]>) -> RequestId {
+    client
+        .and_then(RequestId::from_client)
+        .unwrap_or_else(|| shared.ids.next())
+}

@@ -742,8 +742,7 @@ fn the_status_page_in_chromium_says_how_each_group_reaches_its_workers() {
         ("web", "/", &format!("workers = [\"{}\"]", plain.addr)),
     ]);
     let b = trusting(&ca, &text);
-    let page =
-        fixture::browser::run_page(chromium, &b.admin_url("/"), Duration::from_millis(2500));
+    let page = fixture::browser::run_page(chromium, &b.admin_url("/"), Duration::from_millis(2500));
     let dom = &page.dom;
     assert!(dom.contains("to workers"), "{dom}");
     assert!(dom.contains("HTTP/2 over TLS"), "{dom}");
