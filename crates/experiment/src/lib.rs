@@ -464,6 +464,7 @@ impl Steps<'_> {
             mix: None,
             shape: Default::default(),
             tls: Default::default(),
+            protocol: Default::default(),
         })?)
     }
 

@@ -619,6 +619,7 @@ impl Shootout<'_> {
             mix,
             shape: Default::default(),
             tls: Default::default(),
+            protocol: Default::default(),
         })?;
         Ok(run)
     }

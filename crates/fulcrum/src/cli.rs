@@ -249,6 +249,14 @@ pub struct BenchArgs {
     /// https:// targets: accept any certificate (self-signed test listeners).
     #[arg(long, short = 'k', conflicts_with = "cacert")]
     pub insecure: bool,
+    /// Speak HTTP/2: h2c with prior knowledge on http:// URLs, ALPN h2 on https:// URLs (a
+    /// server that does not speak it is an error before the run).
+    #[arg(long)]
+    pub h2: bool,
+    /// With --h2: requests in flight on each connection at once (h2load's -m; long form only,
+    /// -m is --method). Closed model: connections × streams requests in flight.
+    #[arg(long, requires = "h2", default_value_t = 1, value_name = "N")]
+    pub streams: usize,
     /// Closed model: total requests.
     #[arg(short = 'n', long, conflicts_with_all = ["rate", "duration"])]
     pub requests: Option<u64>,
@@ -566,10 +574,15 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         Some(t) => fulcrum_loadgen::threshold::parse(t)?,
         None => Vec::new(),
     };
+    let protocol = match a.h2 {
+        true => fulcrum_loadgen::Protocol::H2 { streams: a.streams },
+        false => fulcrum_loadgen::Protocol::Http1,
+    };
+    let concurrency = a.connections * protocol.streams();
     let model = match (a.requests, a.rate, a.duration) {
         (Some(n), None, None) => Model::Closed {
             requests: n,
-            concurrency: a.connections,
+            concurrency,
         },
         (None, Some(rate), Some(d)) => Model::Open {
             rate,
@@ -577,7 +590,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         },
         (None, None, None) => Model::Closed {
             requests: 1000,
-            concurrency: a.connections,
+            concurrency,
         },
         _ => anyhow::bail!("use either -n N (closed model) or --rate R --duration D (open model)"),
     };
@@ -601,6 +614,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             insecure: a.insecure,
             ca_file: a.cacert.clone(),
         },
+        protocol,
         model,
         connections: a.connections,
         threads: a.threads,
@@ -625,19 +639,19 @@ fn request_shape(a: &BenchArgs) -> anyhow::Result<fulcrum_loadgen::RequestShape>
         .iter()
         .map(|h| fulcrum_loadgen::RequestShape::parse_header(h).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<_>>()?;
-    let body = match a.body.as_deref() {
-        None => Vec::new(),
-        Some(b) => match b.strip_prefix('@') {
-            Some(file) => {
-                std::fs::read(file).with_context(|| format!("--body: cannot read {file}"))?
-            }
-            None => b.as_bytes().to_vec(),
-        },
+    let body_file = a.body.as_deref().and_then(|b| b.strip_prefix('@'));
+    let body = match (a.body.as_deref(), body_file) {
+        (_, Some(file)) => {
+            std::fs::read(file).with_context(|| format!("--body: cannot read {file}"))?
+        }
+        (Some(text), None) => text.as_bytes().to_vec(),
+        (None, None) => Vec::new(),
     };
     Ok(fulcrum_loadgen::RequestShape {
         method: a.method.clone(),
         headers,
         body: body.into(),
+        body_file: body_file.map(PathBuf::from),
     })
 }
 

@@ -207,13 +207,20 @@ pub fn print_run(run: &fulcrum_loadgen::Run) {
         0 | 1 => run.url.clone(),
         n => format!("{n} targets"),
     };
+    // `h2, 10 streams per connection` when the run spoke HTTP/2.
+    let speaking = match &run.request {
+        Some(r) if r.protocol != "http/1.1" => {
+            format!(" ({}, {} streams per connection)", r.protocol, r.streams)
+        }
+        _ => String::new(),
+    };
     match &run.model {
         Model::Closed { requests, .. } => println!(
-            "{loaded}: closed model, {requests} requests, {} connections, {} thread(s)",
+            "{loaded}: closed model, {requests} requests, {} connections{speaking}, {} thread(s)",
             run.connections, run.threads
         ),
         Model::Open { rate, duration_s } => println!(
-            "{loaded}: open model, {rate}/s for {duration_s} s, {} connections, {} thread(s)",
+            "{loaded}: open model, {rate}/s for {duration_s} s, {} connections{speaking}, {} thread(s)",
             run.connections, run.threads
         ),
     }

@@ -534,3 +534,334 @@ fn https_targets_are_loaded_with_the_trust_asked_for() {
     assert!(err.contains("--cacert /no/such.pem"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+// ───────────── HTTP/2 (--h2) ─────────────
+
+/// What the test-side HTTP/2 server saw.
+#[derive(Default)]
+struct H2Seen {
+    /// Method, path and body of every request.
+    requests: std::sync::Mutex<Vec<(String, String, Vec<u8>)>>,
+    /// Connections that carried at least one request.
+    connections_used: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+    /// The most requests in flight on any one connection.
+    max_on_one_connection: std::sync::atomic::AtomicUsize,
+}
+
+/// A test-side h2c server (hyper's HTTP/2 only, no HTTP/1): answers `ok` after `delay`, and
+/// counts connections and concurrent streams, so multiplexing can be seen from the server's
+/// side. Runs until the test process ends (its thread is detached).
+fn h2c_server(delay: Duration) -> (std::net::SocketAddr, std::sync::Arc<H2Seen>) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let seen = Arc::new(H2Seen::default());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = shared.clone();
+                let on_this = Arc::new(AtomicUsize::new(0));
+                let first = Arc::new(std::sync::Once::new());
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (seen, on_this, first) = (seen.clone(), on_this.clone(), first.clone());
+                        async move {
+                            use http_body_util::BodyExt;
+                            first.call_once(|| {
+                                seen.connections_used.fetch_add(1, SeqCst);
+                            });
+                            let now = seen.in_flight.fetch_add(1, SeqCst) + 1;
+                            seen.max_in_flight.fetch_max(now, SeqCst);
+                            let here = on_this.fetch_add(1, SeqCst) + 1;
+                            seen.max_on_one_connection.fetch_max(here, SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes().to_vec());
+                            tokio::time::sleep(delay).await;
+                            seen.requests.lock().unwrap().push((
+                                parts.method.to_string(),
+                                parts.uri.path().to_owned(),
+                                body.unwrap_or_default(),
+                            ));
+                            seen.in_flight.fetch_sub(1, SeqCst);
+                            on_this.fetch_sub(1, SeqCst);
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+/// Two connections with eight streams each: the server sees two connections carry the whole
+/// run with sixteen requests in flight, eight on one connection — multiplexed, not queued.
+/// results.json says what was sent, and how.
+#[test]
+fn h2_streams_multiplex_requests_on_few_connections() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let scratch = Scratch::new("bench-h2-streams");
+    let (addr, seen) = h2c_server(Duration::from_millis(20));
+    let out = scratch.path("results.json");
+    let r = bench_json(&[
+        &format!("http://{addr}/items"),
+        "--h2",
+        "--streams",
+        "8",
+        "-c",
+        "2",
+        "-n",
+        "400",
+        "-H",
+        "Authorization: Bearer secret",
+        "-H",
+        "x-tenant: acme",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(400), 0), "{r}");
+    assert_eq!(r["by_status_class"]["2xx"]["responses"], 400, "{r}");
+    assert_eq!(seen.requests.lock().unwrap().len(), 400);
+    assert_eq!(seen.connections_used.load(SeqCst), 2);
+    assert_eq!(seen.max_in_flight.load(SeqCst), 16);
+    assert_eq!(seen.max_on_one_connection.load(SeqCst), 8);
+    assert_eq!(r["model"]["concurrency"], 16, "{r}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let sent = &file["runs"][0]["request"];
+    assert_eq!(
+        sent,
+        &serde_json::json!({
+            "protocol": "h2",
+            "streams": 8,
+            "method": "GET",
+            "headers": [
+                {"name": "Authorization", "value": "<redacted>"},
+                {"name": "x-tenant", "value": "acme"},
+            ],
+            "body_bytes": 0,
+            "body_file": null,
+        })
+    );
+    // A file written before runs recorded what they sent still reads.
+    let mut older = file.clone();
+    older["runs"][0].as_object_mut().unwrap().remove("request");
+    let older_path = scratch.path("older.json");
+    std::fs::write(&older_path, serde_json::to_vec(&older).unwrap()).unwrap();
+    let report_dir = scratch.path("report");
+    let (code, _, err) = run(&[
+        "report",
+        older_path.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A POST's body arrives whole over HTTP/2, from a file and inline (a mix entry's own), and
+/// results.json names the file it came from.
+#[test]
+fn h2_posts_arrive_whole() {
+    let scratch = Scratch::new("bench-h2-post");
+    let (addr, seen) = h2c_server(Duration::ZERO);
+    // Larger than HTTP/2's default 16 KiB frame and 64 KiB window: sent in several frames.
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let body = scratch.path("payload.bin");
+    std::fs::write(&body, &payload).unwrap();
+    let body_arg = format!("@{}", body.display());
+    let out = scratch.path("results.json");
+    let r = bench_json(&[
+        &format!("http://{addr}/upload"),
+        "--h2",
+        "--streams",
+        "4",
+        "-m",
+        "POST",
+        "--body",
+        &body_arg,
+        "-n",
+        "40",
+        "-c",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(40), 0), "{r}");
+    let got = std::mem::take(&mut *seen.requests.lock().unwrap());
+    assert_eq!(got.len(), 40);
+    for (method, path, got_body) in &got {
+        assert_eq!((method.as_str(), path.as_str()), ("POST", "/upload"));
+        assert!(got_body == &payload, "a body of {} bytes", got_body.len());
+    }
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let sent = &file["runs"][0]["request"];
+    assert_eq!(sent["method"], "POST");
+    assert_eq!(sent["body_bytes"], 100_000);
+    assert_eq!(sent["body_file"], body.to_str().unwrap());
+
+    let mix = scratch.path("mix.toml");
+    std::fs::write(
+        &mix,
+        "[[request]]\npath = \"/a\"\n\n[[request]]\npath = \"/b\"\nmethod = \"PUT\"\nbody = \"x=1\"\n",
+    )
+    .unwrap();
+    let url = format!("http://{addr}/");
+    let mix = mix.to_str().unwrap();
+    let r = bench_json(&[&url, "--h2", "--mix", mix, "-n", "200", "-c", "2"]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(200), 0), "{r}");
+    let got = seen.requests.lock().unwrap().clone();
+    assert!(got.iter().all(|(m, p, b)| match p.as_str() {
+        "/a" => m == "GET" && b.is_empty(),
+        "/b" => m == "PUT" && b == b"x=1",
+        _ => false,
+    }));
+    assert!(got.iter().any(|(_, p, _)| p == "/b"));
+}
+
+/// The open model over HTTP/2: the schedule is kept with streams as with connections.
+#[test]
+fn h2_open_model_keeps_the_schedule() {
+    let (addr, _seen) = h2c_server(Duration::from_millis(5));
+    let r = bench_json(&[
+        &format!("http://{addr}/"),
+        "--h2",
+        "--streams",
+        "4",
+        "-c",
+        "1",
+        "--rate",
+        "300",
+        "--duration",
+        "2s",
+    ]);
+    let total = r["responses"].as_u64().unwrap();
+    assert!(
+        (580..=620).contains(&total),
+        "{total} responses for 600 due"
+    );
+    assert_eq!(errors(&r), 0, "{r}");
+    assert_eq!(r["unsent_requests"], 0);
+    assert!(r["service_time"]["p50_ms"].as_f64().unwrap() >= 5.0, "{r}");
+}
+
+/// Through `fulcrum balance`: h2c on its plain listener, h2 over TLS trusting the test CA
+/// (--cacert) and on a self-signed listener (-k); the balancer accepted one connection per -c
+/// (and one for the generator's check that the target speaks HTTP/2), however many requests.
+#[test]
+fn h2_through_the_balancer_in_clear_and_over_tls() {
+    use fulcrum_balancer::config::file::TlsSpec;
+    let scratch = Scratch::new("bench-h2-balancer");
+    let w = worker("1", "i-bench-h2");
+    let ca = fixture::TestCa::new();
+    let mut file = fixture::routed([("/cluster1", fixture::target_group("c1", &[w.addr]))]);
+    for self_signed in [false, true] {
+        let tls = TlsSpec {
+            cert: (!self_signed).then(|| "cert.pem".into()),
+            key: (!self_signed).then(|| "key.pem".into()),
+            self_signed,
+            ..TlsSpec::default()
+        };
+        file.listen("127.0.0.1:0", Some(tls));
+    }
+    file.access_log.enabled = false;
+    let b = fixture::Balancer::start_file_with(
+        &file,
+        &[
+            ("cert.pem", ca.cert.as_bytes()),
+            ("key.pem", ca.key.as_bytes()),
+        ],
+    );
+    let accepted = || {
+        fixture::metric_sum(
+            &b.metrics(),
+            "fulcrum_balancer_connections_accepted_total",
+            &[],
+        )
+    };
+
+    let before = accepted();
+    let r = bench_json(&[
+        &b.url("/cluster1"),
+        "--h2",
+        "--streams",
+        "10",
+        "-c",
+        "2",
+        "-n",
+        "2000",
+    ]);
+    assert_eq!(
+        (r["responses"].as_u64(), errors(&r)),
+        (Some(2000), 0),
+        "{r}"
+    );
+    assert_eq!(r["by_instance"]["i-bench-h2"]["responses"], 2000, "{r}");
+    assert_eq!(accepted() - before, 3.0, "2 connections and the check");
+
+    let ca_file = scratch.path("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let (signed, self_signed) = (b.listeners[1].0.port(), b.listeners[2].0.port());
+    let r = bench_json(&[
+        &format!("https://localhost:{signed}/cluster1"),
+        "--h2",
+        "--streams",
+        "4",
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "-n",
+        "300",
+        "-c",
+        "2",
+    ]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(300), 0), "{r}");
+    assert_eq!(r["by_instance"]["i-bench-h2"]["responses"], 300, "{r}");
+    let r = bench_json(&[
+        &format!("https://127.0.0.1:{self_signed}/cluster1"),
+        "--h2",
+        "--streams",
+        "4",
+        "-k",
+        "-n",
+        "100",
+        "-c",
+        "1",
+    ]);
+    assert_eq!((r["responses"].as_u64(), errors(&r)), (Some(100), 0), "{r}");
+}
+
+/// A server that speaks only HTTP/1.1 (a worker) is refused before the run, in one line that
+/// says why; so is a header HTTP/2 cannot carry, and --streams without --h2.
+#[test]
+fn h2_against_an_http1_only_server_is_a_clear_error() {
+    let w = worker("1", "i-bench-h1-only");
+    let url = w.url("/cluster1");
+    let (code, _, err) = run(&["bench", &url, "--h2", "-n", "10", "-c", "1"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("--h2: {url}: the server")), "{err}");
+    assert!(err.contains("does not speak h2c"), "{err}");
+
+    let (code, _, err) = run(&["bench", &url, "--h2", "-H", "Upgrade: websocket", "-n", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("`Upgrade` is connection-specific"), "{err}");
+    let (code, _, err) = run(&["bench", &url, "--streams", "4", "-n", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--h2"), "{err}");
+}

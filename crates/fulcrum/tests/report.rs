@@ -205,6 +205,7 @@ fn build(rng: &mut Rng, s: &Spec) -> Run {
         by_status_class: BTreeMap::new(),
         by_target: BTreeMap::new(),
         mix: None,
+        request: None,
         timeline: timeline
             .iter()
             .enumerate()

@@ -35,6 +35,8 @@ pub struct Target {
     pub requests: Box<[Bytes]>,
     /// For an `https://` target.
     pub tls: Option<TlsTarget>,
+    /// `--h2`: the same requests as HTTP/2 sends them (empty over HTTP/1.1).
+    pub h2: Box<[crate::http2::Template]>,
 }
 
 /// One request of a target, before it is serialized.
@@ -49,12 +51,12 @@ impl Target {
         addr: SocketAddr,
         authority: &str,
         headers: &[(String, String)],
-        requests: impl IntoIterator<Item = RequestParts<'a>>,
+        requests: &[RequestParts<'a>],
     ) -> Target {
         let own_agent = headers
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"));
-        let request = |r: RequestParts<'_>| {
+        let request = |r: &RequestParts<'_>| {
             let mut out = format!("{} {} HTTP/1.1\r\nHost: {authority}\r\n", r.method, r.path);
             if !own_agent {
                 out.push_str("User-Agent: fulcrum-bench\r\n");
@@ -73,8 +75,9 @@ impl Target {
         };
         Target {
             addr,
-            requests: requests.into_iter().map(request).collect(),
+            requests: requests.iter().map(request).collect(),
             tls: None,
+            h2: Box::new([]),
         }
     }
 }
@@ -411,7 +414,7 @@ async fn exchange(c: &mut Conn, request: &[u8]) -> Result<Answer, Outcome> {
 /// with a fixed timeout), and when it fires before this one's, it moves there. A timer per
 /// request (`tokio::time::timeout`) added and removed a timer-wheel entry for every response, a
 /// few percent of the generator's CPU; this moves it about once per timeout period.
-async fn within<T>(
+pub(crate) async fn within<T>(
     mut timer: Pin<&mut Sleep>,
     deadline: Instant,
     work: impl Future<Output = Result<T, Outcome>>,
@@ -470,13 +473,14 @@ pub struct Run {
     pub window_end: Option<Instant>,
     /// Nothing is sent after this (open model: the schedule's end plus one timeout).
     pub stop_at: Instant,
+    /// How every connection speaks: HTTP/1.1, or HTTP/2 with this many streams each.
+    pub protocol: crate::Protocol,
 }
 
 /// Late requests: sent more than this after their intended time because the connection was
 /// still busy when they were due.
 const LATE: Duration = Duration::from_millis(1);
 
-/// One connection's loop, until the schedule is exhausted: connection number `index` of the
 /// What the schedule says about this connection's next request.
 enum Slot {
     /// The schedule is exhausted.
@@ -533,6 +537,32 @@ async fn next_slot(schedule: &Schedule, run: &Run) -> Slot {
     }
 }
 
+/// The next request to send — when it was due and whether it is late, in the open model — or
+/// `None` once the schedule is exhausted; requests owed past the hard stop are counted in
+/// `unsent` and skipped.
+pub(crate) async fn next_send(
+    schedule: &Schedule,
+    run: &Run,
+    unsent: &mut u64,
+) -> Option<Option<(Instant, bool)>> {
+    loop {
+        let intended = match next_slot(schedule, run).await {
+            Slot::Done => return None,
+            Slot::Unsent => {
+                *unsent += 1;
+                continue;
+            }
+            Slot::Send(intended) => intended,
+        };
+        if Instant::now() < run.stop_at {
+            return Some(intended);
+        }
+        if intended.is_some_and(|(at, _)| at >= run.measure_from) {
+            *unsent += 1;
+        }
+    }
+}
+
 /// One connection's loop, until the schedule is exhausted; returns the requests it owed and
 /// never sent.
 pub async fn connection(
@@ -551,21 +581,7 @@ pub async fn connection(
     let mut timer = pin!(tokio::time::sleep_until(run.start.into()));
     timer.as_mut().await;
     let mut unsent = 0u64;
-    loop {
-        let intended = match next_slot(&schedule, &run).await {
-            Slot::Done => break,
-            Slot::Unsent => {
-                unsent += 1;
-                continue;
-            }
-            Slot::Send(intended) => intended,
-        };
-        if Instant::now() >= run.stop_at {
-            if intended.is_some_and(|(at, _)| at >= run.measure_from) {
-                unsent += 1;
-            }
-            continue;
-        }
+    while let Some(intended) = next_send(&schedule, &run, &mut unsent).await {
         let entry = run.weights.pick(&mut rng);
         let sent = Instant::now();
         let result = within(timer.as_mut(), sent + run.timeout, async {
@@ -575,21 +591,22 @@ pub async fn connection(
             exchange(conn.as_mut().expect("connected"), &to.requests[entry]).await
         })
         .await;
-        let done = Instant::now();
         let exchange = Exchange {
             intended,
             sent,
-            done,
+            done: Instant::now(),
             target,
             entry,
         };
-        record(
-            &run,
-            &mut stats.borrow_mut(),
-            &exchange,
-            &result,
-            conn.as_ref(),
-        );
+        let (outcome, who) = match (&result, conn.as_ref()) {
+            (Ok(a), Some(c)) => (
+                Outcome::Status(a.status),
+                (c.text(&a.cluster), c.text(&a.instance)),
+            ),
+            (Ok(a), None) => (Outcome::Status(a.status), (None, None)),
+            (Err(o), _) => (*o, (None, None)),
+        };
+        record(&run, &mut stats.borrow_mut(), &exchange, outcome, who);
         // A failed connection, or one the server is closing, is not reused.
         if !result.as_ref().is_ok_and(|a| a.keep_alive) {
             conn = None;
@@ -603,25 +620,27 @@ pub async fn connection(
 }
 
 /// One request's times and what it was.
-struct Exchange {
-    intended: Option<(Instant, bool)>,
-    sent: Instant,
-    done: Instant,
-    target: usize,
-    entry: usize,
+pub(crate) struct Exchange {
+    pub intended: Option<(Instant, bool)>,
+    pub sent: Instant,
+    pub done: Instant,
+    pub target: usize,
+    pub entry: usize,
 }
 
 /// Counts a completed request in the window and, when it falls in the measured part, records
 /// its latency (from when it was due, if it was late) and service time.
-fn record(
+/// `who` is the answer's cluster and instance, when it named them.
+pub(crate) fn record(
     run: &Run,
     s: &mut ThreadStats,
     x: &Exchange,
-    result: &Result<Answer, Outcome>,
-    conn: Option<&Conn>,
+    outcome: Outcome,
+    (cluster, instance): (Option<&str>, Option<&str>),
 ) {
+    let answered = matches!(outcome, Outcome::Status(_));
     let in_window = x.done >= run.measure_from && run.window_end.is_none_or(|end| x.done < end);
-    if result.is_ok() && in_window {
+    if answered && in_window {
         s.window_completions += 1;
     }
     let scheduled = x.intended.map_or(x.sent, |(at, _)| at);
@@ -637,15 +656,8 @@ fn record(
         Some((at, true)) => at,
         _ => x.sent,
     };
-    let (cluster, instance) = match (result, conn) {
-        (Ok(a), Some(c)) => (c.text(&a.cluster), c.text(&a.instance)),
-        _ => (None, None),
-    };
     s.record(&Completion {
-        outcome: match result {
-            Ok(a) => Outcome::Status(a.status),
-            Err(o) => *o,
-        },
+        outcome,
         latency_us: x.done.duration_since(origin).as_micros() as u64,
         service_us: x.done.duration_since(x.sent).as_micros() as u64,
         second: x.done.saturating_duration_since(run.measure_from).as_secs(),

@@ -12,7 +12,10 @@
 //! merged at the end (percentiles are never averaged). Several targets share the load evenly
 //! (`spread`), and a request mix (`mix`) replaces the one request (the run's method, headers
 //! and body: `RequestShape`) with weighted ones, each still serialized once; `https://` targets
-//! go over rustls (`tls`). Worker CPU and the balancer's view are
+//! go over rustls (`tls`). Connections speak HTTP/1.1 (`client`, one request at a time) or, with
+//! `Protocol::H2`, HTTP/2 (`http2`: h2c with prior knowledge or ALPN `h2`, several streams per
+//! connection, each stream running the HTTP/1.1 connection's loop, so both models keep their
+//! meaning). Worker CPU and the balancer's view are
 //! sampled at 4 Hz into the same timeline, and the generator measures its own CPU so a saturated
 //! generator is flagged rather than trusted.
 //!
@@ -20,6 +23,7 @@
 //! (`fulcrum-report`).
 
 mod client;
+mod http2;
 pub mod mix;
 pub mod results;
 mod sampler;
@@ -57,6 +61,8 @@ pub struct BenchConfig {
     pub shape: RequestShape,
     /// How `https://` targets are checked.
     pub tls: TlsOptions,
+    /// HTTP/1.1, or HTTP/2 (h2c with prior knowledge on `http://`, ALPN `h2` on `https://`).
+    pub protocol: Protocol,
     pub model: Model,
     pub connections: usize,
     pub threads: usize,
@@ -72,6 +78,34 @@ pub struct BenchConfig {
     pub clock_origin: Option<Instant>,
 }
 
+/// How the generator's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// One request at a time per keep-alive connection.
+    #[default]
+    Http1,
+    /// HTTP/2 with `streams` requests in flight per connection.
+    H2 { streams: usize },
+}
+
+impl Protocol {
+    /// As results.json names it (the ALPN identifier).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::H2 { .. } => "h2",
+        }
+    }
+
+    /// Requests in flight per connection at most.
+    pub fn streams(self) -> usize {
+        match self {
+            Protocol::Http1 => 1,
+            Protocol::H2 { streams } => streams,
+        }
+    }
+}
+
 /// What every request carries besides its path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestShape {
@@ -79,6 +113,8 @@ pub struct RequestShape {
     /// Sent as given, after `Host` and `User-Agent` (a `User-Agent` here replaces ours).
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Where the body was read from (`--body @FILE`); `None` for inline text or no body.
+    pub body_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RequestShape {
@@ -87,6 +123,7 @@ impl Default for RequestShape {
             method: "GET".into(),
             headers: Vec::new(),
             body: Bytes::new(),
+            body_file: None,
         }
     }
 }
@@ -111,6 +148,29 @@ impl RequestShape {
         }
         Ok((name.to_owned(), value.to_owned()))
     }
+
+    /// What results.json says was sent: credentials' values redacted.
+    fn sent(&self, protocol: Protocol) -> results::RequestSent {
+        let secret = ["authorization", "proxy-authorization", "cookie"];
+        results::RequestSent {
+            protocol: protocol.name().into(),
+            streams: protocol.streams(),
+            method: self.method.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let hidden = secret.iter().any(|s| s.eq_ignore_ascii_case(name));
+                    results::HeaderSent {
+                        name: name.clone(),
+                        value: if hidden { "<redacted>" } else { value }.to_owned(),
+                    }
+                })
+                .collect(),
+            body_bytes: self.body.len() as u64,
+            body_file: self.body_file.as_ref().map(|f| f.display().to_string()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +190,7 @@ fn target(
     mix: Option<&RequestMix>,
     shape: &RequestShape,
     tls: Option<&tokio_rustls::TlsConnector>,
+    protocol: Protocol,
 ) -> Result<client::Target, BenchError> {
     let uri: Uri = url.parse().map_err(|_| BenchError::BadUrl(url.into()))?;
     let secure = match uri.scheme_str() {
@@ -164,7 +225,15 @@ fn target(
             body: &shape.body,
         }],
     };
-    let mut target = client::Target::new(addr, authority.as_str(), &shape.headers, requests);
+    let mut target = client::Target::new(addr, authority.as_str(), &shape.headers, &requests);
+    if protocol != Protocol::Http1 {
+        let scheme = if secure { "https" } else { "http" };
+        target.h2 = requests
+            .iter()
+            .map(|r| http2::Template::new(scheme, authority.as_str(), &shape.headers, r))
+            .collect::<Result<_, _>>()
+            .map_err(|e| BenchError::Invalid(format!("--h2: {e}")))?;
+    }
     if secure {
         let host = authority.host().trim_matches(['[', ']']).to_owned();
         let name = rustls::pki_types::ServerName::try_from(host)
@@ -191,6 +260,9 @@ fn check(cfg: &BenchConfig) -> Result<(), BenchError> {
     }
     if cfg.connections == 0 || cfg.threads == 0 {
         return invalid("connections and threads must be at least 1".into());
+    }
+    if cfg.protocol.streams() == 0 {
+        return invalid("--streams must be at least 1".into());
     }
     if cfg.connections < cfg.targets.len() {
         return invalid(format!(
@@ -273,13 +345,15 @@ fn generate(
                 let schedule = schedules[target]
                     .clone()
                     .expect("a lane for every target the thread loads");
-                tokio::task::spawn_local(client::connection(
-                    run.clone(),
-                    schedule,
-                    stats.clone(),
-                    k,
-                    target,
-                ))
+                let (run, stats) = (run.clone(), stats.clone());
+                match run.protocol {
+                    Protocol::Http1 => tokio::task::spawn_local(client::connection(
+                        run, schedule, stats, k, target,
+                    )),
+                    Protocol::H2 { streams } => tokio::task::spawn_local(http2::connection(
+                        run, schedule, stats, k, target, streams,
+                    )),
+                }
             })
             .collect();
         let mut unsent = 0;
@@ -394,15 +468,24 @@ pub fn run(cfg: BenchConfig) -> Result<Run, BenchError> {
     check(&cfg)?;
     // One TLS configuration for every https:// target (and connection) of the run.
     let connector = if cfg.targets.iter().any(|t| t.starts_with("https://")) {
-        Some(tls::connector(&cfg.tls).map_err(BenchError::Invalid)?)
+        let alpn = cfg.protocol.name();
+        Some(tls::connector(&cfg.tls, alpn).map_err(BenchError::Invalid)?)
     } else {
         None
     };
     let targets = cfg
         .targets
         .iter()
-        .map(|url| target(url, cfg.mix.as_ref(), &cfg.shape, connector.as_ref()))
+        .map(|url| {
+            let tls = connector.as_ref();
+            target(url, cfg.mix.as_ref(), &cfg.shape, tls, cfg.protocol)
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    if cfg.protocol != Protocol::Http1 {
+        let urls = cfg.targets.iter().map(String::as_str);
+        let checked: Vec<_> = urls.zip(&targets).collect();
+        http2::check_targets(&checked, cfg.timeout).map_err(BenchError::Invalid)?;
+    }
     let clock = Clock::of(&cfg);
     let cpu_before = process_cpu();
     let sampler = sampler::start(cfg.sampling.clone(), clock.measure_from);
@@ -430,6 +513,7 @@ fn generate_all(cfg: &BenchConfig, targets: Vec<client::Target>, clock: Clock) -
         measure_from: clock.measure_from,
         window_end: clock.end,
         stop_at: clock.stop_at,
+        protocol: cfg.protocol,
     };
     let mut handles = Vec::new();
     for t in 0..threads {
@@ -530,6 +614,7 @@ fn into_run(
         by_status_class: merged.by_status_class,
         by_target: merged.by_target,
         mix: mix_usage(cfg.mix, &merged.sent_by_entry),
+        request: Some(cfg.shape.sent(cfg.protocol)),
         timeline: m.timeline.finish(),
         cpu,
         balancer,
@@ -639,6 +724,7 @@ mod tests {
             None,
             &RequestShape::default(),
             None,
+            Protocol::Http1,
         )
         .unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
@@ -648,14 +734,32 @@ mod tests {
             "GET /cluster1?work_us=0 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: fulcrum-bench\r\n\r\n"
             ]
         );
-        assert!(target("ftp://x/", None, &RequestShape::default(), None).is_err());
-        assert!(target("nonsense", None, &RequestShape::default(), None).is_err());
-        assert!(
-            target("http://127.0.0.1:9", None, &RequestShape::default(), None)
-                .unwrap()
-                .requests[0]
-                .starts_with(b"GET / HTTP/1.1\r\n")
-        );
+        assert!(target(
+            "ftp://x/",
+            None,
+            &RequestShape::default(),
+            None,
+            Protocol::Http1
+        )
+        .is_err());
+        assert!(target(
+            "nonsense",
+            None,
+            &RequestShape::default(),
+            None,
+            Protocol::Http1
+        )
+        .is_err());
+        assert!(target(
+            "http://127.0.0.1:9",
+            None,
+            &RequestShape::default(),
+            None,
+            Protocol::Http1
+        )
+        .unwrap()
+        .requests[0]
+            .starts_with(b"GET / HTTP/1.1\r\n"));
     }
 
     #[test]
@@ -670,6 +774,7 @@ mod tests {
             Some(&mix),
             &RequestShape::default(),
             None,
+            Protocol::Http1,
         )
         .unwrap();
         assert_eq!(
@@ -690,6 +795,7 @@ mod tests {
             mix: None,
             shape: Default::default(),
             tls: Default::default(),
+            protocol: Protocol::Http1,
             model: Model::Closed {
                 requests: 10,
                 concurrency: connections,
@@ -720,6 +826,57 @@ mod tests {
         emptied.mix = Some(mix);
         assert_eq!(refusal(emptied), "request mix: expected at least one entry");
         assert!(check(&cfg(&["http://a/", "http://b/"], 2)).is_ok());
+    }
+
+    #[test]
+    fn results_say_what_was_sent_without_credentials() {
+        let shape = RequestShape {
+            method: "POST".into(),
+            headers: [
+                ("Authorization", "Bearer t"),
+                ("x-tenant", "acme"),
+                ("Cookie", "s=1"),
+                ("proxy-authorization", "Basic x"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .to_vec(),
+            body: Bytes::from_static(b"12345"),
+            body_file: Some("/tmp/body.json".into()),
+        };
+        let sent = shape.sent(Protocol::H2 { streams: 10 });
+        assert_eq!((sent.protocol.as_str(), sent.streams), ("h2", 10));
+        let values: Vec<_> = sent.headers.iter().map(|h| h.value.as_str()).collect();
+        assert_eq!(values, ["<redacted>", "acme", "<redacted>", "<redacted>"]);
+        assert_eq!(sent.headers[0].name, "Authorization");
+        assert_eq!(
+            (sent.body_bytes, sent.body_file.as_deref()),
+            (5, Some("/tmp/body.json"))
+        );
+        let plain = RequestShape::default().sent(Protocol::Http1);
+        assert_eq!((plain.protocol.as_str(), plain.streams), ("http/1.1", 1));
+        assert_eq!((plain.body_bytes, plain.body_file), (0, None));
+    }
+
+    #[test]
+    fn h2_targets_carry_templates_and_refuse_what_http2_cannot_send() {
+        let h2 = Protocol::H2 { streams: 4 };
+        let t = target(
+            "http://127.0.0.1:9/x",
+            None,
+            &RequestShape::default(),
+            None,
+            h2,
+        )
+        .unwrap();
+        assert_eq!(t.h2.len(), 1);
+        let shape = RequestShape {
+            headers: vec![("Upgrade".into(), "websocket".into())],
+            ..RequestShape::default()
+        };
+        let e = target("http://127.0.0.1:9/x", None, &shape, None, h2).unwrap_err();
+        assert!(e.to_string().starts_with("--h2: header `Upgrade`"), "{e}");
+        // HTTP/1.1 sends it as given.
+        assert!(target("http://127.0.0.1:9/x", None, &shape, None, Protocol::Http1).is_ok());
     }
 
     #[test]

@@ -166,10 +166,36 @@ pub struct Run {
     /// The request mix, when one was used, with what was sent of each entry.
     #[serde(default)]
     pub mix: Option<MixUsage>,
+    /// How requests went out and what they carried (a mix entry may name its own method and
+    /// body). Absent in files written before runs recorded it: those were HTTP/1.1.
+    #[serde(default)]
+    pub request: Option<RequestSent>,
     pub timeline: Vec<Second>,
     pub cpu: Vec<CpuSample>,
     pub balancer: Vec<BalancerSample>,
     pub generator: Generator,
+}
+
+/// What a run's requests were, as sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestSent {
+    /// `http/1.1` or `h2`.
+    pub protocol: String,
+    /// Requests in flight per connection at most (HTTP/2 streams; 1 over HTTP/1.1).
+    pub streams: usize,
+    pub method: String,
+    /// The extra header fields, in order; the values of `authorization`,
+    /// `proxy-authorization` and `cookie` are `<redacted>`.
+    pub headers: Vec<HeaderSent>,
+    pub body_bytes: u64,
+    /// The file the body was read from; absent for an inline body (or none).
+    pub body_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeaderSent {
+    pub name: String,
+    pub value: String,
 }
 
 /// A request mix as used in a run.

@@ -1,4 +1,5 @@
-//! `https://` targets: one rustls client configuration per run (ring, ALPN `http/1.1`), trusting
+//! `https://` targets: one rustls client configuration per run (ring, ALPN `http/1.1`, or only
+//! `h2` with `--h2` so a server without HTTP/2 cannot settle for less), trusting
 //! the system's roots, a CA file (`--cacert`), or nothing at all (`--insecure`: any certificate,
 //! for self-signed test listeners; the run's results say so).
 
@@ -33,8 +34,8 @@ impl std::fmt::Debug for TlsTarget {
     }
 }
 
-/// The connector for a run's `https://` targets; the error is one line.
-pub fn connector(opts: &TlsOptions) -> Result<TlsConnector, String> {
+/// The connector for a run's `https://` targets, offering `alpn`; the error is one line.
+pub fn connector(opts: &TlsOptions, alpn: &str) -> Result<TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -49,7 +50,7 @@ pub fn connector(opts: &TlsOptions) -> Result<TlsConnector, String> {
             .with_root_certificates(roots(opts.ca_file.as_ref())?)
             .with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

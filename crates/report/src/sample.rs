@@ -114,6 +114,7 @@ pub fn run(name: &str, kind: RunKind, route: &str, model: Model, responses: u64,
         by_status_class: BTreeMap::new(),
         by_target: BTreeMap::new(),
         mix: None,
+        request: None,
         timeline: (0..duration_s as u32)
             .map(|t| Second {
                 t: t as f64,
