@@ -11,7 +11,7 @@
 //! hop and a `Body` wrapper per request on top of the same `h2` streams, which a generator pays
 //! for on every response.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
@@ -116,10 +116,16 @@ fn field_value(name: &str, value: &str) -> Result<HeaderValue, String> {
 struct Connection {
     addr: SocketAddr,
     tls: Option<TlsTarget>,
-    /// The live connection's handle and its generation (how many were opened before it). The
-    /// lock is held while a new one is opened, so the streams that find it dead open one, not
-    /// one each.
-    current: tokio::sync::Mutex<Option<(u64, SendRequest<Bytes>)>>,
+    /// The live connection's handle and its generation (how many were opened before it).
+    current: RefCell<Option<(u64, SendRequest<Bytes>)>>,
+    /// A stream is opening a connection: the others wait for it rather than open one each.
+    opening: Cell<bool>,
+    /// Wakes every waiting stream at once when an opening ends, so they send their first
+    /// requests together — in one write, as h2load does. Woken one by one (a lock handed
+    /// on), they went out in several small writes, and a server answering each read's
+    /// requests in one write kept the split for the rest of the run: twice the syscalls on
+    /// both sides for the same requests.
+    opened_or_failed: tokio::sync::Notify,
     opened: Cell<u64>,
 }
 
@@ -127,18 +133,38 @@ impl Connection {
     /// A handle on the live connection, opening one if there is none or it is the generation
     /// the caller saw die.
     async fn handle(&self, dead: Option<u64>) -> Result<(u64, SendRequest<Bytes>), Outcome> {
-        let mut current = self.current.lock().await;
-        if let Some((generation, send)) = current.as_ref() {
-            if dead != Some(*generation) {
-                return Ok((*generation, send.clone()));
+        loop {
+            if let Some((generation, send)) = self.current.borrow().as_ref() {
+                if dead != Some(*generation) {
+                    return Ok((*generation, send.clone()));
+                }
             }
+            if !self.opening.get() {
+                break;
+            }
+            self.opened_or_failed.notified().await;
         }
-        *current = None;
+        self.opening.set(true);
+        // Also when this request times out while connecting: the others must not wait forever.
+        let _done = OnDrop(|| {
+            self.opening.set(false);
+            self.opened_or_failed.notify_waiters();
+        });
+        *self.current.borrow_mut() = None;
         let send = open(self.addr, self.tls.as_ref()).await?;
         let generation = self.opened.get() + 1;
         self.opened.set(generation);
-        *current = Some((generation, send.clone()));
+        *self.current.borrow_mut() = Some((generation, send.clone()));
         Ok((generation, send))
+    }
+}
+
+/// Runs its closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 
@@ -285,7 +311,9 @@ pub async fn connection(
     let shared = Rc::new(Connection {
         addr: to.addr,
         tls: to.tls.clone(),
-        current: tokio::sync::Mutex::new(None),
+        current: RefCell::new(None),
+        opening: Cell::new(false),
+        opened_or_failed: tokio::sync::Notify::new(),
         opened: Cell::new(0),
     });
     let loops: Vec<_> = (0..streams)
