@@ -776,7 +776,6 @@ fn h2_through_the_balancer_in_clear_and_over_tls() {
             cert: (!self_signed).then(|| "cert.pem".into()),
             key: (!self_signed).then(|| "key.pem".into()),
             self_signed,
-            ..TlsSpec::default()
         };
         file.listen("127.0.0.1:0", Some(tls));
     }

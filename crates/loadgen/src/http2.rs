@@ -252,8 +252,12 @@ struct Answer {
     headers: HeaderMap,
 }
 
+/// Who answered, when the balancer or a worker says (parsed once, not per response).
+const CLUSTER: HeaderName = HeaderName::from_static("x-fulcrum-cluster");
+const INSTANCE: HeaderName = HeaderName::from_static("x-fulcrum-instance");
+
 impl Answer {
-    fn text(&self, name: &str) -> Option<&str> {
+    fn text(&self, name: &HeaderName) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
@@ -359,12 +363,11 @@ async fn stream_loop(
     while let Some(intended) = client::next_send(&schedule, &run, &mut unsent).await {
         let entry = run.weights.pick(&mut rng);
         let sent = Instant::now();
-        let result = client::within(
-            timer.as_mut(),
-            sent + run.timeout,
-            exchange(&mut sender, &templates[entry]),
-        )
-        .await;
+        // Pinned where it is built: the exchange's state machine is large (h2's response and
+        // body futures, the answer's fields), and moving it into `within` by value copied it
+        // several times per request.
+        let work = pin!(exchange(&mut sender, &templates[entry]));
+        let result = client::within(timer.as_mut(), sent + run.timeout, work).await;
         let exchange = client::Exchange {
             intended,
             sent,
@@ -375,8 +378,8 @@ async fn stream_loop(
         let (outcome, cluster, instance) = match &result {
             Ok(a) => (
                 Outcome::Status(a.status),
-                a.text("x-fulcrum-cluster"),
-                a.text("x-fulcrum-instance"),
+                a.text(&CLUSTER),
+                a.text(&INSTANCE),
             ),
             Err(o) => (*o, None, None),
         };
