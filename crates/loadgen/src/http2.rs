@@ -146,7 +146,7 @@ impl Connection {
         }
         self.opening.set(true);
         // Also when this request times out while connecting: the others must not wait forever.
-        let _done = OnDrop(|| {
+        let done = OnDrop(|| {
             self.opening.set(false);
             self.opened_or_failed.notify_waiters();
         });
@@ -155,6 +155,10 @@ impl Connection {
         let generation = self.opened.get() + 1;
         self.opened.set(generation);
         *self.current.borrow_mut() = Some((generation, send.clone()));
+        drop(done);
+        // The woken streams queue their requests first; this one's joins them, and the
+        // connection's task writes them all at once.
+        tokio::task::yield_now().await;
         Ok((generation, send))
     }
 }
