@@ -9,7 +9,7 @@ need() {
   local missing=()
   for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
   if ((${#missing[@]})); then
-    echo "missing: ${missing[*]} — install with: apt-get install nginx-light haproxy wrk util-linux" >&2
+    echo "missing: ${missing[*]} — install with: apt-get install nginx-light haproxy wrk nghttp2-client util-linux" >&2
     exit 1
   fi
 }
@@ -20,7 +20,7 @@ build_release() {
 
 # fulcrum_bin: sets FULCRUM to the binary to benchmark. With FULCRUM_BIN=path set it uses that
 # binary and does not build (for when crates/ is being edited under the benchmark); otherwise it
-# builds as build_release does and uses target/release/fulcrum.
+# builds as build_release does and uses release/fulcrum under $CARGO_TARGET_DIR (or target/).
 fulcrum_bin() {
   if [ -n "${FULCRUM_BIN:-}" ]; then
     if [ ! -x "$FULCRUM_BIN" ]; then
@@ -31,7 +31,7 @@ fulcrum_bin() {
     echo "using $FULCRUM (FULCRUM_BIN is set: not building)" >&2
   else
     build_release
-    FULCRUM=$PWD/target/release/fulcrum
+    FULCRUM=$(realpath "${CARGO_TARGET_DIR:-target}")/release/fulcrum
   fi
 }
 
