@@ -502,7 +502,9 @@ async fn serve_request<'r>(
             edits: response_edits,
             close: wants_close,
         };
-        return serve_via_h2(shared, router, client, &head, &out, call).await;
+        // Boxed: its state (an HTTP/2 exchange, a body feed) would otherwise make every
+        // request's future, boxed per request, several times larger.
+        return Box::pin(serve_via_h2(shared, router, client, &head, &out, call)).await;
     }
     let upgrade_asked = upgrade_of(&head, client.pending()).is_some();
     client.consume(head_len);

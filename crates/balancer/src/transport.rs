@@ -158,7 +158,9 @@ impl Transport {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<WorkerStream, ConnectError> {
-        tokio::time::timeout(timeout, self.connect_now(addr))
+        // Boxed: a TLS handshake's state (a whole rustls connection) would otherwise sit in
+        // every request's future, though pooled connections make connects rare.
+        tokio::time::timeout(timeout, Box::pin(self.connect_now(addr)))
             .await
             .map_err(|_| ConnectError::Timeout(timeout))?
     }
