@@ -492,7 +492,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     W: AsyncRead + AsyncWrite + Unpin,
 {
-    if client.write_all(to_client).await.is_err() || worker.write_all(to_worker).await.is_err() {
+    if send(client, to_client).await.is_err() || send(worker, to_worker).await.is_err() {
         return 0;
     }
     let mut carried = (to_client.len() + to_worker.len()) as u64;
@@ -503,11 +503,11 @@ where
             tokio::select! {
                 r = client.read(&mut up) => match r {
                     Ok(0) | Err(_) => None,
-                    Ok(n) => worker.write_all(&up[..n]).await.ok().map(|_| n),
+                    Ok(n) => send(worker, &up[..n]).await.ok().map(|_| n),
                 },
                 r = worker.read(&mut down) => match r {
                     Ok(0) | Err(_) => None,
-                    Ok(n) => client.write_all(&down[..n]).await.ok().map(|_| n),
+                    Ok(n) => send(client, &down[..n]).await.ok().map(|_| n),
                 },
             }
         })
@@ -520,6 +520,12 @@ where
     let _ = client.shutdown().await;
     let _ = worker.shutdown().await;
     carried
+}
+
+/// Writes `bytes` and flushes: a TLS stream (client or worker) may hold records until then.
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// An HTTP/2 worker's response body on its way to a client: frames (DATA and trailers) as

@@ -41,6 +41,7 @@ impl H2Channel {
             // A dead connection is noticed while idle, not by the next request.
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Tls(std::io::Error::other(format!("HTTP/2: {e}"))))?;

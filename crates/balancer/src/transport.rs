@@ -5,8 +5,8 @@
 //!
 //! TLS to workers verifies the worker's certificate against a CA file or the system's roots
 //! for the group's `server_name` (sent as SNI), or for the worker's IP address when none is
-//! set; it may present a client certificate; `insecure` skips verification and says so in
-//! the log once per group. ALPN offers exactly the protocol the group speaks, so an `h2` group
+//! set; it may present a client certificate; `insecure` skips verification (and `/status` and
+//! the status page say so). ALPN offers exactly the protocol the group speaks, so an `h2` group
 //! whose worker cannot speak HTTP/2 fails at the handshake rather than mid-request.
 
 use std::io;
