@@ -16,6 +16,10 @@ use crate::transport::{ConnectError, Transport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Whether getting a connection's handle opened the connection (for the access log's
+/// connect time).
+pub struct Opened(pub bool);
+
 /// A worker's HTTP/2 connection, opened on first use and again after it closes.
 #[derive(Default)]
 pub struct H2Channel {
@@ -29,10 +33,10 @@ impl H2Channel {
         addr: std::net::SocketAddr,
         transport: &Transport,
         timeout: Duration,
-    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    ) -> Result<(SendRequest<UpstreamBody>, Opened), ConnectError> {
         let mut held = self.sender.lock().await;
         if let Some(s) = held.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(s.clone());
+            return Ok((s.clone(), Opened(false)));
         }
         *held = None;
         let stream = transport.connect(addr, timeout).await?;
@@ -44,14 +48,14 @@ impl H2Channel {
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ConnectError::Tls(std::io::Error::other(format!("HTTP/2: {e}"))))?;
+            .map_err(|e| ConnectError::H2(e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(worker = %addr, error = %e, "HTTP/2 connection to a worker ended");
             }
         });
         *held = Some(sender.clone());
-        Ok(sender)
+        Ok((sender, Opened(true)))
     }
 
     /// Lets the connection go: requests under way finish on it, new ones open another.

@@ -105,6 +105,8 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
+    #[error("HTTP/2 handshake failed: {0}")]
+    H2(String),
 }
 
 impl ConnectError {

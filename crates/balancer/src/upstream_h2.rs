@@ -118,12 +118,14 @@ impl Exchange for H2Exchange {
             worker
                 .h2
                 .sender(worker.addr, &settings.transport, settings.connect_timeout);
-        let mut sender = match tokio::time::timeout_at(deadline, connecting).await {
+        let (mut sender, opened) = match tokio::time::timeout_at(deadline, connecting).await {
             Err(_) => return Err(AttemptFailure::Deadline),
             Ok(Err(e)) => return Err(unreachable(group, &e)),
             Ok(Ok(s)) => s,
         };
-        self.trace.connect = Some(t0.elapsed());
+        if opened.0 {
+            self.trace.connect = Some(t0.elapsed());
+        }
         let body = match &mut self.body {
             BodySource::Whole(b) => UpstreamBody::Whole(Some(b.clone())),
             BodySource::Once(b) => b.take().unwrap_or(UpstreamBody::Whole(None)),
