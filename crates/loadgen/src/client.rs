@@ -25,6 +25,8 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::mix::Weights;
+pub use crate::request::RequestParts;
+use crate::request::Template;
 use crate::stats::{Completion, Outcome, ThreadStats};
 use crate::tls::TlsTarget;
 
@@ -36,14 +38,7 @@ pub struct Target {
     /// For an `https://` target.
     pub tls: Option<TlsTarget>,
     /// `--h2`: the same requests as HTTP/2 sends them (empty over HTTP/1.1).
-    pub h2: Box<[crate::http2::Template]>,
-}
-
-/// One request of a target, before it is serialized.
-pub struct RequestParts<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub body: &'a [u8],
+    pub h2: Box<[Template]>,
 }
 
 impl Target {

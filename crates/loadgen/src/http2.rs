@@ -19,98 +19,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::client::{self, RequestParts, Run, Schedule};
+use crate::client::{self, Run, Schedule};
+#[cfg(test)]
+use crate::request::RequestParts;
+use crate::request::Template;
 use crate::stats::{Outcome, ThreadStats};
 use crate::tls::TlsTarget;
-
-/// Fields HTTP/2 does not carry (RFC 9113 §8.2.2): they describe an HTTP/1.1 connection.
-const CONNECTION_SPECIFIC: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Flow-control windows we grant the server: large, so small answers never wait for a
 /// WINDOW_UPDATE and few are sent (h2load's defaults are larger still).
 const STREAM_WINDOW: u32 = 16 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
-
-/// One request of a target as HTTP/2 sends it, built once: every send clones it (the URI and
-/// the method share their bytes; the field map is a small copy).
-#[derive(Clone, Debug)]
-pub struct Template {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Template {
-    /// The request for `parts` to `scheme://authority`, with the run's extra `headers`; an
-    /// error (one line) when HTTP/2 cannot carry it.
-    pub fn new(
-        scheme: &str,
-        authority: &str,
-        headers: &[(String, String)],
-        parts: &RequestParts<'_>,
-    ) -> Result<Template, String> {
-        let method = Method::from_bytes(parts.method.as_bytes())
-            .map_err(|_| format!("method `{}` is not a token", parts.method))?;
-        let uri = Uri::try_from(format!("{scheme}://{authority}{}", parts.path))
-            .map_err(|e| format!("`{}`: {e}", parts.path))?;
-        let mut map = HeaderMap::new();
-        let own_agent = headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"));
-        if !own_agent {
-            map.insert(
-                http::header::USER_AGENT,
-                HeaderValue::from_static("fulcrum-bench"),
-            );
-        }
-        for (name, value) in headers {
-            map.append(field_name(name, value)?, field_value(name, value)?);
-        }
-        // As over HTTP/1.1: a body, or a method that defines one, says how long it is.
-        if !parts.body.is_empty() || matches!(parts.method, "POST" | "PUT" | "PATCH") {
-            map.insert(http::header::CONTENT_LENGTH, parts.body.len().into());
-        }
-        Ok(Template {
-            method,
-            uri,
-            headers: map,
-            body: Bytes::copy_from_slice(parts.body),
-        })
-    }
-
-    fn request(&self) -> http::Request<()> {
-        let mut r = http::Request::new(());
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
-}
-
-fn field_name(name: &str, value: &str) -> Result<HeaderName, String> {
-    let lower = name.to_ascii_lowercase();
-    if CONNECTION_SPECIFIC.contains(&lower.as_str()) || (lower == "te" && value != "trailers") {
-        return Err(format!(
-            "header `{name}` is connection-specific: HTTP/2 does not carry it"
-        ));
-    }
-    HeaderName::from_bytes(lower.as_bytes()).map_err(|_| format!("header `{name}`: bad name"))
-}
-
-fn field_value(name: &str, value: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(value).map_err(|_| format!("header `{name}`: bad value"))
-}
 
 /// An HTTP/2 connection the streams of one generator connection share, reopened when it dies.
 struct Connection {

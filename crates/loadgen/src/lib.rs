@@ -25,6 +25,7 @@
 mod client;
 mod http2;
 pub mod mix;
+mod request;
 pub mod results;
 mod sampler;
 mod spread;
@@ -230,7 +231,7 @@ fn target(
         let scheme = if secure { "https" } else { "http" };
         target.h2 = requests
             .iter()
-            .map(|r| http2::Template::new(scheme, authority.as_str(), &shape.headers, r))
+            .map(|r| request::Template::new(scheme, authority.as_str(), &shape.headers, r))
             .collect::<Result<_, _>>()
             .map_err(|e| BenchError::Invalid(format!("--h2: {e}")))?;
     }
