@@ -745,16 +745,7 @@ async fn relay_h2_to_h1(
     let fields = header_pairs(&head.headers);
     rewrite::response_head(
         &mut out,
-        &ResponseParts {
-            status,
-            reason: reason(status),
-            request_id: ctx.id.as_bytes(),
-            framing,
-            forward_load_header: ctx.config.telemetry.forward_load_header,
-            close,
-            upgrade: false,
-            edits: ctx.edits,
-        },
+        &ctx.response_parts(status, framing, close),
         fields.iter().copied(),
     );
     let write_idle = ctx.config.timeouts.client_write_idle;
@@ -1050,6 +1041,28 @@ struct Relay<'a> {
     started: Instant,
 }
 
+impl Relay<'_> {
+    /// How the head of a response to an HTTP/1.1 client is written: the worker's `status`,
+    /// the `framing` the body goes out with, and whether the connection closes after it.
+    fn response_parts<'s>(
+        &'s self,
+        status: u16,
+        framing: OutFraming<'s>,
+        close: bool,
+    ) -> ResponseParts<'s> {
+        ResponseParts {
+            status,
+            reason: reason(status),
+            request_id: self.id.as_bytes(),
+            framing,
+            forward_load_header: self.config.telemetry.forward_load_header,
+            close,
+            upgrade: false,
+            edits: self.edits,
+        }
+    }
+}
+
 /// Relays a worker's response to an HTTP/1.1 client: head, then body as it comes, then the
 /// worker connection back to its pool. Returns whether the client connection may go on, the
 /// status the client got, and what cut the response short, if anything.
@@ -1099,16 +1112,7 @@ async fn relay_h1(
     let pending = fwd.conn.pending();
     rewrite::response_head(
         &mut out,
-        &ResponseParts {
-            status: head.status,
-            reason: reason(head.status),
-            request_id: ctx.id.as_bytes(),
-            framing,
-            forward_load_header: ctx.config.telemetry.forward_load_header,
-            close,
-            upgrade: false,
-            edits: ctx.edits,
-        },
+        &ctx.response_parts(head.status, framing, close),
         rewrite::pairs(&fwd.fields, pending),
     );
     if ctx.client_http10 && !close {
